@@ -1,0 +1,121 @@
+//! `hyphae`: the app people run. `hyphae up` starts a node in this process and serves the
+//! Client-Server API; more commands (backup server, web UI) arrive with their issues.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hyphae_node::{Config, Node};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "hyphae",
+    version,
+    about = "Serverless Matrix: a homeserver that runs inside this app, on this device.",
+    long_about = "Hyphae runs a Matrix homeserver inside this app, on this device. Its server name \
+                  is its own public key; devices find each other on the local network and beyond, \
+                  with no server anywhere. Standard Matrix clients can log in to it.\n\n\
+                  Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see more."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start this device's node and keep it running until Ctrl-C.
+    Up {
+        /// Data folder (database, identity key). Default: the platform's data folder.
+        #[arg(long, value_name = "DIR", env = "HYPHAE_DATA")]
+        data: Option<PathBuf>,
+        /// Address for the Client-Server API (Matrix clients connect here).
+        #[arg(long, value_name = "ADDR", default_value_t = Config::DEFAULT_CLIENT_LISTEN)]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("hyphae: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Up { data, listen } => runtime.block_on(up(data, listen)),
+    }
+}
+
+async fn up(data: Option<PathBuf>, listen: SocketAddr) -> ExitCode {
+    let Some(data_dir) = data.or_else(default_data_dir) else {
+        eprintln!("hyphae: no platform data folder is known here; pass --data DIR");
+        return ExitCode::FAILURE;
+    };
+    let node = match Node::start(Config {
+        data_dir: data_dir.clone(),
+        client_listen: listen,
+    })
+    .await
+    {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("hyphae: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Listen for Ctrl-C before saying we are up, so a quick Ctrl-C still stops cleanly.
+    let stop = match stop_signal() {
+        Ok(stop) => stop,
+        Err(e) => {
+            eprintln!("hyphae: cannot listen for Ctrl-C: {e}");
+            node.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("Hyphae is up.");
+    println!("  server name  {}", node.server_name());
+    println!("  client API   http://{}", node.client_addr());
+    println!("  data folder  {}", data_dir.display());
+    println!("Press Ctrl-C to stop.");
+
+    stop.await;
+    node.shutdown().await;
+    println!("Hyphae stopped.");
+    ExitCode::SUCCESS
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM; the handlers are in place when this returns.
+#[cfg(unix)]
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
+
+fn default_data_dir() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "hyphae").map(|dirs| dirs.data_dir().to_owned())
+}

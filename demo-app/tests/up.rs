@@ -1,0 +1,133 @@
+//! `hyphae up` as a person runs it: a real process, a real port, Ctrl-C to stop.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn hyphae() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hyphae"))
+}
+
+/// Starts `hyphae up` and returns the child, the client API URL and the server name it printed.
+fn up(data: &std::path::Path) -> (std::process::Child, String, String) {
+    let mut child = hyphae()
+        .args(["up", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut url, mut name) = (None, None);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.trim().strip_prefix("client API") {
+            url = Some(rest.trim().to_owned());
+        }
+        if let Some(rest) = line.trim().strip_prefix("server name") {
+            name = Some(rest.trim().to_owned());
+        }
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    // Keep reading so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (
+        child,
+        url.expect("no client API line"),
+        name.expect("no server name line"),
+    )
+}
+
+fn interrupt(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn up_serves_clients_and_stops_cleanly_on_ctrl_c() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, url, name) = up(data.path());
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert_eq!(name.len(), 64);
+    assert!(
+        name.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
+
+    let versions: serde_json::Value = reqwest::get(format!("{url}/_matrix/client/versions"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        versions["versions"]
+            .as_array()
+            .is_some_and(|v| !v.is_empty())
+    );
+
+    interrupt(&child);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit after Ctrl-C: {status}");
+
+    // The next start in the same folder is the same server.
+    let (mut child, _, again) = up(data.path());
+    assert_eq!(again, name);
+    interrupt(&child);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let output = hyphae().arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    assert!(help.contains("up"), "{help}");
+    assert!(help.contains("Matrix homeserver"), "{help}");
+    assert!(help.contains("RUST_LOG"), "{help}");
+
+    let output = hyphae().args(["up", "--help"]).output().unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        help.contains("--data <DIR>") && help.contains("--listen <ADDR>"),
+        "{help}"
+    );
+    assert!(
+        help.contains("127.0.0.1:8008"),
+        "the default address is shown: {help}"
+    );
+}
+
+#[test]
+fn bad_input_is_a_message_not_a_panic() {
+    let output = hyphae()
+        .args(["up", "--listen", "not-an-address"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("invalid value 'not-an-address'"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let output = hyphae()
+        .args(["up", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("hyphae: cannot use data folder"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -1,0 +1,12 @@
+//! hyphae-node: the homeserver a Hyphae app embeds. `Node::start` opens the store, loads the
+//! identity, and serves the Client-Server API; the Server-Server API, rooms, sync, keys and the
+//! in-process client grow here (see DESIGN.md).
+
+mod client_api;
+mod config;
+mod error;
+mod node;
+
+pub use config::Config;
+pub use error::NodeError;
+pub use node::Node;

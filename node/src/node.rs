@@ -1,0 +1,256 @@
+//! The running node: owns the store, the identity and the API server task. Dropping the last
+//! `Node` handle stops the server; `shutdown` also waits for it and for the store to flush.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use hyphae_p2p::Identity;
+use hyphae_store::Store;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::client_api;
+use crate::config::Config;
+use crate::error::NodeError;
+
+/// A handle to a running node; cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    identity: Identity,
+    store: Store,
+    client_addr: SocketAddr,
+    // Dropping the sender (with the last handle) tells the server to stop.
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    server: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What every request handler can reach.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) server_name: Arc<str>,
+    pub(crate) store: Store,
+}
+
+impl Node {
+    pub async fn start(config: Config) -> Result<Node, NodeError> {
+        let store = Store::open(config.data_dir.clone()).await?;
+        let data_dir = config.data_dir.clone();
+        let identity = tokio::task::spawn_blocking(move || Identity::load_or_create(&data_dir))
+            .await
+            .map_err(|e| NodeError::Startup(e.to_string()))??;
+        let listener = tokio::net::TcpListener::bind(config.client_listen)
+            .await
+            .map_err(|source| NodeError::Listen {
+                addr: config.client_listen,
+                source,
+            })?;
+        let client_addr = listener.local_addr().map_err(|source| NodeError::Listen {
+            addr: config.client_listen,
+            source,
+        })?;
+
+        let state = AppState {
+            server_name: identity.server_name().into(),
+            store: store.clone(),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = client_api::router(state);
+        let server = tokio::spawn(async move {
+            let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            });
+            if let Err(e) = serving.await {
+                tracing::error!(error = %e, "client API server failed");
+            }
+        });
+        tracing::info!(server_name = identity.server_name(), %client_addr, "node started");
+        Ok(Node {
+            inner: Arc::new(Inner {
+                identity,
+                store,
+                client_addr,
+                stop: Mutex::new(Some(stop)),
+                server: Mutex::new(Some(server)),
+            }),
+        })
+    }
+
+    /// The Matrix server name: the lowercase hex of the node's ed25519 key.
+    pub fn server_name(&self) -> &str {
+        self.inner.identity.server_name()
+    }
+
+    /// Where the Client-Server API actually listens.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.inner.client_addr
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Stops serving (letting requests in flight finish), then flushes and closes the store.
+    pub async fn shutdown(&self) {
+        self.inner
+            .stop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let server = self
+            .inner
+            .server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(server) = server {
+            let _ = server.await;
+        }
+        self.inner.store.close().await;
+        tracing::info!(server_name = self.server_name(), "node stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn config(dir: &std::path::Path) -> Config {
+        Config {
+            data_dir: dir.to_owned(),
+            client_listen: "127.0.0.1:0".parse().unwrap(),
+        }
+    }
+
+    async fn get(node: &Node, path: &str) -> (u16, Value) {
+        let response = reqwest::get(format!("http://{}{path}", node.client_addr()))
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn serves_versions_health_and_matrix_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::start(config(dir.path())).await.unwrap();
+
+        let (status, versions) = get(&node, "/_matrix/client/versions").await;
+        assert_eq!(status, 200);
+        assert!(
+            versions["versions"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from("v1.12")),
+            "{versions}"
+        );
+
+        let (status, health) = get(&node, "/health").await;
+        assert_eq!(status, 200);
+        assert_eq!(health["status"], "ok");
+        assert_eq!(health["server_name"], node.server_name());
+
+        let (status, error) = get(&node, "/_matrix/client/v3/no_such_endpoint").await;
+        assert_eq!(status, 404);
+        assert_eq!(error["errcode"], "M_UNRECOGNIZED");
+
+        let response = reqwest::Client::new()
+            .post(format!(
+                "http://{}/_matrix/client/versions",
+                node.client_addr()
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 405);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["errcode"], "M_UNRECOGNIZED");
+        node.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn keeps_its_name_across_restarts_and_frees_its_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::start(config(dir.path())).await.unwrap();
+        let name = node.server_name().to_owned();
+        let addr = node.client_addr();
+        node.store()
+            .create_account("alice".into(), None)
+            .await
+            .unwrap();
+        node.shutdown().await;
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "still listening after shutdown"
+        );
+
+        // Same data folder, same port: the same server, with what it stored.
+        let node = Node::start(Config {
+            data_dir: dir.path().to_owned(),
+            client_listen: addr,
+        })
+        .await
+        .unwrap();
+        assert_eq!(node.server_name(), name);
+        assert!(
+            node.store()
+                .account("alice".into())
+                .await
+                .unwrap()
+                .is_some()
+        );
+        drop(node);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_last_handle_stops_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::start(config(dir.path())).await.unwrap();
+        let addr = node.client_addr();
+        let clone = node.clone();
+        drop(node);
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_ok(),
+            "a clone keeps it up"
+        );
+        drop(clone);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still listening 5 s after drop"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn start_up_problems_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let error = Node::start(config(&file)).await.err().expect("started");
+        assert!(
+            error.to_string().starts_with("cannot use data folder"),
+            "{error}"
+        );
+
+        let first = Node::start(config(&dir.path().join("one"))).await.unwrap();
+        let error = Node::start(Config {
+            data_dir: dir.path().join("two"),
+            client_listen: first.client_addr(),
+        })
+        .await
+        .err()
+        .expect("two nodes on one port");
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("cannot listen on {}", first.client_addr())),
+            "{error}"
+        );
+    }
+}

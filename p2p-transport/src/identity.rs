@@ -1,0 +1,266 @@
+//! The node's one ed25519 key: its libp2p identity and its Matrix signing key. Its Matrix server
+//! name is the lowercase hex of the public key, so names and peer ids map to each other with no
+//! lookup.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use libp2p_identity::{Keypair, PeerId, PublicKey, ed25519};
+use zeroize::Zeroizing;
+
+/// The identity key's file inside the data folder: the 32-byte ed25519 secret, mode 0600.
+pub const IDENTITY_FILE: &str = "identity.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot read or write the identity key {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the identity key {path} is damaged ({reason}); restore it from a backup")]
+    Damaged { path: PathBuf, reason: String },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NameError {
+    #[error("{0:?} is not a key-derived server name (64 lowercase hex characters)")]
+    NotKeyDerived(String),
+    #[error("peer {0} does not have an ed25519 key")]
+    NotEd25519(PeerId),
+}
+
+#[derive(Clone)]
+pub struct Identity {
+    keypair: ed25519::Keypair,
+    server_name: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Loads the key from `data_dir`, or creates it there (mode 0600) on first start.
+    pub fn load_or_create(data_dir: &Path) -> Result<Identity, IdentityError> {
+        let path = data_dir.join(IDENTITY_FILE);
+        let io = |source| IdentityError::Io {
+            path: path.clone(),
+            source,
+        };
+        match fs::read(&path) {
+            Ok(bytes) => {
+                let bytes = Zeroizing::new(bytes);
+                let mode = fs::metadata(&path).map_err(io)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777),
+                        "identity key is readable by others; setting it to 0600");
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io)?;
+                }
+                let mut secret: Zeroizing<[u8; 32]> =
+                    Zeroizing::new(bytes.as_slice().try_into().map_err(|_| {
+                        IdentityError::Damaged {
+                            path: path.clone(),
+                            reason: format!("{} bytes instead of 32", bytes.len()),
+                        }
+                    })?);
+                let secret = ed25519::SecretKey::try_from_bytes(&mut *secret).map_err(|e| {
+                    IdentityError::Damaged {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                Ok(Identity::from_keypair(secret.into()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let keypair = ed25519::Keypair::generate();
+                write_new_key(&path, keypair.secret().as_ref()).map_err(io)?;
+                let identity = Identity::from_keypair(keypair);
+                tracing::info!(server_name = %identity.server_name, "created a new identity key");
+                Ok(identity)
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    fn from_keypair(keypair: ed25519::Keypair) -> Identity {
+        let server_name = hex::encode(keypair.public().to_bytes());
+        Identity {
+            keypair,
+            server_name,
+        }
+    }
+
+    /// The Matrix server name: lowercase hex of the public key.
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        PeerId::from_public_key(&PublicKey::from(self.keypair.public()))
+    }
+
+    /// The key as libp2p takes it, for the swarm.
+    pub fn libp2p_keypair(&self) -> Keypair {
+        Keypair::from(self.keypair.clone())
+    }
+
+    /// The 32-byte ed25519 secret, for signing Matrix events and JSON with the same key.
+    pub fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        secret.copy_from_slice(self.keypair.secret().as_ref());
+        secret
+    }
+
+    pub fn public_key_bytes(&self) -> [u8; 32] {
+        self.keypair.public().to_bytes()
+    }
+}
+
+/// Writes a new key file readable by its owner only, so it is never on disk with wider modes.
+fn write_new_key(path: &Path, secret: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("key.tmp");
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(secret)?;
+    file.sync_all()?;
+    drop(file);
+    // create_new semantics for the final name: never overwrite a key that appeared meanwhile.
+    fs::hard_link(&tmp, path)?;
+    fs::remove_file(&tmp)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The peer id of the server named `server_name`; refuses anything but 64 lowercase hex
+/// characters of a valid ed25519 key (upper case would be another, unverifiable name).
+pub fn peer_id_for_server_name(server_name: &str) -> Result<PeerId, NameError> {
+    let not_key = || NameError::NotKeyDerived(server_name.to_owned());
+    if server_name.len() != 64
+        || !server_name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(not_key());
+    }
+    let bytes = hex::decode(server_name).map_err(|_| not_key())?;
+    let key = ed25519::PublicKey::try_from_bytes(&bytes).map_err(|_| not_key())?;
+    Ok(PeerId::from_public_key(&PublicKey::from(key)))
+}
+
+/// The server name a peer acts for, read off its (noise-authenticated) peer id.
+pub fn server_name_of_peer(peer: &PeerId) -> Result<String, NameError> {
+    // An ed25519 peer id is an identity multihash over the protobuf-encoded public key.
+    let multihash = peer.as_ref();
+    if multihash.code() != 0 {
+        return Err(NameError::NotEd25519(*peer));
+    }
+    let key = PublicKey::try_decode_protobuf(multihash.digest())
+        .map_err(|_| NameError::NotEd25519(*peer))?
+        .try_into_ed25519()
+        .map_err(|_| NameError::NotEd25519(*peer))?;
+    Ok(hex::encode(key.to_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_once_then_loaded_with_the_same_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Identity::load_or_create(dir.path()).unwrap();
+        let path = dir.path().join(IDENTITY_FILE);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(fs::read(&path).unwrap().len(), 32);
+
+        let again = Identity::load_or_create(dir.path()).unwrap();
+        assert_eq!(first.server_name(), again.server_name());
+        assert_eq!(first.peer_id(), again.peer_id());
+        assert_eq!(first.server_name().len(), 64);
+        assert_eq!(first.server_name(), first.server_name().to_lowercase());
+    }
+
+    #[test]
+    fn names_and_peer_ids_map_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = Identity::load_or_create(dir.path()).unwrap();
+        let peer = identity.peer_id();
+        assert_eq!(peer, identity.libp2p_keypair().public().to_peer_id());
+        assert_eq!(
+            peer_id_for_server_name(identity.server_name()).unwrap(),
+            peer
+        );
+        assert_eq!(server_name_of_peer(&peer).unwrap(), identity.server_name());
+    }
+
+    #[test]
+    fn names_that_are_not_exactly_a_key_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = Identity::load_or_create(dir.path())
+            .unwrap()
+            .server_name()
+            .to_owned();
+        for bad in [
+            name.to_uppercase(),
+            name[..63].to_owned(),
+            format!("{name}0"),
+            "matrix.org".to_owned(),
+            format!("{name}:8448"),
+            String::new(),
+        ] {
+            assert_eq!(
+                peer_id_for_server_name(&bad),
+                Err(NameError::NotKeyDerived(bad.clone())),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_damaged_key_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(IDENTITY_FILE), b"short").unwrap();
+        let error = Identity::load_or_create(dir.path()).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("is damaged (5 bytes instead of 32)"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_key_readable_by_others_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = Identity::load_or_create(dir.path())
+            .unwrap()
+            .server_name()
+            .to_owned();
+        let path = dir.path().join(IDENTITY_FILE);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            Identity::load_or_create(dir.path()).unwrap().server_name(),
+            name
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! PDUs: stored with their prev/auth edges, a stream position for the ones in a room's timeline,
+//! and the room's forward extremities kept up to date as they arrive.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::error::Result;
+use crate::{Store, next_stream_pos};
+
+/// A PDU the node has built or received, with what the node decided about it.
+#[derive(Debug, Clone)]
+pub struct NewPdu {
+    pub event_id: String,
+    pub room_id: String,
+    pub depth: i64,
+    pub sender: String,
+    pub event_type: String,
+    pub state_key: Option<String>,
+    pub origin_server_ts: i64,
+    /// The whole PDU as canonical JSON.
+    pub json: String,
+    pub prev_events: Vec<String>,
+    pub auth_events: Vec<String>,
+    /// Why the auth rules rejected it; rejected PDUs are kept, never silently dropped.
+    pub rejection_reason: Option<String>,
+    /// Known but not part of this node's view of the timeline (e.g. fetched auth events).
+    pub outlier: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPdu {
+    pub event_id: String,
+    pub room_id: String,
+    pub stream_pos: Option<i64>,
+    pub depth: i64,
+    pub json: String,
+    pub rejection_reason: Option<String>,
+}
+
+impl StoredPdu {
+    const COLUMNS: &'static str = "event_id, room_id, stream_pos, depth, pdu, rejection_reason";
+
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<StoredPdu> {
+        Ok(StoredPdu {
+            event_id: row.get(0)?,
+            room_id: row.get(1)?,
+            stream_pos: row.get(2)?,
+            depth: row.get(3)?,
+            json: row.get(4)?,
+            rejection_reason: row.get(5)?,
+        })
+    }
+}
+
+impl Store {
+    /// Stores PDUs in order, all or none. A PDU already stored is left as it is. Returns each
+    /// PDU's stream position (`None` for outliers and rejected PDUs).
+    pub async fn append_pdus(&self, pdus: Vec<NewPdu>) -> Result<Vec<Option<i64>>> {
+        self.write(move |conn| pdus.iter().map(|pdu| append_pdu(conn, pdu)).collect())
+            .await
+    }
+
+    pub async fn pdu(&self, event_id: String) -> Result<Option<StoredPdu>> {
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {} FROM events WHERE event_id = ?1",
+                StoredPdu::COLUMNS
+            );
+            Ok(conn
+                .query_row(&sql, [event_id], StoredPdu::from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Up to `limit` accepted timeline PDUs of a room after stream position `after`, oldest first.
+    pub async fn room_pdus_after(
+        &self,
+        room_id: String,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredPdu>> {
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {} FROM events
+                 WHERE room_id = ?1 AND stream_pos > ?2 AND rejection_reason IS NULL
+                 ORDER BY stream_pos LIMIT ?3",
+                StoredPdu::COLUMNS
+            );
+            let mut statement = conn.prepare_cached(&sql)?;
+            let pdus = statement
+                .query_map(params![room_id, after, limit], StoredPdu::from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(pdus)
+        })
+        .await
+    }
+
+    /// The room's forward extremities: the prev_events for the next PDU built here.
+    pub async fn forward_extremities(&self, room_id: String) -> Result<Vec<String>> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT event_id FROM forward_extremities WHERE room_id = ?1 ORDER BY event_id",
+            )?;
+            let ids = statement
+                .query_map([room_id], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+}
+
+fn append_pdu(conn: &Connection, pdu: &NewPdu) -> Result<Option<i64>> {
+    let known: Option<Option<i64>> = conn
+        .query_row(
+            "SELECT stream_pos FROM events WHERE event_id = ?1",
+            [&pdu.event_id],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(stream_pos) = known {
+        return Ok(stream_pos);
+    }
+    let in_timeline = !pdu.outlier && pdu.rejection_reason.is_none();
+    let stream_pos = if in_timeline {
+        Some(next_stream_pos(conn)?)
+    } else {
+        None
+    };
+    conn.prepare_cached(
+        "INSERT INTO events (event_id, room_id, stream_pos, depth, sender, event_type, state_key,
+                             origin_server_ts, pdu, rejection_reason, outlier)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        pdu.event_id,
+        pdu.room_id,
+        stream_pos,
+        pdu.depth,
+        pdu.sender,
+        pdu.event_type,
+        pdu.state_key,
+        pdu.origin_server_ts,
+        pdu.json,
+        pdu.rejection_reason,
+        pdu.outlier,
+    ])?;
+    let mut edge = conn.prepare_cached(
+        "INSERT OR IGNORE INTO event_edges (event_id, prev_event_id) VALUES (?1, ?2)",
+    )?;
+    for prev in &pdu.prev_events {
+        edge.execute(params![pdu.event_id, prev])?;
+    }
+    let mut auth = conn.prepare_cached(
+        "INSERT OR IGNORE INTO event_auth (event_id, auth_event_id) VALUES (?1, ?2)",
+    )?;
+    for auth_event in &pdu.auth_events {
+        auth.execute(params![pdu.event_id, auth_event])?;
+    }
+    if in_timeline {
+        let mut superseded = conn.prepare_cached(
+            "DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2",
+        )?;
+        for prev in &pdu.prev_events {
+            superseded.execute(params![pdu.room_id, prev])?;
+        }
+        // A PDU that arrives after its children (back-filled) is not an extremity.
+        conn.prepare_cached(
+            "INSERT INTO forward_extremities (room_id, event_id)
+             SELECT ?1, ?2 WHERE NOT EXISTS (
+                 SELECT 1 FROM event_edges e JOIN events c ON c.event_id = e.event_id
+                 WHERE e.prev_event_id = ?2 AND c.stream_pos IS NOT NULL)",
+        )?
+        .execute(params![pdu.room_id, pdu.event_id])?;
+    }
+    Ok(stream_pos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pdu(id: &str, prev: &[&str]) -> NewPdu {
+        NewPdu {
+            event_id: id.into(),
+            room_id: "!room:example".into(),
+            depth: prev.len() as i64 + 1,
+            sender: "@alice:example".into(),
+            event_type: "m.room.message".into(),
+            state_key: None,
+            origin_server_ts: 1,
+            json: format!(r#"{{"event_id":"{id}"}}"#),
+            prev_events: prev.iter().map(|p| p.to_string()).collect(),
+            auth_events: vec![],
+            rejection_reason: None,
+            outlier: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn timeline_positions_and_extremities() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let room = "!room:example".to_string();
+
+        let positions = store
+            .append_pdus(vec![pdu("$a", &[]), pdu("$b", &["$a"]), pdu("$c", &["$a"])])
+            .await
+            .unwrap();
+        assert!(positions.iter().all(Option::is_some));
+        assert!(positions[0] < positions[1] && positions[1] < positions[2]);
+        assert_eq!(
+            store.forward_extremities(room.clone()).await.unwrap(),
+            vec!["$b".to_string(), "$c".to_string()]
+        );
+
+        // Storing the same PDU again changes nothing.
+        let again = store.append_pdus(vec![pdu("$b", &["$a"])]).await.unwrap();
+        assert_eq!(again, vec![positions[1]]);
+
+        // A rejected PDU is kept but is neither in the timeline nor an extremity.
+        let mut rejected = pdu("$evil", &["$b", "$c"]);
+        rejected.rejection_reason = Some("sender not in room".into());
+        assert_eq!(store.append_pdus(vec![rejected]).await.unwrap(), vec![None]);
+        let kept = store.pdu("$evil".into()).await.unwrap().unwrap();
+        assert_eq!(kept.rejection_reason.as_deref(), Some("sender not in room"));
+
+        store
+            .append_pdus(vec![pdu("$d", &["$b", "$c"])])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.forward_extremities(room.clone()).await.unwrap(),
+            vec!["$d".to_string()]
+        );
+        let timeline = store.room_pdus_after(room, 0, 10).await.unwrap();
+        let ids: Vec<_> = timeline.iter().map(|p| p.event_id.as_str()).collect();
+        assert_eq!(ids, ["$a", "$b", "$c", "$d"]);
+    }
+}
