@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hyphae_node::{Config, Node};
+use hyphae_node::{Config, Node, Registration};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -34,6 +34,13 @@ enum Command {
         /// Address for the Client-Server API (Matrix clients connect here).
         #[arg(long, value_name = "ADDR", default_value_t = Config::DEFAULT_CLIENT_LISTEN)]
         listen: SocketAddr,
+        /// Let anyone who can reach the API register, even beyond loopback.
+        #[arg(long)]
+        open_registration: bool,
+        /// A token that allows registering (repeat for several). With tokens set, registering
+        /// needs one unless --open-registration is given.
+        #[arg(long = "registration-token", value_name = "TOKEN")]
+        registration_tokens: Vec<String>,
     },
 }
 
@@ -53,21 +60,40 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Up { data, listen } => runtime.block_on(up(data, listen)),
+        Command::Up {
+            data,
+            listen,
+            open_registration,
+            registration_tokens,
+        } => {
+            let Some(data_dir) = data.or_else(default_data_dir) else {
+                eprintln!("hyphae: no platform data folder is known here; pass --data DIR");
+                return ExitCode::FAILURE;
+            };
+            runtime.block_on(up(Config {
+                client_listen: listen,
+                open_registration,
+                registration_tokens,
+                ..Config::new(data_dir)
+            }))
+        }
     }
 }
 
-async fn up(data: Option<PathBuf>, listen: SocketAddr) -> ExitCode {
-    let Some(data_dir) = data.or_else(default_data_dir) else {
-        eprintln!("hyphae: no platform data folder is known here; pass --data DIR");
-        return ExitCode::FAILURE;
+async fn up(config: Config) -> ExitCode {
+    let data_dir = config.data_dir.clone();
+    let registration = match config.registration() {
+        Registration::Open => "open to anyone who can reach the client API".to_owned(),
+        Registration::Token(tokens) => {
+            format!("needs one of {} registration token(s)", tokens.len())
+        }
+        Registration::Closed => {
+            "closed (the API is reachable beyond this device; pass --registration-token or \
+             --open-registration)"
+                .to_owned()
+        }
     };
-    let node = match Node::start(Config {
-        data_dir: data_dir.clone(),
-        client_listen: listen,
-    })
-    .await
-    {
+    let node = match Node::start(config).await {
         Ok(node) => node,
         Err(e) => {
             eprintln!("hyphae: {e}");
@@ -87,6 +113,7 @@ async fn up(data: Option<PathBuf>, listen: SocketAddr) -> ExitCode {
     println!("  server name  {}", node.server_name());
     println!("  client API   http://{}", node.client_addr());
     println!("  data folder  {}", data_dir.display());
+    println!("  registration {registration}");
     println!("Press Ctrl-C to stop.");
 
     stop.await;

@@ -17,7 +17,7 @@ fn up(data: &std::path::Path) -> (std::process::Child, String, String) {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut url, mut name) = (None, None);
+    let (mut url, mut name, mut registration) = (None, None, None);
     for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(rest) = line.trim().strip_prefix("client API") {
@@ -26,12 +26,20 @@ fn up(data: &std::path::Path) -> (std::process::Child, String, String) {
         if let Some(rest) = line.trim().strip_prefix("server name") {
             name = Some(rest.trim().to_owned());
         }
+        if let Some(rest) = line.trim().strip_prefix("registration") {
+            registration = Some(rest.trim().to_owned());
+        }
         if line.starts_with("Press Ctrl-C") {
             break;
         }
     }
     // Keep reading so the child never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
+    let registration = registration.expect("no registration line");
+    assert!(
+        registration.starts_with("open"),
+        "loopback means open registration: {registration}"
+    );
     (
         child,
         url.expect("no client API line"),

@@ -1,4 +1,4 @@
-//! What a node is started with.
+//! What a node is started with, and the policies derived from it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +9,32 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where the Client-Server API listens (port 0: any free port; see `Node::client_addr`).
     pub client_listen: SocketAddr,
+    /// Let anyone register, even when the API listens beyond loopback.
+    pub open_registration: bool,
+    /// Tokens that allow registering (`m.login.registration_token`); when set, registering needs
+    /// one unless `open_registration` is set.
+    pub registration_tokens: Vec<String>,
+    /// Limit for login, registration and password checks, per client address.
+    pub auth_rate_limit: RateLimit,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    /// Requests allowed at once.
+    pub burst: u32,
+    /// Requests allowed per second after the burst.
+    pub per_second: f64,
+}
+
+/// Who may register, as `hyphae up` reports it at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registration {
+    /// Anyone who can reach the API (with `m.login.dummy`).
+    Open,
+    /// Whoever has one of these tokens.
+    Token(Vec<String>),
+    /// Nobody: the API is reachable beyond loopback and no token is set.
+    Closed,
 }
 
 impl Config {
@@ -20,6 +46,45 @@ impl Config {
         Config {
             data_dir: data_dir.into(),
             client_listen: Config::DEFAULT_CLIENT_LISTEN,
+            open_registration: false,
+            registration_tokens: Vec::new(),
+            auth_rate_limit: RateLimit {
+                burst: 20,
+                per_second: 1.0,
+            },
         }
+    }
+
+    /// Open only while nobody but this device can reach the API, unless the operator says so.
+    pub fn registration(&self) -> Registration {
+        if self.open_registration {
+            Registration::Open
+        } else if !self.registration_tokens.is_empty() {
+            Registration::Token(self.registration_tokens.clone())
+        } else if self.client_listen.ip().is_loopback() {
+            Registration::Open
+        } else {
+            Registration::Closed
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_is_open_on_loopback_only_unless_configured() {
+        let mut config = Config::new("/tmp/x");
+        assert_eq!(config.registration(), Registration::Open);
+        config.client_listen = "0.0.0.0:8008".parse().unwrap();
+        assert_eq!(config.registration(), Registration::Closed);
+        config.registration_tokens = vec!["t".into()];
+        assert_eq!(config.registration(), Registration::Token(vec!["t".into()]));
+        config.open_registration = true;
+        assert_eq!(config.registration(), Registration::Open);
+        config.client_listen = "[::1]:8008".parse().unwrap();
+        config.open_registration = false;
+        assert_eq!(config.registration(), Registration::Token(vec!["t".into()]));
     }
 }

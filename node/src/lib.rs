@@ -4,9 +4,10 @@
 
 mod client_api;
 mod config;
+mod credentials;
 mod error;
 mod node;
 
-pub use config::Config;
+pub use config::{Config, RateLimit, Registration};
 pub use error::NodeError;
 pub use node::Node;

@@ -9,8 +9,10 @@ use hyphae_store::Store;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::client_api;
-use crate::config::Config;
+use ruma::OwnedServerName;
+
+use crate::client_api::{self, RateLimiter};
+use crate::config::{Config, Registration};
 use crate::error::NodeError;
 
 /// A handle to a running node; cheap to clone.
@@ -31,8 +33,10 @@ struct Inner {
 /// What every request handler can reach.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    pub(crate) server_name: Arc<str>,
+    pub(crate) server_name: OwnedServerName,
     pub(crate) store: Store,
+    pub(crate) registration: Arc<Registration>,
+    pub(crate) limiter: Arc<RateLimiter>,
 }
 
 impl Node {
@@ -53,13 +57,18 @@ impl Node {
             source,
         })?;
 
+        let server_name = OwnedServerName::try_from(identity.server_name())
+            .map_err(|e| NodeError::Startup(format!("server name: {e}")))?;
         let state = AppState {
-            server_name: identity.server_name().into(),
+            server_name,
             store: store.clone(),
+            registration: Arc::new(config.registration()),
+            limiter: Arc::new(RateLimiter::new(config.auth_rate_limit)),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let app = client_api::router(state);
         let server = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = stopped.await;
             });
@@ -121,8 +130,8 @@ mod tests {
 
     fn config(dir: &std::path::Path) -> Config {
         Config {
-            data_dir: dir.to_owned(),
             client_listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::new(dir)
         }
     }
 
@@ -189,8 +198,8 @@ mod tests {
 
         // Same data folder, same port: the same server, with what it stored.
         let node = Node::start(Config {
-            data_dir: dir.path().to_owned(),
             client_listen: addr,
+            ..Config::new(dir.path())
         })
         .await
         .unwrap();
@@ -240,8 +249,8 @@ mod tests {
 
         let first = Node::start(config(&dir.path().join("one"))).await.unwrap();
         let error = Node::start(Config {
-            data_dir: dir.path().join("two"),
             client_listen: first.client_addr(),
+            ..Config::new(dir.path().join("two"))
         })
         .await
         .err()

@@ -159,6 +159,47 @@ impl Store {
         .await
     }
 
+    pub async fn device(&self, localpart: String, device_id: String) -> Result<Option<Device>> {
+        Ok(self
+            .devices(localpart)
+            .await?
+            .into_iter()
+            .find(|d| d.device_id == device_id))
+    }
+
+    /// Sets a device's display name; returns whether the device exists.
+    pub async fn rename_device(
+        &self,
+        localpart: String,
+        device_id: String,
+        display_name: Option<String>,
+    ) -> Result<bool> {
+        self.write(move |conn| {
+            let changed = conn.execute(
+                "UPDATE devices SET display_name = ?3 WHERE localpart = ?1 AND device_id = ?2",
+                params![localpart, device_id, display_name],
+            )?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    /// Deletes every device of an account but `keep` (all of them when `None`).
+    pub async fn delete_devices_except(
+        &self,
+        localpart: String,
+        keep: Option<String>,
+    ) -> Result<u64> {
+        self.write(move |conn| {
+            let deleted = conn.execute(
+                "DELETE FROM devices WHERE localpart = ?1 AND device_id IS NOT ?2",
+                params![localpart, keep],
+            )?;
+            Ok(deleted as u64)
+        })
+        .await
+    }
+
     /// Deletes a device with its access tokens, to-device inbox and keys. Returns whether it
     /// existed.
     pub async fn delete_device(&self, localpart: String, device_id: String) -> Result<bool> {

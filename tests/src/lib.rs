@@ -15,8 +15,8 @@ impl TestNode {
     pub async fn start() -> TestNode {
         let data = tempfile::tempdir().expect("temporary data folder");
         let node = Node::start(Config {
-            data_dir: data.path().to_owned(),
             client_listen: loopback_any_port(),
+            ..Config::new(data.path())
         })
         .await
         .expect("node starts");

@@ -1,18 +1,99 @@
-//! Matrix errors at the API edge: one place turns failures into the spec's `errcode` bodies.
+//! Matrix errors at the API edge: every failure of a Client-Server request becomes one of these,
+//! with the spec's status code and `errcode`, or a 401 asking for user-interactive auth.
+
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use ruma::api::error::{Error, ErrorBody, ErrorKind, StandardErrorBody};
+use hyphae_store::StoreError;
+use ruma::api::client::uiaa::{UiaaInfo, UiaaResponse};
+use ruma::api::error::{
+    Error, ErrorBody, ErrorKind, LimitExceededErrorData, RetryAfter, StandardErrorBody,
+    UnknownTokenErrorData,
+};
+
+use crate::credentials::CredentialError;
 
 #[derive(Debug)]
-pub(crate) struct MatrixError(Error);
+pub(crate) struct MatrixError(UiaaResponse);
+
+pub(crate) type ApiResult<T> = Result<super::Ruma<T>, MatrixError>;
 
 impl MatrixError {
     pub(crate) fn new(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Self {
-        MatrixError(Error::new(
+        MatrixError(UiaaResponse::MatrixError(Error::new(
             status,
             ErrorBody::Standard(StandardErrorBody::new(kind, message.into())),
-        ))
+        )))
+    }
+
+    /// 401 with the flows the client may complete (user-interactive authentication).
+    pub(crate) fn uia(info: UiaaInfo) -> Self {
+        MatrixError(UiaaResponse::AuthResponse(info))
+    }
+
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorKind::Forbidden, message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, message)
+    }
+
+    pub(crate) fn bad_json(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorKind::BadJson, message)
+    }
+
+    pub(crate) fn invalid_param(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidParam, message)
+    }
+
+    pub(crate) fn missing_token() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorKind::MissingToken,
+            "Missing access token",
+        )
+    }
+
+    pub(crate) fn unknown_token() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorKind::UnknownToken(UnknownTokenErrorData::new()),
+            "Unknown access token",
+        )
+    }
+
+    pub(crate) fn limit_exceeded(retry_after: Duration) -> Self {
+        let mut data = LimitExceededErrorData::new();
+        data.retry_after = Some(RetryAfter::Delay(retry_after));
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::LimitExceeded(data),
+            "Too many requests; try again later",
+        )
+    }
+
+    pub(crate) fn unknown(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Unknown,
+            message,
+        )
+    }
+}
+
+impl From<StoreError> for MatrixError {
+    fn from(error: StoreError) -> Self {
+        tracing::error!(%error, "store error while serving a request");
+        MatrixError::unknown("The server could not read or write its database")
+    }
+}
+
+impl From<CredentialError> for MatrixError {
+    fn from(error: CredentialError) -> Self {
+        tracing::error!(%error, "credential error while serving a request");
+        MatrixError::unknown("Internal error")
     }
 }
 

@@ -24,7 +24,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<serde_json::Va
     let store = state.store.read(hyphae_store::current_stream_pos).await;
     Json(serde_json::json!({
         "status": if store.is_ok() { "ok" } else { "degraded" },
-        "server_name": &*state.server_name,
+        "server_name": state.server_name.as_str(),
         "store": match store {
             Ok(_) => "ok".to_owned(),
             Err(e) => e.to_string(),

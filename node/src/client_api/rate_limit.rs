@@ -1,0 +1,80 @@
+//! Per-address token buckets for the endpoints worth guessing at (login, register, password
+//! checks), answered with `M_LIMIT_EXCEEDED` and a retry delay.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::config::RateLimit;
+
+/// Past this many tracked addresses, full buckets (addresses that went quiet) are dropped.
+const MAX_TRACKED: usize = 10_000;
+
+pub(crate) struct RateLimiter {
+    limit: RateLimit,
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(limit: RateLimit) -> RateLimiter {
+        RateLimiter {
+            limit,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one request's worth from `ip`'s bucket, or says how long until there is one.
+    pub(crate) fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        let burst = f64::from(self.limit.burst.max(1));
+        let rate = self.limit.per_second.max(f64::MIN_POSITIVE);
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= MAX_TRACKED {
+            buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst
+            });
+        }
+        let bucket = buckets.entry(ip).or_insert(Bucket {
+            tokens: burst,
+            updated: now,
+        });
+        let refill = now.duration_since(bucket.updated).as_secs_f64() * rate;
+        bucket.tokens = (bucket.tokens + refill).min(burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_then_refused_then_refilled() {
+        let limiter = RateLimiter::new(RateLimit {
+            burst: 3,
+            per_second: 20.0,
+        });
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        for _ in 0..3 {
+            assert!(limiter.check(ip).is_ok());
+        }
+        let wait = limiter.check(ip).unwrap_err();
+        assert!(wait <= Duration::from_millis(50), "{wait:?}");
+        // Another address has its own bucket.
+        assert!(limiter.check([127, 0, 0, 2].into()).is_ok());
+        std::thread::sleep(wait + Duration::from_millis(5));
+        assert!(limiter.check(ip).is_ok());
+    }
+}
