@@ -84,6 +84,9 @@ async fn up(config: Config) -> ExitCode {
     let data_dir = config.data_dir.clone();
     let registration = match config.registration() {
         Registration::Open => "open to anyone who can reach the client API".to_owned(),
+        Registration::Loopback => {
+            "open to apps on this device (pass --open-registration to allow web pages)".to_owned()
+        }
         Registration::Token(tokens) => {
             format!("needs one of {} registration token(s)", tokens.len())
         }

@@ -7,8 +7,18 @@ fn hyphae() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hyphae"))
 }
 
-/// Starts `hyphae up` and returns the child, the client API URL and the server name it printed.
-fn up(data: &std::path::Path) -> (std::process::Child, String, String) {
+/// A `hyphae up` process, killed if a test fails before stopping it.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `hyphae up` and returns the process, the client API URL and the server name it printed.
+fn up(data: &std::path::Path) -> (Running, String, String) {
     let mut child = hyphae()
         .args(["up", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
@@ -16,7 +26,9 @@ fn up(data: &std::path::Path) -> (std::process::Child, String, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let stdout = child.stdout.take().unwrap();
+    let child = Running(child);
+    let mut lines = BufReader::new(stdout).lines();
     let (mut url, mut name, mut registration) = (None, None, None);
     for line in lines.by_ref() {
         let line = line.unwrap();
@@ -47,12 +59,20 @@ fn up(data: &std::path::Path) -> (std::process::Child, String, String) {
     )
 }
 
-fn interrupt(child: &std::process::Child) {
+/// Ctrl-C, then the exit status (waiting at most 20 s).
+fn interrupt(child: &mut Running) -> std::process::ExitStatus {
     let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+    for _ in 0..200 {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("hyphae up did not stop within 20 s of Ctrl-C");
 }
 
 #[tokio::test]
@@ -78,15 +98,13 @@ async fn up_serves_clients_and_stops_cleanly_on_ctrl_c() {
             .is_some_and(|v| !v.is_empty())
     );
 
-    interrupt(&child);
-    let status = child.wait().unwrap();
+    let status = interrupt(&mut child);
     assert!(status.success(), "exit after Ctrl-C: {status}");
 
     // The next start in the same folder is the same server.
     let (mut child, _, again) = up(data.path());
     assert_eq!(again, name);
-    interrupt(&child);
-    assert!(child.wait().unwrap().success());
+    assert!(interrupt(&mut child).success());
 }
 
 #[test]

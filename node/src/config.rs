@@ -29,8 +29,12 @@ pub struct RateLimit {
 /// Who may register, as `hyphae up` reports it at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Registration {
-    /// Anyone who can reach the API (with `m.login.dummy`).
+    /// Anyone who can reach the API (with `m.login.dummy`): the operator said so.
     Open,
+    /// Open because the API listens on loopback only, so only this device reaches it; requests
+    /// from web pages (with an `Origin` header) are refused, since any site the device's browser
+    /// opens could otherwise register here.
+    Loopback,
     /// Whoever has one of these tokens.
     Token(Vec<String>),
     /// Nobody: the API is reachable beyond loopback and no token is set.
@@ -62,7 +66,7 @@ impl Config {
         } else if !self.registration_tokens.is_empty() {
             Registration::Token(self.registration_tokens.clone())
         } else if self.client_listen.ip().is_loopback() {
-            Registration::Open
+            Registration::Loopback
         } else {
             Registration::Closed
         }
@@ -76,7 +80,7 @@ mod tests {
     #[test]
     fn registration_is_open_on_loopback_only_unless_configured() {
         let mut config = Config::new("/tmp/x");
-        assert_eq!(config.registration(), Registration::Open);
+        assert_eq!(config.registration(), Registration::Loopback);
         config.client_listen = "0.0.0.0:8008".parse().unwrap();
         assert_eq!(config.registration(), Registration::Closed);
         config.registration_tokens = vec!["t".into()];

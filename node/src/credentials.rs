@@ -39,6 +39,21 @@ pub(crate) async fn verify_password(password: String, phc: String) -> bool {
     .unwrap_or(false)
 }
 
+/// A valid argon2id hash of no one's password, checked against when an account does not exist
+/// so that a refused login takes as long either way.
+pub(crate) fn decoy_hash() -> String {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY
+        .get_or_init(|| {
+            let secret = hex::encode(random_bytes::<16>().unwrap_or([7; 16]));
+            Argon2::default()
+                .hash_password(secret.as_bytes())
+                .map(|hash| hash.to_string())
+                .unwrap_or_default()
+        })
+        .clone()
+}
+
 fn random_bytes<const N: usize>() -> Result<[u8; N], CredentialError> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).map_err(|e| CredentialError::Random(e.to_string()))?;

@@ -15,6 +15,8 @@ use crate::client_api::{self, RateLimiter};
 use crate::config::{Config, Registration};
 use crate::error::NodeError;
 
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A handle to a running node; cheap to clone.
 #[derive(Clone)]
 pub struct Node {
@@ -115,8 +117,16 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(server) = server {
-            let _ = server.await;
+        if let Some(mut server) = server {
+            // Requests in flight get a moment to finish; a client holding a connection open must
+            // not keep the node from stopping.
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+                .await
+                .is_err()
+            {
+                tracing::warn!("requests still open after {SHUTDOWN_GRACE:?}; stopping anyway");
+                server.abort();
+            }
         }
         self.inner.store.close().await;
         tracing::info!(server_name = self.server_name(), "node stopped");
@@ -212,6 +222,26 @@ mod tests {
                 .is_some()
         );
         drop(node);
+    }
+
+    #[tokio::test]
+    async fn a_client_holding_a_connection_does_not_block_shutdown() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::start(config(dir.path())).await.unwrap();
+        // Half a request, never finished.
+        let mut stalled = tokio::net::TcpStream::connect(node.client_addr())
+            .await
+            .unwrap();
+        stalled
+            .write_all(b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        tokio::time::timeout(SHUTDOWN_GRACE * 3, node.shutdown())
+            .await
+            .expect("shutdown hung on an open connection");
+        assert!(started.elapsed() < SHUTDOWN_GRACE * 2);
     }
 
     #[tokio::test]

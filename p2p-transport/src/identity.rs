@@ -80,7 +80,14 @@ impl Identity {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let keypair = ed25519::Keypair::generate();
-                write_new_key(&path, keypair.secret().as_ref()).map_err(io)?;
+                match write_new_key(&path, keypair.secret().as_ref()) {
+                    Ok(()) => {}
+                    // Another process created it first: that key is the node's.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        return Identity::load_or_create(data_dir);
+                    }
+                    Err(e) => return Err(io(e)),
+                }
                 let identity = Identity::from_keypair(keypair);
                 tracing::info!(server_name = %identity.server_name, "created a new identity key");
                 Ok(identity)
@@ -124,20 +131,34 @@ impl Identity {
 }
 
 /// Writes a new key file readable by its owner only, so it is never on disk with wider modes.
+/// Returns `AlreadyExists` if a key appeared meanwhile (another process), never overwriting it.
 fn write_new_key(path: &Path, secret: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("key.tmp");
+    // A leftover from a crash before the link: it holds no key anyone uses.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true) // never through a planted file or symlink
         .mode(0o600)
         .open(&tmp)?;
     file.write_all(secret)?;
     file.sync_all()?;
     drop(file);
-    // create_new semantics for the final name: never overwrite a key that appeared meanwhile.
-    fs::hard_link(&tmp, path)?;
-    fs::remove_file(&tmp)?;
+    // A hard link publishes the key only if no key file exists; file systems without hard
+    // links (FAT on SD cards) fall back to a rename after a last check.
+    let published = match fs::hard_link(&tmp, path) {
+        Ok(()) => fs::remove_file(&tmp),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+        Err(_) if path.exists() => Err(std::io::ErrorKind::AlreadyExists.into()),
+        Err(_) => fs::rename(&tmp, path),
+    };
+    if published.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    published?;
     if let Some(dir) = path.parent() {
         fs::File::open(dir)?.sync_all()?;
     }
@@ -242,6 +263,28 @@ mod tests {
                 .to_string()
                 .contains("is damaged (5 bytes instead of 32)"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn a_stale_temporary_file_or_symlink_does_not_capture_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join("identity.key.tmp")).unwrap();
+        let identity = Identity::load_or_create(dir.path()).unwrap();
+        assert!(
+            !elsewhere.exists(),
+            "the secret was written through the symlink"
+        );
+        assert!(!dir.path().join("identity.key.tmp").exists());
+        let path = dir.path().join(IDENTITY_FILE);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            Identity::load_or_create(dir.path()).unwrap().server_name(),
+            identity.server_name()
         );
     }
 

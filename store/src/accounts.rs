@@ -184,13 +184,21 @@ impl Store {
         .await
     }
 
-    /// Deletes every device of an account but `keep` (all of them when `None`).
+    /// Deletes every device of `user_id` but `keep` (all of them when `None`), with their tokens,
+    /// inboxes and end-to-end keys. Returns how many went.
     pub async fn delete_devices_except(
         &self,
-        localpart: String,
+        user_id: String,
         keep: Option<String>,
     ) -> Result<u64> {
         self.write(move |conn| {
+            let localpart = localpart_of(&user_id)?;
+            for table in ["device_keys", "one_time_keys", "fallback_keys"] {
+                conn.execute(
+                    &format!("DELETE FROM {table} WHERE user_id = ?1 AND device_id IS NOT ?2"),
+                    params![user_id, keep],
+                )?;
+            }
             let deleted = conn.execute(
                 "DELETE FROM devices WHERE localpart = ?1 AND device_id IS NOT ?2",
                 params![localpart, keep],
@@ -200,10 +208,17 @@ impl Store {
         .await
     }
 
-    /// Deletes a device with its access tokens, to-device inbox and keys. Returns whether it
-    /// existed.
-    pub async fn delete_device(&self, localpart: String, device_id: String) -> Result<bool> {
+    /// Deletes one device of `user_id` with its tokens, inbox and end-to-end keys. Returns
+    /// whether it existed.
+    pub async fn delete_device(&self, user_id: String, device_id: String) -> Result<bool> {
         self.write(move |conn| {
+            let localpart = localpart_of(&user_id)?;
+            for table in ["device_keys", "one_time_keys", "fallback_keys"] {
+                conn.execute(
+                    &format!("DELETE FROM {table} WHERE user_id = ?1 AND device_id = ?2"),
+                    params![user_id, device_id],
+                )?;
+            }
             let deleted = conn.execute(
                 "DELETE FROM devices WHERE localpart = ?1 AND device_id = ?2",
                 params![localpart, device_id],
@@ -214,9 +229,20 @@ impl Store {
     }
 }
 
+/// The localpart of a local user id (`@localpart:server`).
+fn localpart_of(user_id: &str) -> Result<&str> {
+    user_id
+        .strip_prefix('@')
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(localpart, _)| localpart)
+        .ok_or(StoreError::NotFound("user id"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ALICE: &str = "@alice:example";
 
     #[tokio::test]
     async fn accounts_devices_and_tokens() {
@@ -277,7 +303,7 @@ mod tests {
 
         assert!(
             store
-                .delete_device("alice".into(), "PHONE".into())
+                .delete_device(ALICE.into(), "PHONE".into())
                 .await
                 .unwrap()
         );
@@ -287,9 +313,96 @@ mod tests {
         );
         assert!(
             !store
-                .delete_device("alice".into(), "PHONE".into())
+                .delete_device(ALICE.into(), "PHONE".into())
                 .await
                 .unwrap()
         );
+
+        for device in ["A", "B", "C"] {
+            let mut new = login(device.as_bytes());
+            new.device_id = device.into();
+            store.login_device(new).await.unwrap();
+        }
+        let renamed = store.rename_device("alice".into(), "A".into(), Some("laptop".into()));
+        assert!(renamed.await.unwrap());
+        let a = store
+            .device("alice".into(), "A".into())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.display_name.as_deref(), Some("laptop"));
+        assert!(
+            !store
+                .rename_device("alice".into(), "Z".into(), None)
+                .await
+                .unwrap()
+        );
+        let deleted = store.delete_devices_except(ALICE.into(), Some("B".into()));
+        assert_eq!(deleted.await.unwrap(), 2);
+        let left = store.devices("alice".into()).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].device_id, "B");
+        assert_eq!(
+            store
+                .delete_devices_except(ALICE.into(), None)
+                .await
+                .unwrap(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_device_takes_its_keys_along() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.create_account("alice".into(), None).await.unwrap();
+        for device in ["A", "B"] {
+            store
+                .login_device(NewDevice {
+                    localpart: "alice".into(),
+                    device_id: device.into(),
+                    display_name: None,
+                    token_hash: device.as_bytes().to_vec(),
+                })
+                .await
+                .unwrap();
+            store
+                .write(move |c| {
+                    c.execute(
+                        "INSERT INTO device_keys (user_id, device_id, keys, stream_pos)
+                         VALUES (?1, ?2, '{}', 1)",
+                        params![ALICE, device],
+                    )?;
+                    c.execute(
+                        "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key)
+                         VALUES (?1, ?2, 'signed_curve25519', 'k', '{}')",
+                        params![ALICE, device],
+                    )?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+        assert!(store.delete_device(ALICE.into(), "A".into()).await.unwrap());
+        let keys_left = |table: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .read(move |c| {
+                        let mut s = c.prepare(&format!("SELECT device_id FROM {table}"))?;
+                        Ok(s.query_map([], |r| r.get::<_, String>(0))?
+                            .collect::<rusqlite::Result<Vec<_>>>()?)
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(keys_left("device_keys").await, ["B"]);
+        assert_eq!(keys_left("one_time_keys").await, ["B"]);
+        store
+            .delete_devices_except(ALICE.into(), None)
+            .await
+            .unwrap();
+        assert!(keys_left("device_keys").await.is_empty());
     }
 }

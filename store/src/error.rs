@@ -9,6 +9,8 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("data folder {path} is in use by another running Hyphae node")]
+    InUse { path: PathBuf },
     #[error("{path} is not a Hyphae database, or it is corrupt: {source}")]
     Corrupt {
         path: PathBuf,

@@ -50,6 +50,9 @@ pub struct Store {
 
 struct Inner {
     path: PathBuf,
+    // Held until close or drop: a second process on the same folder would be a second node with
+    // the same identity.
+    lock: Mutex<Option<std::fs::File>>,
     writer: Mutex<Option<Arc<Writer>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<Readers>,
@@ -69,6 +72,7 @@ impl Store {
             path: data_dir.to_owned(),
             source,
         })?;
+        let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join(DATABASE_FILE);
         let mut conn = open_writer(&path)?;
         migrations::migrate_to(&mut conn, &path, SCHEMA_VERSION)?;
@@ -80,6 +84,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 path,
+                lock: Mutex::new(Some(lock)),
                 writer: Mutex::new(Some(Arc::new(writer))),
                 writer_thread: Mutex::new(Some(thread)),
                 readers,
@@ -119,7 +124,8 @@ impl Store {
         self.inner.readers.read(query).await
     }
 
-    /// Stops taking writes, waits for the queued ones to commit, and ends the writer thread.
+    /// Stops taking writes, waits for the queued ones to commit, ends the writer thread and
+    /// releases the data folder for another process.
     pub async fn close(&self) {
         self.inner
             .writer
@@ -135,6 +141,35 @@ impl Store {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        self.inner
+            .lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+}
+
+/// The lock file's name in the data folder.
+pub const LOCK_FILE: &str = "hyphae.lock";
+
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File> {
+    let path = data_dir.join(LOCK_FILE);
+    let folder_error = |source| StoreError::DataFolder {
+        path: data_dir.to_owned(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(folder_error)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse {
+            path: data_dir.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(folder_error(e)),
     }
 }
 

@@ -14,6 +14,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_federation.sql"),
 ];
 
+/// Marks a SQLite file as Hyphae's (`PRAGMA application_id`), so another program's database is
+/// refused rather than migrated.
+const APPLICATION_ID: i32 = 0x4879_7068; // "Hyph"
+
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -28,6 +32,21 @@ pub(crate) fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Res
         path: path.to_owned(),
         source,
     })?;
+    let application_id: i32 = conn
+        .pragma_query_value(None, "application_id", |row| row.get(0))
+        .map_err(|source| StoreError::Corrupt {
+            path: path.to_owned(),
+            source,
+        })?;
+    let foreign = application_id != APPLICATION_ID && (found != 0 || application_id != 0);
+    if foreign || found < 0 {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            source: rusqlite::Error::InvalidParameterName(format!(
+                "application_id {application_id:#x}, schema version {found}"
+            )),
+        });
+    }
     if found > SCHEMA_VERSION {
         return Err(StoreError::TooNew {
             path: path.to_owned(),
@@ -40,6 +59,7 @@ pub(crate) fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Res
         let step = |conn: &mut Connection| -> rusqlite::Result<()> {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute_batch(sql)?;
+            tx.pragma_update(None, "application_id", APPLICATION_ID)?;
             tx.pragma_update(None, "user_version", version + 1)?;
             tx.commit()
         };
@@ -104,6 +124,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test]
+    async fn another_programs_database_is_refused_not_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(crate::DATABASE_FILE);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE notes (body TEXT); PRAGMA user_version = 1;")
+            .unwrap();
+        drop(conn);
+        let error = Store::open(dir.path()).await.err().expect("opened");
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+        let tables: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 1, "the foreign database was left as it was");
     }
 
     #[tokio::test]

@@ -10,55 +10,126 @@ fn count(conn: &Connection, sql: &str) -> Result<i64> {
     Ok(conn.query_row(sql, [], |row| row.get(0))?)
 }
 
-#[tokio::test]
-async fn a_failing_or_panicking_job_rolls_back_only_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
-    let insert = |name: &'static str| {
-        let store = store.clone();
-        async move {
-            store
-                .write(move |c| {
-                    c.execute(
-                        "INSERT INTO accounts (localpart, created_ms) VALUES (?1, 0)",
-                        [name],
-                    )?;
-                    Ok(())
-                })
-                .await
-        }
-    };
-    let failing = store.write(|c| {
-        c.execute(
-            "INSERT INTO accounts (localpart, created_ms) VALUES ('ghost', 0)",
-            [],
-        )?;
-        Err::<(), _>(StoreError::NotFound("something"))
+/// Occupies the writer with a job that waits for the returned sender, so that everything queued
+/// meanwhile lands in the next batch together.
+async fn hold_writer(store: &Store) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let store = store.clone();
+    let holding = tokio::spawn(async move {
+        store
+            .write(move |_| {
+                let _ = started_tx.send(());
+                let _ = released.recv_timeout(Duration::from_secs(30));
+                Ok(())
+            })
+            .await
+            .unwrap();
     });
-    let panicking = store.write(|c| -> Result<()> {
-        c.execute(
-            "INSERT INTO accounts (localpart, created_ms) VALUES ('phantom', 0)",
-            [],
-        )?;
-        panic!("a bug in a write job");
-    });
-    // Queued together, so they are likely to share one batch.
-    let (a, failed, panicked, b) = tokio::join!(insert("a"), failing, panicking, insert("b"));
-    a.unwrap();
-    b.unwrap();
-    assert!(matches!(failed, Err(StoreError::NotFound("something"))));
-    assert!(matches!(panicked, Err(StoreError::JobPanicked)));
-    let names: Vec<String> = store
+    started.await.unwrap();
+    (release, holding)
+}
+
+fn insert_account(store: &Store, name: &'static str) -> impl Future<Output = Result<()>> + use<> {
+    let store = store.clone();
+    async move {
+        store
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO accounts (localpart, created_ms) VALUES (?1, 0)",
+                    [name],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+async fn account_names(store: &Store) -> Vec<String> {
+    store
         .read(|c| {
             let mut s = c.prepare("SELECT localpart FROM accounts ORDER BY localpart")?;
             Ok(s.query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?)
         })
         .await
-        .unwrap();
-    assert_eq!(names, ["a", "b"]);
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_panicking_job_rolls_back_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let (release, holding) = hold_writer(&store).await;
+    let a = tokio::spawn(insert_account(&store, "a"));
+    let failing = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .write(|c| {
+                    c.execute(
+                        "INSERT INTO accounts (localpart, created_ms) VALUES ('ghost', 0)",
+                        [],
+                    )?;
+                    Err::<(), _>(StoreError::NotFound("something"))
+                })
+                .await
+        }
+    });
+    let panicking = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .write(|c| -> Result<()> {
+                    c.execute(
+                        "INSERT INTO accounts (localpart, created_ms) VALUES ('phantom', 0)",
+                        [],
+                    )?;
+                    panic!("a bug in a write job");
+                })
+                .await
+        }
+    });
+    let b = tokio::spawn(insert_account(&store, "b"));
+    tokio::time::sleep(Duration::from_millis(100)).await; // let all four reach the queue
+    release.send(()).unwrap();
+    holding.await.unwrap();
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+    assert!(matches!(
+        failing.await.unwrap(),
+        Err(StoreError::NotFound("something"))
+    ));
+    assert!(matches!(
+        panicking.await.unwrap(),
+        Err(StoreError::JobPanicked)
+    ));
+    assert_eq!(account_names(&store).await, ["a", "b"]);
     // The writer is still alive after the panic.
-    insert("c").await.unwrap();
+    insert_account(&store, "c").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_transaction_is_lost_reports_nothing_as_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let (release, holding) = hold_writer(&store).await;
+    let a = tokio::spawn(insert_account(&store, "a"));
+    // Stands in for SQLite rolling the transaction back by itself (disk full, I/O error).
+    let rollback = tokio::spawn({
+        let store = store.clone();
+        async move { store.write(|c| Ok(c.execute_batch("ROLLBACK")?)).await }
+    });
+    let c = tokio::spawn(insert_account(&store, "c"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    release.send(()).unwrap();
+    holding.await.unwrap();
+    for outcome in [a.await.unwrap(), rollback.await.unwrap(), c.await.unwrap()] {
+        assert!(matches!(outcome, Err(StoreError::Commit(_))), "{outcome:?}");
+    }
+    assert!(account_names(&store).await.is_empty());
+    insert_account(&store, "after").await.unwrap();
+    assert_eq!(account_names(&store).await, ["after"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,12 +284,12 @@ async fn a_killed_writer_leaves_whole_batches() {
         }
         acknowledged
     });
-    let acknowledged = tokio::time::timeout(Duration::from_secs(120), acknowledged)
-        .await
-        .expect("the child wrote nothing in 120 s")
-        .unwrap();
+    let acknowledged = tokio::time::timeout(Duration::from_secs(120), acknowledged).await;
     child.kill().unwrap(); // SIGKILL: no destructor, no clean close.
     child.wait().unwrap();
+    let acknowledged = acknowledged
+        .expect("the child wrote too little in 120 s")
+        .unwrap();
     assert_eq!(
         acknowledged.len(),
         60,
@@ -336,4 +407,22 @@ impl Drop for Immutable {
     fn drop(&mut self) {
         let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
     }
+}
+
+#[tokio::test]
+async fn a_second_store_on_the_same_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Store::open(dir.path()).await.unwrap();
+    let error = Store::open(dir.path()).await.err().expect("opened twice");
+    assert!(matches!(error, StoreError::InUse { .. }), "{error:?}");
+    assert!(
+        error
+            .to_string()
+            .contains("in use by another running Hyphae node"),
+        "{error}"
+    );
+    drop(first);
+    Store::open(dir.path())
+        .await
+        .expect("the lock goes with the store");
 }

@@ -114,7 +114,14 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
         return;
     }
     let mut finished = Vec::with_capacity(batch.len());
+    // Set once the batch's transaction is gone: SQLite rolls a whole transaction back by itself
+    // on some errors (disk full, I/O error), and then nothing in this batch may be reported kept.
+    let mut lost: Option<String> = None;
     for job in batch {
+        if let Some(message) = &lost {
+            finished.push(job(Err(message)));
+            continue;
+        }
         let ran = match conn.execute_batch("SAVEPOINT job") {
             Ok(()) => {
                 let ran = job(Ok(conn));
@@ -124,20 +131,34 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
                     "ROLLBACK TO job; RELEASE job"
                 };
                 if let Err(e) = conn.execute_batch(end) {
-                    tracing::error!(error = %e, "ending a write job's savepoint failed");
+                    lost = Some(format!("ending a write job failed: {e}"));
                 }
                 ran
             }
-            Err(e) => job(Err(&e.to_string())),
+            Err(e) => {
+                lost = Some(format!("opening a savepoint failed: {e}"));
+                job(Err(&e.to_string()))
+            }
         };
+        if lost.is_none() && conn.is_autocommit() {
+            lost = Some("SQLite rolled the write batch back".to_owned());
+        }
         finished.push(ran);
     }
-    let commit_error = conn.execute_batch("COMMIT").err().map(|e| {
-        let _ = conn.execute_batch("ROLLBACK");
-        tracing::error!(error = %e, "committing a write batch failed");
-        e.to_string()
-    });
+    let failure = match lost {
+        Some(message) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Some(message)
+        }
+        None => conn.execute_batch("COMMIT").err().map(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            e.to_string()
+        }),
+    };
+    if let Some(message) = &failure {
+        tracing::error!(error = %message, "a write batch was not committed");
+    }
     for ran in finished {
-        (ran.finish)(commit_error.as_deref());
+        (ran.finish)(failure.as_deref());
     }
 }

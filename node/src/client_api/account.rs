@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use ruma::api::client::account::register::RegistrationKind;
 use ruma::api::client::account::{change_password, get_username_availability, register, whoami};
 use ruma::api::client::session::get_login_types::v3::{LoginType, PasswordLoginType};
@@ -18,7 +18,7 @@ use super::request::{Req, User};
 use super::uia;
 use crate::config::Registration;
 use crate::credentials::{
-    hash_password, new_access_token, new_device_id, token_hash, verify_password,
+    decoy_hash, hash_password, new_access_token, new_device_id, token_hash, verify_password,
 };
 use crate::node::AppState;
 use hyphae_store::{NewDevice, StoreError};
@@ -29,9 +29,11 @@ const MAX_PASSWORD_BYTES: usize = 1024;
 pub(crate) async fn register(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Req(request): Req<register::v3::Request>,
 ) -> ApiResult<register::v3::Response> {
     rate_limit(&state, peer)?;
+    check_registration_allowed(&state, &headers)?;
     if request.kind == RegistrationKind::Guest {
         return Err(MatrixError::new(
             StatusCode::FORBIDDEN,
@@ -81,33 +83,57 @@ pub(crate) async fn register(
     Ok(Ruma(response))
 }
 
+/// Refuses before anything else (even telling whether a name is taken) when nobody may register
+/// from where this request comes.
+fn check_registration_allowed(state: &AppState, headers: &HeaderMap) -> Result<(), MatrixError> {
+    match &*state.registration {
+        Registration::Closed => Err(MatrixError::forbidden(
+            "Registration on this node needs a registration token, and none is set",
+        )),
+        Registration::Loopback if headers.contains_key(header::ORIGIN) => {
+            Err(MatrixError::forbidden(
+                "Registering from a web page needs the node started with --open-registration",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn check_registration_auth(state: &AppState, auth: Option<AuthData>) -> Result<(), MatrixError> {
+    let session = auth.as_ref().and_then(|a| a.session()).map(str::to_owned);
     match (&*state.registration, auth) {
         (Registration::Closed, _) => Err(MatrixError::forbidden(
             "Registration on this node needs a registration token, and none is set",
         )),
-        (Registration::Open, Some(AuthData::Dummy(_))) => Ok(()),
-        (Registration::Open, _) => Err(uia::challenge(AuthType::Dummy, None)?),
+        (Registration::Open | Registration::Loopback, Some(AuthData::Dummy(_))) => Ok(()),
+        (Registration::Open | Registration::Loopback, _) => {
+            Err(uia::challenge(AuthType::Dummy, session, None)?)
+        }
         (Registration::Token(tokens), Some(AuthData::RegistrationToken(given))) => {
             if tokens.contains(&given.token) {
                 Ok(())
             } else {
                 Err(uia::challenge(
                     AuthType::RegistrationToken,
+                    session,
                     Some((ErrorKind::Forbidden, "Invalid registration token")),
                 )?)
             }
         }
-        (Registration::Token(_), _) => Err(uia::challenge(AuthType::RegistrationToken, None)?),
+        (Registration::Token(_), _) => {
+            Err(uia::challenge(AuthType::RegistrationToken, session, None)?)
+        }
     }
 }
 
 pub(crate) async fn username_available(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Req(request): Req<get_username_availability::v3::Request>,
 ) -> ApiResult<get_username_availability::v3::Response> {
     rate_limit(&state, peer)?;
+    check_registration_allowed(&state, &headers)?;
     let localpart = valid_localpart(&state, &request.username)?;
     if state.store.account(localpart).await?.is_some() {
         return Err(user_in_use());
@@ -146,10 +172,10 @@ pub(crate) async fn login(
     let localpart = local_name(&state, &name).ok_or_else(refused)?;
     check_password_size(Some(&password.password))?;
     let account = state.store.account(localpart.clone()).await?;
-    let Some(hash) = account.as_ref().and_then(|a| a.password_hash.clone()) else {
-        return Err(refused());
-    };
-    if !verify_password(password.password, hash).await {
+    let hash = account.as_ref().and_then(|a| a.password_hash.clone());
+    // Without an account, still spend the time of a check: timing must not tell who exists.
+    let matches = verify_password(password.password, hash.clone().unwrap_or_else(decoy_hash)).await;
+    if !(matches && hash.is_some()) {
         return Err(refused());
     }
     if account.is_some_and(|a| a.deactivated) {
@@ -181,7 +207,7 @@ pub(crate) async fn logout(
 ) -> ApiResult<logout::v3::Response> {
     state
         .store
-        .delete_device(user.localpart, user.device_id.to_string())
+        .delete_device(user.user_id.to_string(), user.device_id.to_string())
         .await?;
     Ok(Ruma(logout::v3::Response::new()))
 }
@@ -192,7 +218,7 @@ pub(crate) async fn logout_all(
 ) -> ApiResult<logout_all::v3::Response> {
     state
         .store
-        .delete_devices_except(user.localpart, None)
+        .delete_devices_except(user.user_id.to_string(), None)
         .await?;
     Ok(Ruma(logout_all::v3::Response::new()))
 }
@@ -220,7 +246,7 @@ pub(crate) async fn change_password(
     if request.logout_devices {
         state
             .store
-            .delete_devices_except(user.localpart, Some(user.device_id.to_string()))
+            .delete_devices_except(user.user_id.to_string(), Some(user.device_id.to_string()))
             .await?;
     }
     Ok(Ruma(change_password::v3::Response::new()))
@@ -297,7 +323,7 @@ fn valid_localpart(state: &AppState, username: &str) -> Result<String, MatrixErr
 }
 
 /// The localpart named by `name` (a bare localpart or a full user id on this server).
-fn local_name(state: &AppState, name: &str) -> Option<String> {
+pub(crate) fn local_name(state: &AppState, name: &str) -> Option<String> {
     if name.starts_with('@') {
         let user_id = UserId::parse(name).ok()?;
         (user_id.server_name() == state.server_name).then(|| user_id.localpart().to_lowercase())

@@ -54,14 +54,20 @@ pub(crate) async fn update(
     user: User,
     Req(request): Req<update_device::v3::Request>,
 ) -> ApiResult<update_device::v3::Response> {
-    let found = state
-        .store
-        .rename_device(
-            user.localpart,
-            request.device_id.to_string(),
-            request.display_name,
-        )
-        .await?;
+    // An absent display_name leaves the name as it is.
+    let found = match request.display_name {
+        Some(name) => {
+            state
+                .store
+                .rename_device(user.localpart, request.device_id.to_string(), Some(name))
+                .await?
+        }
+        None => state
+            .store
+            .device(user.localpart, request.device_id.to_string())
+            .await?
+            .is_some(),
+    };
     if !found {
         return Err(MatrixError::not_found("No such device"));
     }
@@ -78,7 +84,7 @@ pub(crate) async fn delete(
     uia::require_password(&state, &user, request.auth).await?;
     let found = state
         .store
-        .delete_device(user.localpart, request.device_id.to_string())
+        .delete_device(user.user_id.to_string(), request.device_id.to_string())
         .await?;
     if !found {
         return Err(MatrixError::not_found("No such device"));
@@ -97,7 +103,7 @@ pub(crate) async fn delete_many(
     for device_id in request.devices {
         state
             .store
-            .delete_device(user.localpart.clone(), device_id.to_string())
+            .delete_device(user.user_id.to_string(), device_id.to_string())
             .await?;
     }
     Ok(Ruma(delete_devices::v3::Response::new()))

@@ -11,6 +11,9 @@ use crate::config::RateLimit;
 /// Past this many tracked addresses, full buckets (addresses that went quiet) are dropped.
 const MAX_TRACKED: usize = 10_000;
 
+/// A longer wait is reported as this (a misconfigured, near-zero rate must not overflow).
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
 pub(crate) struct RateLimiter {
     limit: RateLimit,
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
@@ -32,7 +35,11 @@ impl RateLimiter {
     /// Takes one request's worth from `ip`'s bucket, or says how long until there is one.
     pub(crate) fn check(&self, ip: IpAddr) -> Result<(), Duration> {
         let burst = f64::from(self.limit.burst.max(1));
-        let rate = self.limit.per_second.max(f64::MIN_POSITIVE);
+        let rate = if self.limit.per_second.is_finite() {
+            self.limit.per_second.max(1e-9)
+        } else {
+            1e-9
+        };
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= MAX_TRACKED {
@@ -51,7 +58,9 @@ impl RateLimiter {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+            let wait =
+                Duration::try_from_secs_f64((1.0 - bucket.tokens) / rate).unwrap_or(MAX_WAIT);
+            Err(wait.min(MAX_WAIT))
         }
     }
 }
@@ -72,6 +81,12 @@ mod tests {
         }
         let wait = limiter.check(ip).unwrap_err();
         assert!(wait <= Duration::from_millis(50), "{wait:?}");
+        let stingy = RateLimiter::new(RateLimit {
+            burst: 1,
+            per_second: 0.0,
+        });
+        assert!(stingy.check(ip).is_ok());
+        assert_eq!(stingy.check(ip), Err(MAX_WAIT), "no panic on a zero rate");
         // Another address has its own bucket.
         assert!(limiter.check([127, 0, 0, 2].into()).is_ok());
         std::thread::sleep(wait + Duration::from_millis(5));

@@ -256,7 +256,8 @@ async fn devices_and_password_changes_need_the_password() {
         (status, body["errcode"].as_str()),
         (401, Some("M_FORBIDDEN"))
     );
-    let (status, _) = delete(Some(password_auth(&alice, "old password"))).await;
+    // The user may name themself in any case, as at login.
+    let (status, _) = delete(Some(password_auth("ALICE", "old password"))).await;
     assert_eq!(status, 200);
     assert_eq!(
         api.get("/v3/account/whoami", Some(&other_token)).await.0,
@@ -314,7 +315,9 @@ async fn registration_tokens_when_the_operator_sets_them() {
     assert_eq!(status, 401);
     assert_eq!(body["flows"][0]["stages"][0], "m.login.registration_token");
     let (status, body) =
-        register(json!({"type": "m.login.registration_token", "token": "guess"})).await;
+        register(json!({"type": "m.login.registration_token", "token": "guess", "session": "s1"}))
+            .await;
+    assert_eq!(body["session"], "s1", "the client's session is kept");
     assert_eq!(
         (status, body["errcode"].as_str()),
         (401, Some("M_FORBIDDEN"))
@@ -329,6 +332,31 @@ async fn registration_tokens_when_the_operator_sets_them() {
         (status, body["errcode"].as_str()),
         (403, Some("M_GUEST_ACCESS_FORBIDDEN"))
     );
+}
+
+#[tokio::test]
+async fn web_pages_cannot_register_on_a_loopback_node_unless_opened() {
+    let from_page = |api: &Api| {
+        api.http
+            .post(api.url("/v3/register"))
+            .header("origin", "https://evil.example")
+            .json(&json!({"username": "drive_by", "password": "pw",
+                          "auth": {"type": "m.login.dummy"}}))
+            .send()
+    };
+    let api = Api::start().await;
+    let response = from_page(&api).await.unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    assert_eq!(
+        api.login("drive_by", "pw").await.0,
+        403,
+        "no account was made"
+    );
+
+    let open = Api::start_with(|c| c.open_registration = true).await;
+    assert_eq!(from_page(&open).await.unwrap().status().as_u16(), 200);
 }
 
 #[tokio::test]
