@@ -157,3 +157,24 @@ fn bad_input_is_a_message_not_a_panic() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// CPU time (user + system, in clock ticks) a process has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn an_idle_node_uses_no_cpu() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, _, _) = up(data.path());
+    std::thread::sleep(std::time::Duration::from_millis(500)); // start-up settles
+    let before = cpu_ticks(child.0.id());
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let used = cpu_ticks(child.0.id()) - before;
+    // A tick is 10 ms: a polling loop would show; a quiet node stays at 0 or 1.
+    assert!(used <= 1, "an idle node used {used} ticks of CPU in 3 s");
+    assert!(interrupt(&mut child).success());
+}

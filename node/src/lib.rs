@@ -7,6 +7,7 @@ mod config;
 mod credentials;
 mod error;
 mod node;
+mod rooms;
 
 pub use config::{Config, RateLimit, Registration};
 pub use error::NodeError;

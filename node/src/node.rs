@@ -14,6 +14,7 @@ use ruma::OwnedServerName;
 use crate::client_api::{self, RateLimiter};
 use crate::config::{Config, Registration};
 use crate::error::NodeError;
+use crate::rooms::Rooms;
 
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -39,6 +40,7 @@ pub(crate) struct AppState {
     pub(crate) store: Store,
     pub(crate) registration: Arc<Registration>,
     pub(crate) limiter: Arc<RateLimiter>,
+    pub(crate) rooms: Rooms,
 }
 
 impl Node {
@@ -61,7 +63,9 @@ impl Node {
 
         let server_name = OwnedServerName::try_from(identity.server_name())
             .map_err(|e| NodeError::Startup(format!("server name: {e}")))?;
+        let rooms = Rooms::new(store.clone(), server_name.clone(), &identity.secret_bytes());
         let state = AppState {
+            rooms,
             server_name,
             store: store.clone(),
             registration: Arc::new(config.registration()),

@@ -3,6 +3,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use crate::error::{Result, StoreError};
+use crate::keys::delete_device_keys;
 use crate::{Store, now_ms};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,12 +194,7 @@ impl Store {
     ) -> Result<u64> {
         self.write(move |conn| {
             let localpart = localpart_of(&user_id)?;
-            for table in ["device_keys", "one_time_keys", "fallback_keys"] {
-                conn.execute(
-                    &format!("DELETE FROM {table} WHERE user_id = ?1 AND device_id IS NOT ?2"),
-                    params![user_id, keep],
-                )?;
-            }
+            delete_device_keys(conn, &user_id, "device_id IS NOT ?2", keep.as_deref())?;
             let deleted = conn.execute(
                 "DELETE FROM devices WHERE localpart = ?1 AND device_id IS NOT ?2",
                 params![localpart, keep],
@@ -213,12 +209,7 @@ impl Store {
     pub async fn delete_device(&self, user_id: String, device_id: String) -> Result<bool> {
         self.write(move |conn| {
             let localpart = localpart_of(&user_id)?;
-            for table in ["device_keys", "one_time_keys", "fallback_keys"] {
-                conn.execute(
-                    &format!("DELETE FROM {table} WHERE user_id = ?1 AND device_id = ?2"),
-                    params![user_id, device_id],
-                )?;
-            }
+            delete_device_keys(conn, &user_id, "device_id = ?2", Some(&device_id))?;
             let deleted = conn.execute(
                 "DELETE FROM devices WHERE localpart = ?1 AND device_id = ?2",
                 params![localpart, device_id],

@@ -39,6 +39,12 @@ pub enum StoreError {
     AlreadyExists(&'static str),
     #[error("{0} does not exist")]
     NotFound(&'static str),
+    #[error("one-time key {key_id} was already uploaded with different content")]
+    KeyConflict {
+        key_id: String,
+        old: String,
+        new: String,
+    },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("committing a write batch failed: {0}")]

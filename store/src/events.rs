@@ -37,9 +37,13 @@ pub struct StoredPdu {
 }
 
 impl StoredPdu {
-    const COLUMNS: &'static str = "event_id, room_id, stream_pos, depth, pdu, rejection_reason";
+    pub(crate) const COLUMNS: &'static str =
+        "event_id, room_id, stream_pos, depth, pdu, rejection_reason";
+    /// The same columns from a join where `events` is aliased `e`.
+    pub(crate) const COLUMNS_E: &'static str =
+        "e.event_id, e.room_id, e.stream_pos, e.depth, e.pdu, e.rejection_reason";
 
-    fn from_row(row: &Row<'_>) -> rusqlite::Result<StoredPdu> {
+    pub(crate) fn from_row(row: &Row<'_>) -> rusqlite::Result<StoredPdu> {
         Ok(StoredPdu {
             event_id: row.get(0)?,
             room_id: row.get(1)?,
@@ -110,7 +114,7 @@ impl Store {
     }
 }
 
-fn append_pdu(conn: &Connection, pdu: &NewPdu) -> Result<Option<i64>> {
+pub(crate) fn append_pdu(conn: &Connection, pdu: &NewPdu) -> Result<Option<i64>> {
     let known: Option<Option<i64>> = conn
         .query_row(
             "SELECT stream_pos FROM events WHERE event_id = ?1",

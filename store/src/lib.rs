@@ -6,13 +6,18 @@
 //! by one thread; reads go through [`Store::read`] on a pool of read-only connections. Both are
 //! async and never block a tokio worker thread.
 
+mod account_data;
 mod accounts;
+mod backup;
 mod error;
 mod events;
+mod keys;
 mod migrations;
 mod outbox;
 mod peers;
 mod readers;
+mod rooms;
+mod to_device;
 mod writer;
 
 #[cfg(test)]
@@ -24,14 +29,20 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use tokio::sync::watch;
 
+pub use account_data::AccountDataEntry;
 pub use accounts::{Account, Device, NewDevice};
+pub use backup::{BackupKey, BackupVersion, BackupWrite};
 pub use error::{Result, StoreError};
 pub use events::{NewPdu, StoredPdu};
+pub use keys::{ClaimedKey, CrossSigningKey, KeySignature, KeyUpload, OneTimeKey};
 pub use migrations::SCHEMA_VERSION;
 pub use outbox::{OutboxEntry, OutboxKind};
 pub use peers::KnownPeer;
+pub use rooms::{AcceptedPdu, Membership};
 pub use rusqlite;
+pub use to_device::ToDeviceMessage;
 
 use readers::Readers;
 use writer::Writer;
@@ -56,6 +67,7 @@ struct Inner {
     writer: Mutex<Option<Arc<Writer>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<Readers>,
+    stream: watch::Sender<i64>,
 }
 
 impl Store {
@@ -77,10 +89,12 @@ impl Store {
         let mut conn = open_writer(&path)?;
         migrations::migrate_to(&mut conn, &path, SCHEMA_VERSION)?;
         let readers = Arc::new(Readers::open(&path, READERS)?);
-        let (writer, thread) = Writer::spawn(conn).map_err(|source| StoreError::DataFolder {
-            path: data_dir.to_owned(),
-            source,
-        })?;
+        let (stream, _) = watch::channel(current_stream_pos(&conn)?);
+        let (writer, thread) =
+            Writer::spawn(conn, stream.clone()).map_err(|source| StoreError::DataFolder {
+                path: data_dir.to_owned(),
+                source,
+            })?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path,
@@ -88,6 +102,7 @@ impl Store {
                 writer: Mutex::new(Some(Arc::new(writer))),
                 writer_thread: Mutex::new(Some(thread)),
                 readers,
+                stream,
             }),
         })
     }
@@ -99,8 +114,9 @@ impl Store {
 
     /// Runs `job` on the writer, in a transaction shared with other queued jobs. Returns once the
     /// job's changes are committed; if the job fails, only its own changes are rolled back.
-    /// A job must not begin or end transactions itself.
-    pub async fn write<T, F>(&self, job: F) -> Result<T>
+    /// A job must not begin or end transactions itself. The job is queued when this is called,
+    /// not when the future is first polled, so jobs commit in the order of the calls.
+    pub fn write<T, F>(&self, job: F) -> impl Future<Output = Result<T>> + use<T, F>
     where
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
         T: Send + 'static,
@@ -110,9 +126,20 @@ impl Store {
             .writer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or(StoreError::Closed)?;
-        writer.write(job).await
+            .clone();
+        let queued = writer.map(|writer| writer.write(job));
+        async move {
+            match queued {
+                Some(answer) => answer.await,
+                None => Err(StoreError::Closed),
+            }
+        }
+    }
+
+    /// The newest committed position of the stream; changes wake whoever waits on it (no
+    /// polling).
+    pub fn stream_position(&self) -> watch::Receiver<i64> {
+        self.inner.stream.subscribe()
     }
 
     /// Runs `query` on a reader, inside one read transaction (a consistent snapshot).

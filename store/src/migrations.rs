@@ -12,6 +12,8 @@ use crate::error::{Result, StoreError};
 pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_accounts_rooms_keys.sql"),
     include_str!("../migrations/0002_federation.sql"),
+    include_str!("../migrations/0003_rooms.sql"),
+    include_str!("../migrations/0004_e2ee.sql"),
 ];
 
 /// Marks a SQLite file as Hyphae's (`PRAGMA application_id`), so another program's database is

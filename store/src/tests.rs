@@ -426,3 +426,21 @@ async fn a_second_store_on_the_same_folder_is_refused() {
         .await
         .expect("the lock goes with the store");
 }
+
+#[tokio::test]
+async fn committed_stream_positions_wake_waiters() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let mut position = store.stream_position();
+    let start = *position.borrow_and_update();
+    let waiting = tokio::spawn(async move {
+        position.changed().await.unwrap();
+        *position.borrow()
+    });
+    store.write(next_stream_pos).await.unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("nobody was woken")
+        .unwrap();
+    assert_eq!(woken, start + 1);
+}

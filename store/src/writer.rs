@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::error::{Result, StoreError};
 
@@ -33,16 +33,22 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn spawn(conn: Connection) -> std::io::Result<(Writer, JoinHandle<()>)> {
+    /// Starts the writer thread; after each commit it publishes the stream's newest position on
+    /// `stream`, which is what wakes long-polling `/sync` requests.
+    pub(crate) fn spawn(
+        conn: Connection,
+        stream: watch::Sender<i64>,
+    ) -> std::io::Result<(Writer, JoinHandle<()>)> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("hyphae-store-writer".into())
-            .spawn(move || run(conn, queue))?;
+            .spawn(move || run(conn, queue, stream))?;
         Ok((Writer { jobs }, thread))
     }
 
-    /// Queues `job`; the answer comes once the batch holding it has committed (or failed).
-    pub(crate) async fn write<T, F>(&self, job: F) -> Result<T>
+    /// Queues `job` at once (so jobs commit in the order they were queued); the returned future
+    /// answers once the batch holding it has committed (or failed).
+    pub(crate) fn write<T, F>(&self, job: F) -> impl Future<Output = Result<T>> + use<T, F>
     where
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
         T: Send + 'static,
@@ -85,12 +91,15 @@ impl Writer {
                 },
             }
         });
-        self.jobs.send(job).map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        let queued = self.jobs.send(job).map_err(|_| StoreError::Closed);
+        async move {
+            queued?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        }
     }
 }
 
-fn run(conn: Connection, queue: mpsc::Receiver<Job>) {
+fn run(conn: Connection, queue: mpsc::Receiver<Job>, stream: watch::Sender<i64>) {
     // Ends when every `Writer` is gone and the queue is drained: nothing accepted is dropped.
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
@@ -100,12 +109,12 @@ fn run(conn: Connection, queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        commit_batch(&conn, batch);
+        commit_batch(&conn, batch, &stream);
     }
     tracing::debug!("store writer stopped");
 }
 
-fn commit_batch(conn: &Connection, batch: Vec<Job>) {
+fn commit_batch(conn: &Connection, batch: Vec<Job>, stream: &watch::Sender<i64>) {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let message = e.to_string();
         for job in batch {
@@ -157,6 +166,17 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
     };
     if let Some(message) = &failure {
         tracing::error!(error = %message, "a write batch was not committed");
+    }
+    // Published before the callers hear back, so a caller that reads the position next sees
+    // its own write.
+    if let Ok(position) = crate::current_stream_pos(conn) {
+        stream.send_if_modified(|current| {
+            let newer = position > *current;
+            if newer {
+                *current = position;
+            }
+            newer
+        });
     }
     for ran in finished {
         (ran.finish)(failure.as_deref());

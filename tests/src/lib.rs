@@ -13,13 +13,18 @@ pub struct TestNode {
 
 impl TestNode {
     pub async fn start() -> TestNode {
+        TestNode::start_with(|_| {}).await
+    }
+
+    /// Starts a node after `configure` has adjusted its configuration.
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestNode {
         let data = tempfile::tempdir().expect("temporary data folder");
-        let node = Node::start(Config {
+        let mut config = Config {
             client_listen: loopback_any_port(),
             ..Config::new(data.path())
-        })
-        .await
-        .expect("node starts");
+        };
+        configure(&mut config);
+        let node = Node::start(config).await.expect("node starts");
         TestNode { node, data }
     }
 

@@ -9,10 +9,11 @@ use hyphae_store::StoreError;
 use ruma::api::client::uiaa::{UiaaInfo, UiaaResponse};
 use ruma::api::error::{
     Error, ErrorBody, ErrorKind, LimitExceededErrorData, RetryAfter, StandardErrorBody,
-    UnknownTokenErrorData,
+    UnknownTokenErrorData, WrongRoomKeysVersionErrorData,
 };
 
 use crate::credentials::CredentialError;
+use crate::rooms::RoomError;
 
 #[derive(Debug)]
 pub(crate) struct MatrixError(UiaaResponse);
@@ -46,6 +47,15 @@ impl MatrixError {
 
     pub(crate) fn invalid_param(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidParam, message)
+    }
+
+    /// 403: keys may go only into the current backup version, `current`.
+    pub(crate) fn wrong_room_keys_version(current: String) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            ErrorKind::WrongRoomKeysVersion(WrongRoomKeysVersionErrorData::new(current)),
+            "Keys can only be added to the current backup version",
+        )
     }
 
     pub(crate) fn missing_token() -> Self {
@@ -94,6 +104,27 @@ impl From<CredentialError> for MatrixError {
     fn from(error: CredentialError) -> Self {
         tracing::error!(%error, "credential error while serving a request");
         MatrixError::unknown("Internal error")
+    }
+}
+
+impl From<RoomError> for MatrixError {
+    fn from(error: RoomError) -> Self {
+        match error {
+            RoomError::Forbidden(message) => MatrixError::forbidden(message),
+            RoomError::NotFound(message) => MatrixError::not_found(message),
+            RoomError::UnsupportedVersion(version) => MatrixError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::UnsupportedRoomVersion,
+                format!("Room version {version} is not supported here"),
+            ),
+            RoomError::BadRequest(message) => MatrixError::invalid_param(message),
+            RoomError::Store(e) => e.into(),
+            RoomError::Credentials(e) => e.into(),
+            RoomError::Internal(message) => {
+                tracing::error!(%message, "internal room error");
+                MatrixError::unknown("Internal error")
+            }
+        }
     }
 }
 

@@ -2,13 +2,23 @@
 //! and the Matrix error shape every failure is turned into.
 
 mod account;
+mod account_data;
+mod backup;
 mod devices;
 mod error;
+mod keys;
 mod rate_limit;
 mod request;
+mod rooms;
+mod sync;
+mod to_device;
 mod uia;
 mod versions;
 
+#[cfg(test)]
+mod room_tests;
+#[cfg(test)]
+mod test_support;
 #[cfg(test)]
 mod tests;
 
@@ -17,7 +27,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use ruma::api::{OutgoingResponse, OutgoingResponseExt};
 
 use crate::node::AppState;
@@ -41,7 +51,112 @@ pub(crate) fn router(state: AppState) -> Router {
                 .put(devices::update)
                 .delete(devices::delete),
         )
-        .route("/v3/delete_devices", post(devices::delete_many));
+        .route("/v3/delete_devices", post(devices::delete_many))
+        .route("/v3/keys/upload", post(keys::upload))
+        .route("/v3/keys/query", post(keys::query))
+        .route("/v3/keys/claim", post(keys::claim))
+        .route("/v3/keys/changes", get(keys::changes))
+        .route(
+            "/v3/keys/device_signing/upload",
+            post(keys::upload_signing_keys),
+        )
+        .route("/v3/keys/signatures/upload", post(keys::upload_signatures))
+        .route(
+            "/v3/sendToDevice/{event_type}/{txn_id}",
+            put(to_device::send),
+        )
+        .route(
+            "/v3/room_keys/version",
+            get(backup::latest_version).post(backup::create_version),
+        )
+        .route(
+            "/v3/room_keys/version/{version}",
+            get(backup::get_version)
+                .put(backup::update_version)
+                .delete(backup::delete_version),
+        )
+        .route(
+            "/v3/room_keys/keys",
+            get(backup::get_keys)
+                .put(backup::put_keys)
+                .delete(backup::delete_keys),
+        )
+        .route(
+            "/v3/room_keys/keys/{room_id}",
+            get(backup::get_room_keys)
+                .put(backup::put_room_keys)
+                .delete(backup::delete_room_keys),
+        )
+        .route(
+            "/v3/room_keys/keys/{room_id}/{session_id}",
+            get(backup::get_session_key)
+                .put(backup::put_session_key)
+                .delete(backup::delete_session_key),
+        )
+        .route("/v3/sync", get(sync::sync))
+        .route("/v3/capabilities", get(account_data::capabilities))
+        .route("/v3/pushrules/", get(account_data::push_rules))
+        .route(
+            "/v3/user/{user_id}/account_data/{event_type}",
+            get(account_data::get_global).put(account_data::put_global),
+        )
+        .route(
+            "/v3/user/{user_id}/rooms/{room_id}/account_data/{event_type}",
+            get(account_data::get_room).put(account_data::put_room),
+        )
+        .route("/v3/user/{user_id}/filter", post(sync::create_filter))
+        .route(
+            "/v3/user/{user_id}/filter/{filter_id}",
+            get(sync::get_filter),
+        )
+        .route("/v3/createRoom", post(rooms::create))
+        .route("/v3/joined_rooms", get(rooms::joined))
+        .route(
+            "/v3/join/{room_id_or_alias}",
+            post(rooms::join_by_id_or_alias),
+        )
+        .route("/v3/rooms/{room_id}/join", post(rooms::join_by_id))
+        .route("/v3/rooms/{room_id}/invite", post(rooms::invite))
+        .route("/v3/rooms/{room_id}/leave", post(rooms::leave))
+        .route("/v3/rooms/{room_id}/forget", post(rooms::forget))
+        .route("/v3/rooms/{room_id}/kick", post(rooms::kick))
+        .route("/v3/rooms/{room_id}/ban", post(rooms::ban))
+        .route("/v3/rooms/{room_id}/unban", post(rooms::unban))
+        .route(
+            "/v3/rooms/{room_id}/joined_members",
+            get(rooms::members_joined),
+        )
+        .route("/v3/rooms/{room_id}/members", get(rooms::members))
+        .route(
+            "/v3/rooms/{room_id}/send/{event_type}/{txn_id}",
+            put(rooms::send),
+        )
+        .route(
+            "/v3/rooms/{room_id}/redact/{event_id}/{txn_id}",
+            put(rooms::redact),
+        )
+        .route("/v3/rooms/{room_id}/state", get(rooms::get_state))
+        .route(
+            "/v3/rooms/{room_id}/state/{event_type}",
+            get(rooms::get_state_for_key).put(rooms::put_state),
+        )
+        // Clients write an empty state key as a trailing slash.
+        .route(
+            "/v3/rooms/{room_id}/state/{event_type}/",
+            get(rooms::get_state_for_key).put(rooms::put_state),
+        )
+        .route(
+            "/v3/rooms/{room_id}/state/{event_type}/{state_key}",
+            get(rooms::get_state_for_key).put(rooms::put_state),
+        )
+        .route("/v3/rooms/{room_id}/event/{event_id}", get(rooms::event))
+        .route("/v3/rooms/{room_id}/messages", get(rooms::messages))
+        .route(
+            "/v3/directory/room/{room_alias}",
+            get(rooms::alias_get)
+                .put(rooms::alias_put)
+                .delete(rooms::alias_delete),
+        );
     Router::new()
         .nest("/_matrix/client", client)
         .route("/health", get(versions::health))

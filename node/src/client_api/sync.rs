@@ -1,0 +1,404 @@
+//! `/sync`: everything that changed for a user's device between two stream positions. With a
+//! `timeout` it waits on the store's stream position (a watch, not a polling loop) until
+//! something for this user arrives or the time is up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use axum::extract::State;
+use ruma::api::client::filter::{FilterDefinition, create_filter, get_filter};
+use ruma::api::client::sync::sync_events::v3::{
+    self as sync, Filter, InviteState, InvitedRoom, JoinedRoom, LeftRoom, StateEvents, Timeline,
+};
+use ruma::serde::Raw;
+use ruma::{OneTimeKeyAlgorithm, OwnedUserId, RoomId, UInt, UserId};
+use serde_json::{Value, json};
+
+use super::Ruma;
+use super::error::{ApiResult, MatrixError};
+use super::request::{Req, User};
+use super::rooms::{parse_stream_token, stream_token};
+use crate::node::AppState;
+use crate::rooms::Pdu;
+
+/// Timeline events per room when the filter says nothing.
+const DEFAULT_TIMELINE_LIMIT: u32 = 20;
+/// To-device messages per response; the rest come with the next sync.
+const TO_DEVICE_LIMIT: u32 = 100;
+/// Clients ask for 30 s; nobody gets more than this.
+const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// State event types shown to invitees (the spec's recommended stripped state).
+const INVITE_STATE: [&str; 6] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+];
+
+pub(crate) async fn sync(
+    State(state): State<AppState>,
+    user: User,
+    Req(request): Req<sync::Request>,
+) -> ApiResult<sync::Response> {
+    let since = request
+        .since
+        .as_deref()
+        .map(parse_stream_token)
+        .transpose()?;
+    let limit = timeline_limit(&state, &user, request.filter.as_ref()).await?;
+    let timeout = request.timeout.unwrap_or_default().min(MAX_TIMEOUT);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut position = state.store.stream_position();
+    loop {
+        let upto = *position.borrow_and_update();
+        let response = build(&state, &user, since, upto, request.full_state, limit).await?;
+        if since.is_none() || has_news(&response) || tokio::time::Instant::now() >= deadline {
+            return Ok(Ruma(response));
+        }
+        tokio::select! {
+            changed = position.changed() => if changed.is_err() { return Ok(Ruma(response)) },
+            _ = tokio::time::sleep_until(deadline) => return Ok(Ruma(response)),
+        }
+    }
+}
+
+fn has_news(response: &sync::Response) -> bool {
+    !response.rooms.join.is_empty()
+        || !response.account_data.events.is_empty()
+        || !response.rooms.invite.is_empty()
+        || !response.rooms.leave.is_empty()
+        || !response.to_device.events.is_empty()
+        || !response.device_lists.changed.is_empty()
+        || !response.device_lists.left.is_empty()
+}
+
+async fn timeline_limit(
+    state: &AppState,
+    user: &User,
+    filter: Option<&Filter>,
+) -> Result<u32, MatrixError> {
+    let definition = match filter {
+        None => return Ok(DEFAULT_TIMELINE_LIMIT),
+        Some(Filter::FilterDefinition(definition)) => definition.clone(),
+        Some(Filter::FilterId(id)) => {
+            let stored = match id.parse::<i64>() {
+                Ok(id) => state.store.filter(user.localpart.clone(), id).await?,
+                Err(_) => None,
+            };
+            let stored = stored.ok_or_else(|| MatrixError::not_found("Unknown filter"))?;
+            serde_json::from_str(&stored).map_err(|e| MatrixError::unknown(e.to_string()))?
+        }
+        Some(_) => return Ok(DEFAULT_TIMELINE_LIMIT),
+    };
+    Ok(definition
+        .room
+        .timeline
+        .limit
+        .map_or(DEFAULT_TIMELINE_LIMIT, |l| {
+            u32::try_from(u64::from(l)).unwrap_or(u32::MAX)
+        })
+        .clamp(1, 500))
+}
+
+/// What changed for `user` in `(since, upto]` (everything up to `upto` when `since` is `None`).
+async fn build(
+    state: &AppState,
+    user: &User,
+    since: Option<i64>,
+    upto: i64,
+    full_state: bool,
+    limit: u32,
+) -> Result<sync::Response, MatrixError> {
+    let store = &state.store;
+    let user_id = user.user_id.to_string();
+    let device_id = user.device_id.to_string();
+    let after = since.unwrap_or(0).min(upto);
+
+    // To-device first: if the batch is cut, the whole response stops where it was cut, so
+    // nothing in the other streams is skipped.
+    if let Some(since) = since {
+        store
+            .delete_to_device_upto(user.localpart.clone(), device_id.clone(), since)
+            .await?;
+    }
+    let messages = store
+        .to_device_messages(
+            user.localpart.clone(),
+            device_id.clone(),
+            after,
+            upto,
+            TO_DEVICE_LIMIT,
+        )
+        .await?;
+    let upto = if messages.len() as u32 == TO_DEVICE_LIMIT {
+        messages.last().map_or(upto, |m| m.0)
+    } else {
+        upto
+    };
+    let mut response = sync::Response::new(stream_token(upto));
+    response.to_device.events = messages
+        .into_iter()
+        .filter_map(|(_, kind, sender, content)| {
+            let content: Value = serde_json::from_str(&content).ok()?;
+            let event = json!({"type": kind, "sender": sender, "content": content});
+            Some(Raw::from_json(
+                serde_json::value::to_raw_value(&event).ok()?,
+            ))
+        })
+        .collect();
+
+    let mut newly_joined_members: BTreeSet<OwnedUserId> = BTreeSet::new();
+    let mut shared_rooms = Vec::new();
+    for membership in store.memberships_of(user_id.clone()).await? {
+        if membership.stream_pos > upto {
+            continue; // arrives with the next sync
+        }
+        let Ok(room_id) = RoomId::parse(&membership.room_id) else {
+            continue;
+        };
+        let changed_now = since.is_none_or(|s| membership.stream_pos > s);
+        match membership.membership.as_str() {
+            "join" => {
+                shared_rooms.push(room_id.clone());
+                // A room joined since the last sync starts with its recent history, as on a
+                // first sync, not only with what happened after the join.
+                let from = if changed_now { 0 } else { after };
+                let (timeline, limited) = store
+                    .room_timeline(room_id.to_string(), from, upto, limit)
+                    .await?;
+                if since.is_some() && timeline.is_empty() && !changed_now && !full_state {
+                    continue;
+                }
+                let timeline_start = timeline.first().and_then(|p| p.stream_pos);
+                let (timeline, pdus) = timeline_of(&timeline, limited, from);
+                for pdu in &pdus {
+                    if pdu.kind.to_string() == "m.room.member"
+                        && crate::rooms::membership_of(&pdu.content).as_deref() == Some("join")
+                        && let Some(member) =
+                            pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+                    {
+                        newly_joined_members.insert(member);
+                    }
+                }
+                let whole_state = since.is_none() || changed_now || full_state;
+                let gap = (limited && !whole_state).then_some((after, timeline_start));
+                let state_events =
+                    state_before_timeline(state, &room_id, &pdus, whole_state, gap).await?;
+                let mut room = JoinedRoom::new();
+                room.timeline = timeline;
+                let mut state_before = StateEvents::new();
+                state_before.events = state_events;
+                room.state = sync::State::Before(state_before);
+                response.rooms.join.insert(room_id, room);
+            }
+            "invite" if changed_now => {
+                let mut events = Vec::new();
+                for pdu in state.rooms.state(&room_id).await?.values() {
+                    let kind = pdu.kind.to_string();
+                    let mine =
+                        kind == "m.room.member" && pdu.state_key.as_deref() == Some(&user_id);
+                    if INVITE_STATE.contains(&kind.as_str()) || mine {
+                        events.push(stripped(pdu));
+                    }
+                }
+                let mut room = InvitedRoom::new();
+                room.invite_state = InviteState::from(events);
+                response.rooms.invite.insert(room_id, room);
+            }
+            "leave" | "ban" if since.is_some() && changed_now => {
+                let (timeline, limited) = store
+                    .room_timeline(room_id.to_string(), after, membership.stream_pos, limit)
+                    .await?;
+                let mut room = LeftRoom::new();
+                room.timeline = timeline_of(&timeline, limited, after).0;
+                response.rooms.leave.insert(room_id, room);
+            }
+            _ => {}
+        }
+    }
+
+    let mut room_account_data: BTreeMap<String, Vec<Raw<ruma::events::AnyRoomAccountDataEvent>>> =
+        BTreeMap::new();
+    for (room, kind, content) in store
+        .account_data_changes(user.localpart.clone(), after, upto)
+        .await?
+    {
+        let Ok(content) = serde_json::from_str::<Value>(&content) else {
+            continue;
+        };
+        let Ok(event) = serde_json::value::to_raw_value(&json!({"type": kind, "content": content}))
+        else {
+            continue;
+        };
+        if room.is_empty() {
+            response.account_data.events.push(Raw::from_json(event));
+        } else {
+            room_account_data
+                .entry(room)
+                .or_default()
+                .push(Raw::from_json(event));
+        }
+    }
+    for (room, events) in room_account_data {
+        let Ok(room_id) = RoomId::parse(&room) else {
+            continue;
+        };
+        if let Some(joined) = response.rooms.join.get_mut(&room_id) {
+            joined.account_data.events = events;
+        } else if shared_rooms.contains(&room_id) {
+            let mut joined = JoinedRoom::new();
+            joined.account_data.events = events;
+            response.rooms.join.insert(room_id, joined);
+        }
+    }
+
+    if since.is_some() {
+        // Whose devices to re-fetch: users sharing a room whose keys changed, and new members.
+        let mut sharing: BTreeSet<String> = BTreeSet::from([user_id.clone()]);
+        for room_id in &shared_rooms {
+            sharing.extend(
+                store
+                    .room_members(room_id.to_string(), "join".into())
+                    .await?,
+            );
+        }
+        let mut changed: BTreeSet<OwnedUserId> = store
+            .users_with_key_changes(after, upto)
+            .await?
+            .into_iter()
+            .filter(|u| sharing.contains(u))
+            .filter_map(|u| UserId::parse(u).ok())
+            .collect();
+        changed.extend(
+            newly_joined_members
+                .into_iter()
+                .filter(|u| *u != user.user_id),
+        );
+        response.device_lists.changed = changed.into_iter().collect();
+    }
+
+    response.device_one_time_keys_count = store
+        .one_time_key_counts(user_id.clone(), device_id.clone())
+        .await?
+        .into_iter()
+        .map(|(algorithm, count)| {
+            (
+                OneTimeKeyAlgorithm::from(algorithm.as_str()),
+                UInt::try_from(count).unwrap_or_default(),
+            )
+        })
+        .collect::<BTreeMap<_, _>>();
+    response.device_unused_fallback_key_types = Some(
+        store
+            .unused_fallback_key_types(user_id, device_id)
+            .await?
+            .iter()
+            .map(|a| OneTimeKeyAlgorithm::from(a.as_str()))
+            .collect(),
+    );
+    Ok(response)
+}
+
+/// The timeline as clients get it, and the parsed events; `prev_batch` points just before the
+/// first event (or at `after` when there is none), for `/messages` to go back from.
+fn timeline_of(
+    stored: &[hyphae_store::StoredPdu],
+    limited: bool,
+    after: i64,
+) -> (Timeline, Vec<Pdu>) {
+    let pdus: Vec<Pdu> = stored
+        .iter()
+        .filter_map(|s| match Pdu::from_stored(s) {
+            Ok(pdu) => Some(pdu),
+            Err(e) => {
+                tracing::error!(error = %e, "skipping a damaged stored event");
+                None
+            }
+        })
+        .collect();
+    let mut timeline = Timeline::new();
+    timeline.limited = limited;
+    let before_first = stored
+        .first()
+        .and_then(|s| s.stream_pos)
+        .map_or(after, |pos| pos - 1);
+    timeline.prev_batch = Some(stream_token(before_first));
+    timeline.events = pdus.iter().map(|pdu| pdu.to_raw(false)).collect();
+    (timeline, pdus)
+}
+
+/// State to send with a joined room: the whole current state less what the timeline carries
+/// (first sync, new join, full_state), or, for a limited timeline, the state events that fell in
+/// the gap `(after, timeline start)` it left out.
+async fn state_before_timeline(
+    state: &AppState,
+    room_id: &RoomId,
+    timeline: &[Pdu],
+    whole: bool,
+    gap: Option<(i64, Option<i64>)>,
+) -> Result<Vec<Raw<ruma::events::AnySyncStateEvent>>, MatrixError> {
+    if !whole && gap.is_none() {
+        return Ok(Vec::new());
+    }
+    let in_timeline: BTreeSet<&str> = timeline.iter().map(|p| p.event_id.as_str()).collect();
+    let current = state.store.current_state_pdus(room_id.to_string()).await?;
+    Ok(current
+        .iter()
+        .filter(|s| !in_timeline.contains(s.event_id.as_str()))
+        .filter(|s| match gap {
+            None => true,
+            Some((after, start)) => s
+                .stream_pos
+                .is_some_and(|pos| pos > after && start.is_none_or(|start| pos < start)),
+        })
+        .filter_map(|s| Pdu::from_stored(s).ok())
+        .map(|pdu| pdu.to_raw(false))
+        .collect())
+}
+
+fn stripped(pdu: &Pdu) -> Raw<ruma::events::AnyStrippedStateEvent> {
+    let event = json!({
+        "type": pdu.kind.to_string(),
+        "state_key": pdu.state_key.clone().unwrap_or_default(),
+        "sender": pdu.sender.as_str(),
+        "content": serde_json::from_str::<Value>(pdu.content.get()).unwrap_or_default(),
+    });
+    Raw::from_json(serde_json::value::to_raw_value(&event).unwrap_or_default())
+}
+
+pub(crate) async fn create_filter(
+    State(state): State<AppState>,
+    user: User,
+    Req(request): Req<create_filter::v3::Request>,
+) -> ApiResult<create_filter::v3::Response> {
+    if request.user_id != user.user_id {
+        return Err(MatrixError::forbidden(
+            "You can only make filters for yourself",
+        ));
+    }
+    let filter =
+        serde_json::to_string(&request.filter).map_err(|e| MatrixError::bad_json(e.to_string()))?;
+    let id = state.store.save_filter(user.localpart, filter).await?;
+    Ok(Ruma(create_filter::v3::Response::new(id.to_string())))
+}
+
+pub(crate) async fn get_filter(
+    State(state): State<AppState>,
+    user: User,
+    Req(request): Req<get_filter::v3::Request>,
+) -> ApiResult<get_filter::v3::Response> {
+    if request.user_id != user.user_id {
+        return Err(MatrixError::forbidden("You can only read your own filters"));
+    }
+    let stored = match request.filter_id.parse::<i64>() {
+        Ok(id) => state.store.filter(user.localpart, id).await?,
+        Err(_) => None,
+    };
+    let stored = stored.ok_or_else(|| MatrixError::not_found("Unknown filter"))?;
+    let filter: FilterDefinition =
+        serde_json::from_str(&stored).map_err(|e| MatrixError::unknown(e.to_string()))?;
+    Ok(Ruma(get_filter::v3::Response::new(filter)))
+}

@@ -1,0 +1,226 @@
+//! Creating a room: the create event (which, from room version 12, also names the room), then
+//! the creator's membership, power levels, the preset's rules, initial state, name, topic and
+//! invites, each built and authorised like any other event.
+
+use ruma::events::{StateEventType, TimelineEventType};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
+use serde_json::{Value, json};
+
+use super::{DraftRef, EventDraft, RoomError, RoomState, Rooms, rules};
+use crate::credentials::new_session_id;
+
+/// What the creator asked for, already checked for shape by the API layer.
+pub(crate) struct NewRoom {
+    pub(crate) version: RoomVersionId,
+    /// Extra fields for the create event's content (`m.federate`, `type`, ...).
+    pub(crate) creation_content: serde_json::Map<String, Value>,
+    /// "private_chat", "trusted_private_chat" or "public_chat".
+    pub(crate) preset: String,
+    pub(crate) power_level_override: Option<serde_json::Map<String, Value>>,
+    pub(crate) initial_state: Vec<(StateEventType, String, Value)>,
+    pub(crate) name: Option<String>,
+    pub(crate) topic: Option<String>,
+    pub(crate) alias: Option<String>,
+    pub(crate) invite: Vec<OwnedUserId>,
+    pub(crate) is_direct: bool,
+}
+
+impl Rooms {
+    pub(crate) async fn create_room(
+        &self,
+        creator: &UserId,
+        room: NewRoom,
+    ) -> Result<OwnedRoomId, RoomError> {
+        let rules = rules(&room.version)?;
+        let v12 = rules.authorization.explicitly_privilege_room_creators;
+
+        let mut create_content = room.creation_content.clone();
+        create_content.insert("room_version".into(), room.version.as_str().into());
+        if !rules.authorization.use_room_create_sender {
+            create_content.insert("creator".into(), creator.as_str().into());
+        }
+        let create_content = Value::Object(create_content);
+        let create_kind = TimelineEventType::RoomCreate;
+        let create_draft = DraftRef {
+            kind: &create_kind,
+            state_key: Some(""),
+            content: &create_content,
+            redacts: None,
+        };
+        let empty = RoomState::new();
+        let room_id = if rules.room_id_format == ruma::room_version_rules::RoomIdFormatVersion::V2 {
+            // The create event's own id names the room.
+            let create = self.build(
+                &room.version,
+                None,
+                creator,
+                create_draft,
+                &empty,
+                (Vec::new(), 1),
+            )?;
+            let room_id = create
+                .room_id()
+                .ok_or_else(|| RoomError::Internal("v12 room id".into()))?;
+            self.start_room(&room_id, &room.version, creator, create)
+                .await?;
+            room_id
+        } else {
+            let room_id = RoomId::parse(format!("!{}:{}", new_session_id()?, self.server_name()))
+                .map_err(|e| RoomError::Internal(e.to_string()))?;
+            let create = self.build(
+                &room.version,
+                Some(&room_id),
+                creator,
+                create_draft,
+                &empty,
+                (Vec::new(), 1),
+            )?;
+            self.start_room(&room_id, &room.version, creator, create)
+                .await?;
+            room_id
+        };
+
+        let state =
+            |kind: StateEventType, key: &str, content: Value| EventDraft::state(kind, key, content);
+        self.send(
+            &room_id,
+            creator,
+            state(
+                StateEventType::RoomMember,
+                creator.as_str(),
+                json!({"membership": "join"}),
+            ),
+        )
+        .await?;
+
+        let trusted = room.preset == "trusted_private_chat";
+        let mut users = serde_json::Map::new();
+        if !v12 {
+            users.insert(creator.to_string(), 100.into());
+        }
+        if trusted {
+            for invitee in &room.invite {
+                users.insert(invitee.to_string(), 100.into());
+            }
+        }
+        let mut power_levels = json!({
+            "users": users,
+            "users_default": 0,
+            "events": {
+                "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
+                "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+                "m.room.server_acl": 100, "m.room.encryption": 100,
+            },
+            "events_default": 0, "state_default": 50,
+            "ban": 50, "kick": 50, "redact": 50, "invite": 0,
+            "notifications": {"room": 50},
+        });
+        if let (Some(overrides), Value::Object(levels)) =
+            (room.power_level_override, &mut power_levels)
+        {
+            levels.extend(overrides);
+        }
+        self.send(
+            &room_id,
+            creator,
+            state(StateEventType::RoomPowerLevels, "", power_levels),
+        )
+        .await?;
+
+        if let Some(alias) = &room.alias {
+            self.store()
+                .set_alias(alias.clone(), room_id.to_string(), creator.to_string())
+                .await
+                .map_err(|e| match e {
+                    hyphae_store::StoreError::AlreadyExists(_) => {
+                        RoomError::BadRequest(format!("The alias {alias} is taken"))
+                    }
+                    e => e.into(),
+                })?;
+            self.send(
+                &room_id,
+                creator,
+                state(
+                    StateEventType::RoomCanonicalAlias,
+                    "",
+                    json!({"alias": alias}),
+                ),
+            )
+            .await?;
+        }
+
+        let (join_rule, guest_access) = match room.preset.as_str() {
+            "public_chat" => ("public", "forbidden"),
+            _ => ("invite", "can_join"),
+        };
+        for draft in [
+            state(
+                StateEventType::RoomJoinRules,
+                "",
+                json!({"join_rule": join_rule}),
+            ),
+            state(
+                StateEventType::RoomHistoryVisibility,
+                "",
+                json!({"history_visibility": "shared"}),
+            ),
+            state(
+                StateEventType::RoomGuestAccess,
+                "",
+                json!({"guest_access": guest_access}),
+            ),
+        ] {
+            self.send(&room_id, creator, draft).await?;
+        }
+        for (kind, key, content) in room.initial_state {
+            self.send(&room_id, creator, state(kind, &key, content))
+                .await?;
+        }
+        if let Some(name) = room.name {
+            self.send(
+                &room_id,
+                creator,
+                state(StateEventType::RoomName, "", json!({"name": name})),
+            )
+            .await?;
+        }
+        if let Some(topic) = room.topic {
+            self.send(
+                &room_id,
+                creator,
+                state(StateEventType::RoomTopic, "", json!({"topic": topic})),
+            )
+            .await?;
+        }
+        for invitee in room.invite {
+            let mut content = json!({"membership": "invite"});
+            if room.is_direct {
+                content["is_direct"] = true.into();
+            }
+            self.send(
+                &room_id,
+                creator,
+                state(StateEventType::RoomMember, invitee.as_str(), content),
+            )
+            .await?;
+        }
+        tracing::info!(%room_id, %creator, version = %room.version, "room created");
+        Ok(room_id)
+    }
+
+    async fn start_room(
+        &self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        creator: &UserId,
+        create: super::Pdu,
+    ) -> Result<(), RoomError> {
+        self.store()
+            .create_room_record(room_id.to_string(), version.to_string())
+            .await?;
+        self.authorise(version, &create, &RoomState::new())?;
+        self.queue_pdu(&create, None)?.await?;
+        tracing::debug!(%room_id, %creator, "create event stored");
+        Ok(())
+    }
+}

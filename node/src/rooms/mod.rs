@@ -1,0 +1,413 @@
+//! Rooms: building, signing and authorising this node's own events, and applying them. Each room
+//! has one lock, so events built here always extend the room's latest extremities.
+
+mod create;
+mod pdu;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use hyphae_store::{AcceptedPdu, NewPdu, Store, StoreError};
+use ruma::events::{StateEventType, TimelineEventType};
+use ruma::room_version_rules::RoomVersionRules;
+use ruma::signatures::Ed25519KeyPair;
+use ruma::state_res;
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
+    OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId,
+};
+use serde_json::value::RawValue;
+
+pub(crate) use create::NewRoom;
+pub(crate) use pdu::Pdu;
+
+/// The room versions this node creates and joins; the first is the default.
+pub(crate) const ROOM_VERSIONS: [RoomVersionId; 3] =
+    [RoomVersionId::V11, RoomVersionId::V10, RoomVersionId::V12];
+
+/// At most this many forward extremities become one event's prev_events.
+const MAX_PREV_EVENTS: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RoomError {
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("room version {0} is not supported here")]
+    UnsupportedVersion(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Credentials(#[from] crate::credentials::CredentialError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The state of a room: (type, state key) → the event.
+pub(crate) type RoomState = HashMap<(StateEventType, String), Pdu>;
+
+/// A handle to the node's rooms; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Rooms {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    server_name: OwnedServerName,
+    signing_key: Ed25519KeyPair,
+    /// One slot per room this node sends into: its lock, and what is cached of the room.
+    rooms: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomEntry>>>>>,
+}
+
+/// What the node keeps in memory of a room it sends into: enough to build and authorise the
+/// next event without reading the store, so sending does not wait for the previous commit.
+struct RoomEntry {
+    version: RoomVersionId,
+    state: RoomState,
+    extremities: Vec<String>,
+    depth: i64,
+}
+
+impl RoomEntry {
+    fn apply(&mut self, pdu: &Pdu) {
+        if let Some(state_key) = &pdu.state_key {
+            let key = (pdu.kind.to_string().into(), state_key.clone());
+            self.state.insert(key, pdu.clone());
+        }
+        self.extremities = vec![pdu.event_id.to_string()];
+        self.depth = i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX);
+    }
+}
+
+/// An event this node is about to create.
+pub(crate) struct EventDraft {
+    pub(crate) kind: TimelineEventType,
+    pub(crate) state_key: Option<String>,
+    pub(crate) content: serde_json::Value,
+    pub(crate) redacts: Option<OwnedEventId>,
+    /// The client transaction that asks for it: (localpart, device id, txn id).
+    pub(crate) transaction: Option<(String, String, String)>,
+}
+
+impl EventDraft {
+    pub(crate) fn state(kind: StateEventType, state_key: &str, content: serde_json::Value) -> Self {
+        EventDraft {
+            kind: kind.to_string().into(),
+            state_key: Some(state_key.to_owned()),
+            content,
+            redacts: None,
+            transaction: None,
+        }
+    }
+}
+
+impl Rooms {
+    pub(crate) fn new(store: Store, server_name: OwnedServerName, secret: &[u8; 32]) -> Self {
+        // A PKCS#8 v1 document around the 32-byte ed25519 seed, the form ruma's key pair takes.
+        let mut der = Vec::with_capacity(48);
+        der.extend_from_slice(&[
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ]);
+        der.extend_from_slice(secret);
+        let signing_key = Ed25519KeyPair::from_der(&der, "p2p".into())
+            .expect("a 32-byte seed always makes a valid PKCS#8 ed25519 key");
+        Rooms {
+            inner: Arc::new(Inner {
+                store,
+                server_name,
+                signing_key,
+                rooms: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub(crate) fn server_name(&self) -> &OwnedServerName {
+        &self.inner.server_name
+    }
+
+    fn slot(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<Option<RoomEntry>>> {
+        let mut rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.entry(room_id.to_owned()).or_default().clone()
+    }
+
+    async fn load_entry(&self, room_id: &RoomId) -> Result<RoomEntry, RoomError> {
+        let version = self.version(room_id).await?;
+        let state = self.state(room_id).await?;
+        let mut extremities = self
+            .inner
+            .store
+            .forward_extremities(room_id.to_string())
+            .await?;
+        extremities.truncate(MAX_PREV_EVENTS);
+        let depth = self
+            .inner
+            .store
+            .pdus(extremities.clone())
+            .await?
+            .iter()
+            .map(|p| p.depth)
+            .max()
+            .unwrap_or(0);
+        Ok(RoomEntry {
+            version,
+            state,
+            extremities,
+            depth,
+        })
+    }
+
+    pub(crate) async fn version(&self, room_id: &RoomId) -> Result<RoomVersionId, RoomError> {
+        let version = self
+            .inner
+            .store
+            .room_version(room_id.to_string())
+            .await?
+            .ok_or_else(|| RoomError::NotFound(format!("Unknown room {room_id}")))?;
+        RoomVersionId::try_from(version.as_str())
+            .map_err(|_| RoomError::Internal(format!("stored room version {version:?}")))
+    }
+
+    /// The room's current state, parsed.
+    pub(crate) async fn state(&self, room_id: &RoomId) -> Result<RoomState, RoomError> {
+        let stored = self
+            .inner
+            .store
+            .current_state_pdus(room_id.to_string())
+            .await?;
+        let mut state = HashMap::with_capacity(stored.len());
+        for stored in &stored {
+            let pdu = Pdu::from_stored(stored).map_err(|e| RoomError::Internal(e.to_string()))?;
+            let key = (
+                pdu.kind.to_string().into(),
+                pdu.state_key.clone().unwrap_or_default(),
+            );
+            state.insert(key, pdu);
+        }
+        Ok(state)
+    }
+
+    /// Builds, signs and authorises an event from `sender` against the room's current state,
+    /// then stores it. Refused events are not stored: a local client gets the refusal. The room
+    /// stays locked only while the event is built; its commit is awaited outside the lock, so
+    /// events sent close together share one commit.
+    pub(crate) async fn send(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        draft: EventDraft,
+    ) -> Result<OwnedEventId, RoomError> {
+        let slot = self.slot(room_id);
+        let (event_id, commit) = {
+            let mut guard = slot.lock().await;
+            let entry = match guard.as_mut() {
+                Some(entry) => entry,
+                None => guard.insert(self.load_entry(room_id).await?),
+            };
+            let pdu = self.build(
+                &entry.version,
+                Some(room_id),
+                sender,
+                draft_ref(&draft),
+                &entry.state,
+                (entry.extremities.clone(), entry.depth + 1),
+            )?;
+            self.authorise(&entry.version, &pdu, &entry.state)?;
+            let commit = self.queue_pdu(&pdu, draft.transaction)?;
+            entry.apply(&pdu);
+            (pdu.event_id, commit)
+        };
+        if let Err(e) = commit.await {
+            // What is cached may now be ahead of the store: read the room afresh next time.
+            slot.lock().await.take();
+            return Err(e.into());
+        }
+        Ok(event_id)
+    }
+
+    /// Builds and signs an event on top of `prev` (prev_events and depth).
+    fn build(
+        &self,
+        version: &RoomVersionId,
+        room_id: Option<&RoomId>,
+        sender: &UserId,
+        draft: DraftRef<'_>,
+        state: &RoomState,
+        (prev_events, depth): (Vec<String>, i64),
+    ) -> Result<Pdu, RoomError> {
+        let rules = rules(version)?;
+        let content = serde_json::value::to_raw_value(draft.content)
+            .map_err(|e| RoomError::BadRequest(format!("content: {e}")))?;
+        let auth_types = state_res::auth_types_for_event(
+            draft.kind,
+            sender,
+            draft.state_key,
+            &content,
+            &rules.authorization,
+        )
+        .map_err(|e| RoomError::BadRequest(e.to_string()))?;
+        let mut auth_events: Vec<String> = auth_types
+            .iter()
+            .filter_map(|key| state.get(key).map(|pdu| pdu.event_id.to_string()))
+            .collect();
+        auth_events.sort();
+        auth_events.dedup();
+
+        let mut json = CanonicalJsonObject::new();
+        let string = |s: &str| CanonicalJsonValue::String(s.to_owned());
+        let ids = |v: &[String]| CanonicalJsonValue::Array(v.iter().map(|s| string(s)).collect());
+        if let Some(room_id) = room_id {
+            json.insert("room_id".into(), string(room_id.as_str()));
+        }
+        json.insert("sender".into(), string(sender.as_str()));
+        json.insert("type".into(), string(&draft.kind.to_string()));
+        json.insert(
+            "content".into(),
+            serde_json::from_value(draft.content.clone()).map_err(|e| {
+                RoomError::BadRequest(format!("content is not canonical JSON: {e}"))
+            })?,
+        );
+        if let Some(state_key) = draft.state_key {
+            json.insert("state_key".into(), string(state_key));
+        }
+        if let Some(redacts) = draft.redacts {
+            json.insert("redacts".into(), string(redacts.as_str()));
+        }
+        json.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(
+                i64::from(MilliSecondsSinceUnixEpoch::now().0)
+                    .try_into()
+                    .unwrap_or_default(),
+            ),
+        );
+        json.insert(
+            "depth".into(),
+            CanonicalJsonValue::Integer(depth.try_into().unwrap_or_default()),
+        );
+        json.insert("prev_events".into(), ids(&prev_events));
+        json.insert("auth_events".into(), ids(&auth_events));
+
+        ruma::signatures::hash_and_sign_event(
+            self.inner.server_name.as_str(),
+            &self.inner.signing_key,
+            &mut json,
+            &rules.redaction,
+        )
+        .map_err(|e| RoomError::BadRequest(format!("cannot sign the event: {e}")))?;
+        let hash = ruma::signatures::reference_hash(&json, &rules)
+            .map_err(|e| RoomError::BadRequest(format!("cannot hash the event: {e}")))?;
+        let event_id = EventId::parse(format!("${hash}"))
+            .map_err(|e| RoomError::Internal(format!("event id: {e}")))?;
+        state_res::check_pdu_format(&json, &rules.event_format).map_err(RoomError::BadRequest)?;
+        Pdu::from_json(event_id, json, false).map_err(|e| RoomError::Internal(e.to_string()))
+    }
+
+    /// The room version's auth rules, against the event's auth events and the current state.
+    fn authorise(
+        &self,
+        version: &RoomVersionId,
+        pdu: &Pdu,
+        state: &RoomState,
+    ) -> Result<(), RoomError> {
+        let rules = rules(version)?;
+        let by_id: HashMap<&EventId, &Pdu> =
+            state.values().map(|p| (p.event_id.as_ref(), p)).collect();
+        state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id| {
+            by_id.get(id).map(|p| (*p).clone())
+        })
+        .map_err(RoomError::Forbidden)?;
+        state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |kind, key| {
+            state.get(&(kind.clone(), key.to_owned())).cloned()
+        })
+        .map_err(RoomError::Forbidden)?;
+        Ok(())
+    }
+
+    /// Queues the PDU's write now; the returned future says when it is committed.
+    fn queue_pdu(
+        &self,
+        pdu: &Pdu,
+        transaction: Option<(String, String, String)>,
+    ) -> Result<impl Future<Output = Result<Vec<Option<i64>>, StoreError>> + use<>, RoomError> {
+        let room_id = pdu
+            .room_id()
+            .ok_or_else(|| RoomError::Internal("event without a room".into()))?;
+        let membership = (pdu.kind == TimelineEventType::RoomMember)
+            .then(|| membership_of(&pdu.content))
+            .flatten();
+        let json =
+            serde_json::to_string(&pdu.json).map_err(|e| RoomError::Internal(e.to_string()))?;
+        Ok(self.inner.store.append_accepted(vec![AcceptedPdu {
+            pdu: NewPdu {
+                event_id: pdu.event_id.to_string(),
+                room_id: room_id.to_string(),
+                depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
+                sender: pdu.sender.to_string(),
+                event_type: pdu.kind.to_string(),
+                state_key: pdu.state_key.clone(),
+                origin_server_ts: i64::try_from(u64::from(pdu.origin_server_ts.0)).unwrap_or(0),
+                json,
+                prev_events: pdu.prev_events.iter().map(ToString::to_string).collect(),
+                auth_events: pdu.auth_events.iter().map(ToString::to_string).collect(),
+                rejection_reason: None,
+                outlier: false,
+            },
+            membership,
+            transaction,
+        }]))
+    }
+
+    /// Reads one event the user may see.
+    pub(crate) async fn event(&self, event_id: &EventId) -> Result<Option<Pdu>, RoomError> {
+        match self.inner.store.pdu(event_id.to_string()).await? {
+            Some(stored) if stored.rejection_reason.is_none() => Ok(Some(
+                Pdu::from_stored(&stored).map_err(|e| RoomError::Internal(e.to_string()))?,
+            )),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A borrowed view of a draft, so `create` can build the create event before a room exists.
+#[derive(Clone, Copy)]
+struct DraftRef<'a> {
+    kind: &'a TimelineEventType,
+    state_key: Option<&'a str>,
+    content: &'a serde_json::Value,
+    redacts: Option<&'a EventId>,
+}
+
+fn draft_ref(draft: &EventDraft) -> DraftRef<'_> {
+    DraftRef {
+        kind: &draft.kind,
+        state_key: draft.state_key.as_deref(),
+        content: &draft.content,
+        redacts: draft.redacts.as_deref(),
+    }
+}
+
+pub(crate) fn rules(version: &RoomVersionId) -> Result<RoomVersionRules, RoomError> {
+    version
+        .rules()
+        .ok_or_else(|| RoomError::UnsupportedVersion(version.to_string()))
+}
+
+/// The `membership` of an `m.room.member` content.
+pub(crate) fn membership_of(content: &RawValue) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Member {
+        membership: String,
+    }
+    serde_json::from_str::<Member>(content.get())
+        .ok()
+        .map(|m| m.membership)
+}

@@ -1,0 +1,388 @@
+//! Rooms as the node tracks them: room versions, current state, memberships, and the one write
+//! that appends a PDU together with everything it changes (state, membership, extremities,
+//! stream position), so readers never see half of it.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::{Result, StoreError};
+use crate::events::{NewPdu, StoredPdu, append_pdu};
+use crate::{Store, now_ms};
+
+/// One user's membership in one room, with the stream position where it last changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub room_id: String,
+    pub user_id: String,
+    pub membership: String,
+    pub event_id: String,
+    pub stream_pos: i64,
+}
+
+/// A PDU the node accepted into a room's timeline, with what it does to the room.
+#[derive(Debug, Clone)]
+pub struct AcceptedPdu {
+    pub pdu: NewPdu,
+    /// `Some` for state events: the membership it sets when it is an `m.room.member` event.
+    pub membership: Option<String>,
+    /// A client's transaction id (localpart, device id, txn id) that created this event.
+    pub transaction: Option<(String, String, String)>,
+}
+
+impl Store {
+    /// Records a new room; fails if it exists.
+    pub async fn create_room_record(&self, room_id: String, room_version: String) -> Result<()> {
+        self.write(move |conn| {
+            let inserted = conn.execute(
+                "INSERT INTO rooms (room_id, room_version, created_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (room_id) DO NOTHING",
+                params![room_id, room_version, now_ms()],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::AlreadyExists("room"));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn room_version(&self, room_id: String) -> Result<Option<String>> {
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT room_version FROM rooms WHERE room_id = ?1",
+                    [room_id],
+                    |row| row.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Appends PDUs to their rooms' timelines and applies their state, in one commit. Returns
+    /// each PDU's stream position. Queued at the call, so calls commit in call order.
+    pub fn append_accepted(
+        &self,
+        pdus: Vec<AcceptedPdu>,
+    ) -> impl Future<Output = Result<Vec<Option<i64>>>> + use<> {
+        self.write(move |conn| {
+            pdus.iter()
+                .map(|accepted| append_accepted(conn, accepted))
+                .collect()
+        })
+    }
+
+    /// The room's current state as (type, state key, event id).
+    pub async fn current_state(&self, room_id: String) -> Result<Vec<(String, String, String)>> {
+        self.read(move |conn| current_state(conn, &room_id)).await
+    }
+
+    /// The current state events of a room, as stored PDUs.
+    pub async fn current_state_pdus(&self, room_id: String) -> Result<Vec<StoredPdu>> {
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {} FROM current_state s JOIN events e USING (event_id)
+                 WHERE s.room_id = ?1 ORDER BY e.stream_pos",
+                StoredPdu::COLUMNS_E
+            );
+            let mut statement = conn.prepare_cached(&sql)?;
+            let pdus = statement
+                .query_map([room_id], StoredPdu::from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(pdus)
+        })
+        .await
+    }
+
+    pub async fn pdus(&self, event_ids: Vec<String>) -> Result<Vec<StoredPdu>> {
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {} FROM events WHERE event_id = ?1",
+                StoredPdu::COLUMNS
+            );
+            let mut statement = conn.prepare_cached(&sql)?;
+            let mut pdus = Vec::with_capacity(event_ids.len());
+            for id in event_ids {
+                if let Some(pdu) = statement.query_row([id], StoredPdu::from_row).optional()? {
+                    pdus.push(pdu);
+                }
+            }
+            Ok(pdus)
+        })
+        .await
+    }
+
+    /// A user's membership in a room, if any.
+    pub async fn membership(&self, room_id: String, user_id: String) -> Result<Option<Membership>> {
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT room_id, user_id, membership, event_id, stream_pos FROM memberships
+                     WHERE room_id = ?1 AND user_id = ?2",
+                    [room_id, user_id],
+                    Membership::from_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Every room membership of a user (joined, invited, left, banned), minus forgotten rooms.
+    pub async fn memberships_of(&self, user_id: String) -> Result<Vec<Membership>> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT room_id, user_id, membership, event_id, stream_pos FROM memberships m
+                 WHERE user_id = ?1 AND NOT EXISTS (
+                     SELECT 1 FROM forgotten_rooms f
+                     WHERE f.user_id = m.user_id AND f.room_id = m.room_id)
+                 ORDER BY stream_pos",
+            )?;
+            let rows = statement
+                .query_map([user_id], Membership::from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// The members of a room with a given membership ("join", "invite", ...).
+    pub async fn room_members(&self, room_id: String, membership: String) -> Result<Vec<String>> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT user_id FROM memberships WHERE room_id = ?1 AND membership = ?2
+                 ORDER BY user_id",
+            )?;
+            let rows = statement
+                .query_map([room_id, membership], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Accepted timeline PDUs of a room with stream positions in `(after, upto]`: the newest
+    /// `limit` of them, oldest first, and whether older ones in the range were left out.
+    pub async fn room_timeline(
+        &self,
+        room_id: String,
+        after: i64,
+        upto: i64,
+        limit: u32,
+    ) -> Result<(Vec<StoredPdu>, bool)> {
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {} FROM events
+                 WHERE room_id = ?1 AND stream_pos > ?2 AND stream_pos <= ?3
+                   AND rejection_reason IS NULL
+                 ORDER BY stream_pos DESC LIMIT ?4",
+                StoredPdu::COLUMNS
+            );
+            let mut statement = conn.prepare_cached(&sql)?;
+            let mut pdus = statement
+                .query_map(
+                    params![room_id, after, upto, i64::from(limit) + 1],
+                    StoredPdu::from_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let limited = pdus.len() > limit as usize;
+            pdus.truncate(limit as usize);
+            pdus.reverse();
+            Ok((pdus, limited))
+        })
+        .await
+    }
+
+    /// Accepted PDUs of a room before stream position `before`, newest first (for `/messages`
+    /// backwards), or after `after`, oldest first (forwards).
+    pub async fn room_page(
+        &self,
+        room_id: String,
+        from: i64,
+        backwards: bool,
+        limit: u32,
+    ) -> Result<Vec<StoredPdu>> {
+        self.read(move |conn| {
+            let sql = if backwards {
+                format!(
+                    "SELECT {} FROM events WHERE room_id = ?1 AND stream_pos <= ?2
+                     AND rejection_reason IS NULL ORDER BY stream_pos DESC LIMIT ?3",
+                    StoredPdu::COLUMNS
+                )
+            } else {
+                format!(
+                    "SELECT {} FROM events WHERE room_id = ?1 AND stream_pos > ?2
+                     AND rejection_reason IS NULL ORDER BY stream_pos ASC LIMIT ?3",
+                    StoredPdu::COLUMNS
+                )
+            };
+            let mut statement = conn.prepare_cached(&sql)?;
+            let pdus = statement
+                .query_map(params![room_id, from, limit], StoredPdu::from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(pdus)
+        })
+        .await
+    }
+
+    /// The event a client transaction created, if it was seen before.
+    pub async fn transaction_event(
+        &self,
+        localpart: String,
+        device_id: String,
+        txn_id: String,
+    ) -> Result<Option<String>> {
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT event_id FROM client_transactions
+                     WHERE localpart = ?1 AND device_id = ?2 AND txn_id = ?3",
+                    [localpart, device_id, txn_id],
+                    |row| row.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    pub async fn set_alias(&self, alias: String, room_id: String, creator: String) -> Result<()> {
+        self.write(move |conn| {
+            let inserted = conn.execute(
+                "INSERT INTO room_aliases (alias, room_id, creator) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (alias) DO NOTHING",
+                params![alias, room_id, creator],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::AlreadyExists("room alias"));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn alias_room(&self, alias: String) -> Result<Option<String>> {
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT room_id FROM room_aliases WHERE alias = ?1",
+                    [alias],
+                    |row| row.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Removes an alias its creator made; returns whether there was one.
+    pub async fn delete_alias(&self, alias: String, creator: String) -> Result<bool> {
+        self.write(move |conn| {
+            let deleted = conn.execute(
+                "DELETE FROM room_aliases WHERE alias = ?1 AND creator = ?2",
+                [alias, creator],
+            )?;
+            Ok(deleted > 0)
+        })
+        .await
+    }
+
+    pub async fn forget_room(&self, user_id: String, room_id: String) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO forgotten_rooms (user_id, room_id) VALUES (?1, ?2)",
+                [user_id, room_id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn save_filter(&self, localpart: String, filter: String) -> Result<i64> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO filters (localpart, filter) VALUES (?1, ?2)",
+                [localpart, filter],
+            )?;
+            Ok(conn.last_insert_rowid())
+        })
+        .await
+    }
+
+    pub async fn filter(&self, localpart: String, filter_id: i64) -> Result<Option<String>> {
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT filter FROM filters WHERE localpart = ?1 AND filter_id = ?2",
+                    params![localpart, filter_id],
+                    |row| row.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+}
+
+impl Membership {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Membership> {
+        Ok(Membership {
+            room_id: row.get(0)?,
+            user_id: row.get(1)?,
+            membership: row.get(2)?,
+            event_id: row.get(3)?,
+            stream_pos: row.get(4)?,
+        })
+    }
+}
+
+fn current_state(conn: &Connection, room_id: &str) -> Result<Vec<(String, String, String)>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT event_type, state_key, event_id FROM current_state WHERE room_id = ?1",
+    )?;
+    let rows = statement
+        .query_map([room_id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+fn append_accepted(conn: &Connection, accepted: &AcceptedPdu) -> Result<Option<i64>> {
+    let pdu = &accepted.pdu;
+    let position = append_pdu(conn, pdu)?;
+    let Some(position) = position else {
+        return Ok(None);
+    };
+    if let Some(state_key) = &pdu.state_key {
+        conn.prepare_cached(
+            "INSERT INTO current_state (room_id, event_type, state_key, event_id)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
+        )?
+        .execute(params![pdu.room_id, pdu.event_type, state_key, pdu.event_id])?;
+        if let Some(membership) = &accepted.membership {
+            conn.prepare_cached(
+                "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_pos)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
+                     event_id = excluded.event_id, stream_pos = excluded.stream_pos",
+            )?
+            .execute(params![
+                pdu.room_id,
+                state_key,
+                membership,
+                pdu.event_id,
+                position
+            ])?;
+            // Joining again un-forgets the room.
+            if membership == "join" || membership == "invite" {
+                conn.execute(
+                    "DELETE FROM forgotten_rooms WHERE user_id = ?1 AND room_id = ?2",
+                    [state_key, &pdu.room_id],
+                )?;
+            }
+        }
+    }
+    if let Some((localpart, device_id, txn_id)) = &accepted.transaction {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO client_transactions (localpart, device_id, txn_id, event_id)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![localpart, device_id, txn_id, pdu.event_id])?;
+    }
+    Ok(Some(position))
+}

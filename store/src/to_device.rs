@@ -1,0 +1,229 @@
+//! To-device messages: each local device's inbox, in stream order, kept until the device's sync
+//! shows it has them; and the sendToDevice transaction ids already delivered.
+
+use rusqlite::{Connection, params};
+
+use crate::error::Result;
+use crate::{Store, next_stream_pos, now_ms};
+
+/// How long a sendToDevice transaction id is remembered: a retry later than this is delivered
+/// again.
+const TXN_ID_KEPT_MS: i64 = 7 * 24 * 60 * 60 * 1000;
+
+/// A message for one device of a local user (`device_id` `*`: for all of the user's devices).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToDeviceMessage {
+    pub localpart: String,
+    pub device_id: String,
+    pub sender: String,
+    pub event_type: String,
+    /// The event content as JSON.
+    pub content: String,
+}
+
+impl Store {
+    /// Puts messages in their devices' inboxes, each at a new stream position. A message for
+    /// device `*` goes to every device the user has now; one for a device that does not exist is
+    /// dropped.
+    pub async fn queue_to_device(&self, messages: Vec<ToDeviceMessage>) -> Result<()> {
+        self.write(move |conn| queue(conn, &messages)).await
+    }
+
+    /// Like [`Store::queue_to_device`], once per transaction id of the sending device: returns
+    /// false (and queues nothing) if `txn_id` was delivered before.
+    pub async fn queue_to_device_once(
+        &self,
+        sender_localpart: String,
+        sender_device_id: String,
+        txn_id: String,
+        messages: Vec<ToDeviceMessage>,
+    ) -> Result<bool> {
+        self.write(move |conn| {
+            let now = now_ms();
+            conn.prepare_cached("DELETE FROM to_device_txns WHERE created_ms < ?1")?
+                .execute([now - TXN_ID_KEPT_MS])?;
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO to_device_txns (localpart, device_id, txn_id, created_ms)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (localpart, device_id, txn_id) DO NOTHING",
+                )?
+                .execute(params![sender_localpart, sender_device_id, txn_id, now])?;
+            if inserted == 0 {
+                return Ok(false);
+            }
+            queue(conn, &messages)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Up to `limit` messages of a device's inbox at stream positions in (`after`, `upto`],
+    /// oldest first, as (stream position, event type, sender, content JSON).
+    pub async fn to_device_messages(
+        &self,
+        localpart: String,
+        device_id: String,
+        after: i64,
+        upto: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String, String, String)>> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT stream_pos, event_type, sender, content FROM to_device_inbox
+                 WHERE localpart = ?1 AND device_id = ?2 AND stream_pos > ?3 AND stream_pos <= ?4
+                 ORDER BY stream_pos LIMIT ?5",
+            )?;
+            let messages = statement
+                .query_map(params![localpart, device_id, after, upto, limit], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(messages)
+        })
+        .await
+    }
+
+    /// Deletes a device's messages at stream positions up to `upto`: the device has them.
+    pub async fn delete_to_device_upto(
+        &self,
+        localpart: String,
+        device_id: String,
+        upto: i64,
+    ) -> Result<()> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "DELETE FROM to_device_inbox
+                 WHERE localpart = ?1 AND device_id = ?2 AND stream_pos <= ?3",
+            )?
+            .execute(params![localpart, device_id, upto])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn queue(conn: &Connection, messages: &[ToDeviceMessage]) -> Result<()> {
+    let mut devices = conn
+        .prepare_cached("SELECT device_id FROM devices WHERE localpart = ?1 ORDER BY device_id")?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO to_device_inbox (stream_pos, localpart, device_id, sender, event_type, content)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for message in messages {
+        let all: Vec<String> = devices
+            .query_map([&message.localpart], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let targets: Vec<&String> = if message.device_id == "*" {
+            all.iter().collect()
+        } else {
+            all.iter().filter(|d| **d == message.device_id).collect()
+        };
+        for device_id in targets {
+            insert.execute(params![
+                next_stream_pos(conn)?,
+                message.localpart,
+                device_id,
+                message.sender,
+                message.event_type,
+                message.content
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NewDevice;
+
+    async fn store_with_devices(devices: &[&str]) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.create_account("bob".into(), None).await.unwrap();
+        for device in devices {
+            store
+                .login_device(NewDevice {
+                    localpart: "bob".into(),
+                    device_id: (*device).into(),
+                    display_name: None,
+                    token_hash: device.as_bytes().to_vec(),
+                })
+                .await
+                .unwrap();
+        }
+        (dir, store)
+    }
+
+    fn message(device_id: &str, content: &str) -> ToDeviceMessage {
+        ToDeviceMessage {
+            localpart: "bob".into(),
+            device_id: device_id.into(),
+            sender: "@alice:example".into(),
+            event_type: "m.room_key_request".into(),
+            content: content.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn inboxes_in_stream_order_until_deleted() {
+        let (_dir, store) = store_with_devices(&["P", "Q"]).await;
+        store
+            .queue_to_device(vec![
+                message("P", "1"),
+                message("*", "2"),
+                message("NOSUCHDEVICE", "3"),
+                message("P", "4"),
+            ])
+            .await
+            .unwrap();
+        let inbox = |device: &str, after, limit| {
+            store.to_device_messages("bob".into(), device.into(), after, i64::MAX, limit)
+        };
+        let p = inbox("P", 0, 10).await.unwrap();
+        let contents: Vec<&str> = p.iter().map(|m| m.3.as_str()).collect();
+        assert_eq!(contents, ["1", "2", "4"]);
+        assert!(p.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(p[0].1, "m.room_key_request");
+        assert_eq!(p[0].2, "@alice:example");
+        let q = inbox("Q", 0, 10).await.unwrap();
+        assert_eq!(q.iter().map(|m| m.3.as_str()).collect::<Vec<_>>(), ["2"]);
+
+        // Limits and ranges page through; deleting acknowledges.
+        let first = inbox("P", 0, 1).await.unwrap();
+        assert_eq!(first.len(), 1);
+        let rest = inbox("P", first[0].0, 10).await.unwrap();
+        assert_eq!(rest.len(), 2);
+        let upto = store.to_device_messages("bob".into(), "P".into(), 0, p[1].0, 10);
+        assert_eq!(upto.await.unwrap().len(), 2);
+        store
+            .delete_to_device_upto("bob".into(), "P".into(), p[1].0)
+            .await
+            .unwrap();
+        let left = inbox("P", 0, 10).await.unwrap();
+        assert_eq!(left.iter().map(|m| m.3.as_str()).collect::<Vec<_>>(), ["4"]);
+        assert_eq!(
+            inbox("Q", 0, 10).await.unwrap().len(),
+            1,
+            "other inboxes stay"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_transaction_id_delivers_once() {
+        let (_dir, store) = store_with_devices(&["P"]).await;
+        let send = || {
+            store.queue_to_device_once(
+                "bob".into(),
+                "P".into(),
+                "txn1".into(),
+                vec![message("P", "hello")],
+            )
+        };
+        assert!(send().await.unwrap());
+        assert!(!send().await.unwrap());
+        let inbox = store.to_device_messages("bob".into(), "P".into(), 0, i64::MAX, 10);
+        assert_eq!(inbox.await.unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,206 @@
+//! Benchmark: one node on loopback, real HTTP. Reports (1) the latency from sending a message to
+//! its arrival in another user's long-polling `/sync`, as p50/p95/p99 over N messages, and
+//! (2) messages per second accepted with 8 concurrent senders.
+//!
+//! Run: `cargo run --release -p hyphae-tests --bin bench-sync [-- MESSAGES]`
+
+use std::time::{Duration, Instant};
+
+use hyphae_tests::TestNode;
+use serde_json::{Value, json};
+
+struct User {
+    token: String,
+    user_id: String,
+}
+
+#[tokio::main]
+async fn main() {
+    let messages: usize = std::env::args()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    let node = TestNode::start_with(|config| {
+        // The benchmark registers many users from one address.
+        config.auth_rate_limit.burst = 1000;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let base = node.client_url("/_matrix/client/v3");
+
+    let alice = register(&http, &base, "alice").await;
+    let bob = register(&http, &base, "bob").await;
+    let room = post(
+        &http,
+        &format!("{base}/createRoom"),
+        &alice.token,
+        json!({"preset": "public_chat"}),
+    )
+    .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    post(&http, &format!("{base}/join/{room}"), &bob.token, json!({})).await;
+    let mut since = sync(&http, &base, &bob.token, None, 0).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // (1) send -> arrival in Bob's long-poll.
+    let mut latencies = Vec::with_capacity(messages);
+    for n in 0..messages {
+        let body = format!("latency {n}");
+        let waiting = {
+            let (http, base, token, since) =
+                (http.clone(), base.clone(), bob.token.clone(), since.clone());
+            tokio::spawn(async move { sync(&http, &base, &token, Some(&since), 30_000).await })
+        };
+        // Let the long-poll reach the server before sending.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let started = Instant::now();
+        send(&http, &base, &alice.token, &room, &format!("l{n}"), &body).await;
+        let mut response = waiting.await.unwrap();
+        loop {
+            let arrived = response["rooms"]["join"][&room]["timeline"]["events"]
+                .as_array()
+                .is_some_and(|events| events.iter().any(|e| e["content"]["body"] == body));
+            since = response["next_batch"].as_str().unwrap().to_owned();
+            if arrived {
+                break;
+            }
+            response = sync(&http, &base, &bob.token, Some(&since), 30_000).await;
+        }
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    let percentile =
+        |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "send -> long-poll /sync arrival, {messages} messages: p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
+        ms(percentile(0.50)),
+        ms(percentile(0.95)),
+        ms(percentile(0.99)),
+    );
+
+    // (2) 8 concurrent senders, each its own user.
+    let mut senders = Vec::new();
+    for n in 0..8 {
+        let user = register(&http, &base, &format!("sender{n}")).await;
+        post(
+            &http,
+            &format!("{base}/join/{room}"),
+            &user.token,
+            json!({}),
+        )
+        .await;
+        senders.push(user);
+    }
+    let per_sender = messages;
+    let started = Instant::now();
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|user| {
+            let (http, base, room) = (http.clone(), base.clone(), room.clone());
+            tokio::spawn(async move {
+                for n in 0..per_sender {
+                    send(
+                        &http,
+                        &base,
+                        &user.token,
+                        &room,
+                        &format!("c{n}"),
+                        "concurrent",
+                    )
+                    .await;
+                }
+                user.user_id
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let total = 8 * per_sender;
+    println!(
+        "8 concurrent senders, {total} messages: {:.0} messages/s ({:.2} s)",
+        total as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn register(http: &reqwest::Client, base: &str, name: &str) -> User {
+    let body: Value = http
+        .post(format!("{base}/register"))
+        .json(&json!({"username": name, "password": "benchmark",
+                      "auth": {"type": "m.login.dummy"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    User {
+        token: body["access_token"]
+            .as_str()
+            .expect("registered")
+            .to_owned(),
+        user_id: body["user_id"].as_str().unwrap().to_owned(),
+    }
+}
+
+async fn post(http: &reqwest::Client, url: &str, token: &str, body: Value) -> Value {
+    let response = http
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
+    response.json().await.unwrap()
+}
+
+async fn send(http: &reqwest::Client, base: &str, token: &str, room: &str, txn: &str, body: &str) {
+    let response = http
+        .put(format!("{base}/rooms/{room}/send/m.room.message/{txn}"))
+        .bearer_auth(token)
+        .json(&json!({"msgtype": "m.text", "body": body}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "send: {}",
+        response.status()
+    );
+}
+
+async fn sync(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    since: Option<&str>,
+    timeout_ms: u64,
+) -> Value {
+    let mut url = format!("{base}/sync?timeout={timeout_ms}");
+    if let Some(since) = since {
+        url.push_str(&format!("&since={since}"));
+    }
+    http.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
