@@ -8,6 +8,7 @@ mod credentials;
 mod error;
 mod node;
 mod rooms;
+mod typing;
 
 pub use config::{Config, RateLimit, Registration};
 pub use error::NodeError;

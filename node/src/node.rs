@@ -15,6 +15,7 @@ use crate::client_api::{self, RateLimiter};
 use crate::config::{Config, Registration};
 use crate::error::NodeError;
 use crate::rooms::Rooms;
+use crate::typing::Typing;
 
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -41,6 +42,7 @@ pub(crate) struct AppState {
     pub(crate) registration: Arc<Registration>,
     pub(crate) limiter: Arc<RateLimiter>,
     pub(crate) rooms: Rooms,
+    pub(crate) typing: Typing,
 }
 
 impl Node {
@@ -66,6 +68,7 @@ impl Node {
         let rooms = Rooms::new(store.clone(), server_name.clone(), &identity.secret_bytes());
         let state = AppState {
             rooms,
+            typing: Typing::new(),
             server_name,
             store: store.clone(),
             registration: Arc::new(config.registration()),

@@ -16,6 +16,7 @@ mod migrations;
 mod outbox;
 mod peers;
 mod readers;
+mod receipts;
 mod rooms;
 mod to_device;
 mod writer;
@@ -40,6 +41,7 @@ pub use keys::{ClaimedKey, CrossSigningKey, KeySignature, KeyUpload, OneTimeKey}
 pub use migrations::SCHEMA_VERSION;
 pub use outbox::{OutboxEntry, OutboxKind};
 pub use peers::KnownPeer;
+pub use receipts::Receipt;
 pub use rooms::{AcceptedPdu, Membership};
 pub use rusqlite;
 pub use to_device::ToDeviceMessage;

@@ -5,6 +5,7 @@ mod account;
 mod account_data;
 mod backup;
 mod devices;
+mod ephemeral;
 mod error;
 mod keys;
 mod rate_limit;
@@ -151,6 +152,22 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/v3/rooms/{room_id}/event/{event_id}", get(rooms::event))
         .route("/v3/rooms/{room_id}/messages", get(rooms::messages))
+        .route(
+            "/v3/rooms/{room_id}/context/{event_id}",
+            get(rooms::context),
+        )
+        .route(
+            "/v3/rooms/{room_id}/receipt/{receipt_type}/{event_id}",
+            post(ephemeral::receipt),
+        )
+        .route(
+            "/v3/rooms/{room_id}/read_markers",
+            post(ephemeral::read_markers),
+        )
+        .route(
+            "/v3/rooms/{room_id}/typing/{user_id}",
+            put(ephemeral::typing),
+        )
         .route(
             "/v3/directory/room/{room_alias}",
             get(rooms::alias_get)

@@ -498,3 +498,127 @@ async fn account_data_push_rules_and_capabilities() {
     assert_eq!(status, 200);
     assert_eq!(caps["capabilities"]["m.room_versions"]["default"], "11");
 }
+
+fn ephemeral<'a>(sync: &'a Value, room: &str, kind: &str) -> Option<&'a Value> {
+    sync["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["type"] == kind)
+}
+
+#[tokio::test]
+async fn receipts_read_markers_typing_and_context() {
+    let api = Api::start().await;
+    let alice = person(&api, "alice").await;
+    let bob = person(&api, "bob").await;
+    let room = create_room(&api, &alice, json!({"invite": [bob.user_id]})).await;
+    api.post(
+        &format!("/v3/rooms/{room}/join"),
+        Some(&bob.token),
+        json!({}),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let (_, sent) = send_text(&api, &alice, &room, &format!("m{n}"), &format!("m{n}")).await;
+        ids.push(sent["event_id"].as_str().unwrap().to_owned());
+    }
+    let since = sync(&api, &bob, None, 0).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Bob reads up to m3: Alice sees his public receipt, not his private one.
+    let (status, _) = api
+        .post(
+            &format!("/v3/rooms/{room}/receipt/m.read/{}", ids[3]),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = api
+        .post(
+            &format!("/v3/rooms/{room}/read_markers"),
+            Some(&bob.token),
+            json!({"m.fully_read": ids[4], "m.read.private": ids[4]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let alice_view = sync(&api, &alice, None, 0).await;
+    let receipt = ephemeral(&alice_view, &room, "m.receipt").expect("a receipt");
+    assert!(
+        receipt["content"][&ids[3]]["m.read"][&bob.user_id]["ts"].is_u64(),
+        "{receipt}"
+    );
+    assert!(
+        receipt["content"][&ids[4]].is_null(),
+        "private receipts stay private: {receipt}"
+    );
+    let bob_view = sync(&api, &bob, Some(&since), 0).await;
+    let own = ephemeral(&bob_view, &room, "m.receipt").expect("own receipts");
+    assert!(
+        own["content"][&ids[4]]["m.read.private"][&bob.user_id].is_object(),
+        "{own}"
+    );
+    let markers = bob_view["rooms"]["join"][&room]["account_data"]["events"]
+        .as_array()
+        .unwrap();
+    assert_eq!(markers[0]["type"], "m.fully_read");
+    assert_eq!(markers[0]["content"]["event_id"], ids[4].as_str());
+    let (status, body) = api
+        .post(
+            &format!("/v3/rooms/{room}/receipt/m.read/$nope"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND"))
+    );
+
+    // Alice types: Bob's waiting sync wakes with it, and again when it expires.
+    let since = bob_view["next_batch"].as_str().unwrap().to_owned();
+    let path = format!("/v3/rooms/{room}/typing/{}", alice.user_id);
+    let (status, _) = api
+        .put(
+            &path,
+            Some(&alice.token),
+            json!({"typing": true, "timeout": 400}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let typing = sync(&api, &bob, Some(&since), 5000).await;
+    let event = ephemeral(&typing, &room, "m.typing").expect("typing");
+    assert_eq!(event["content"]["user_ids"], json!([alice.user_id]));
+    let started = Instant::now();
+    let stopped = sync(&api, &bob, typing["next_batch"].as_str(), 5000).await;
+    let event = ephemeral(&stopped, &room, "m.typing").expect("typing stopped");
+    assert_eq!(event["content"]["user_ids"], json!([]));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "expiry took {:?}",
+        started.elapsed()
+    );
+    let (status, _) = api
+        .put(
+            &format!("/v3/rooms/{room}/typing/{}", bob.user_id),
+            Some(&alice.token),
+            json!({"typing": true, "timeout": 400}),
+        )
+        .await;
+    assert_eq!(status, 403, "nobody types for someone else");
+
+    // Context around m2.
+    let (status, context) = api
+        .get(
+            &format!("/v3/rooms/{room}/context/{}?limit=2", ids[2]),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(status, 200, "{context}");
+    assert_eq!(context["event"]["content"]["body"], "m2");
+    assert_eq!(context["events_before"][0]["content"]["body"], "m1");
+    assert_eq!(context["events_after"][0]["content"]["body"], "m3");
+}

@@ -669,3 +669,73 @@ pub(crate) async fn alias_delete(
     }
     Ok(Ruma(delete_alias::v3::Response::new()))
 }
+
+/// An event with the events around it (for jumping to a reply or search result).
+pub(crate) async fn context(
+    State(state): State<AppState>,
+    user: User,
+    Req(request): Req<ruma::api::client::context::get_context::v3::Request>,
+) -> ApiResult<ruma::api::client::context::get_context::v3::Response> {
+    use ruma::api::client::context::get_context::v3::Response;
+    require_joined(&state, &request.room_id, &user).await?;
+    let stored = state
+        .store
+        .pdu(request.event_id.to_string())
+        .await?
+        .filter(|p| p.room_id == request.room_id.as_str() && p.rejection_reason.is_none())
+        .ok_or_else(|| MatrixError::not_found("Event not found"))?;
+    let position = stored
+        .stream_pos
+        .ok_or_else(|| MatrixError::not_found("Event not in this room's timeline"))?;
+    let limit = u32::try_from(u64::from(request.limit))
+        .unwrap_or(10)
+        .min(100);
+    let before_limit = limit / 2;
+    let after_limit = limit - before_limit;
+    let room = request.room_id.to_string();
+    let before = state
+        .store
+        .room_page(room.clone(), position - 1, true, before_limit.max(1))
+        .await?;
+    let after = state
+        .store
+        .room_page(room, position, false, after_limit.max(1))
+        .await?;
+    let client = |pdus: &[hyphae_store::StoredPdu], take: u32| {
+        pdus.iter()
+            .take(take as usize)
+            .filter_map(|s| Pdu::from_stored(s).ok())
+            .map(|pdu| pdu.to_raw(true))
+            .collect::<Vec<_>>()
+    };
+    let mut response = Response::new();
+    response.event = Some(
+        Pdu::from_stored(&stored)
+            .map_err(|e| MatrixError::unknown(e.to_string()))?
+            .to_raw(true),
+    );
+    response.events_before = client(&before, before_limit);
+    response.events_after = client(&after, after_limit);
+    let earliest = before
+        .iter()
+        .take(before_limit as usize)
+        .last()
+        .and_then(|p| p.stream_pos)
+        .unwrap_or(position);
+    let latest = after
+        .iter()
+        .take(after_limit as usize)
+        .last()
+        .and_then(|p| p.stream_pos)
+        .unwrap_or(position);
+    response.start = Some(stream_token(earliest - 1));
+    response.end = Some(stream_token(latest));
+    response.state = state
+        .rooms
+        .state(&request.room_id)
+        .await?
+        .values()
+        .map(|pdu| pdu.to_raw(true))
+        .collect();
+    Ok(Ruma(response))
+}

@@ -43,25 +43,63 @@ pub(crate) async fn sync(
     user: User,
     Req(request): Req<sync::Request>,
 ) -> ApiResult<sync::Response> {
-    let since = request
-        .since
-        .as_deref()
-        .map(parse_stream_token)
-        .transpose()?;
+    let (since, typing_since) = match request.since.as_deref() {
+        Some(token) => {
+            let (position, typing) = parse_sync_token(token)?;
+            (Some(position), typing)
+        }
+        None => (None, None),
+    };
     let limit = timeline_limit(&state, &user, request.filter.as_ref()).await?;
     let timeout = request.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut position = state.store.stream_position();
+    let mut typing = state.typing.serial();
+    // A token without a typing serial: report typing changes from now on only.
+    let typing_since = match (since, typing_since) {
+        (Some(_), None) => Some(*typing.borrow()),
+        (_, typing_since) => typing_since,
+    };
     loop {
         let upto = *position.borrow_and_update();
-        let response = build(&state, &user, since, upto, request.full_state, limit).await?;
-        if since.is_none() || has_news(&response) || tokio::time::Instant::now() >= deadline {
+        let typing_now = *typing.borrow_and_update();
+        let since = Since {
+            position: since,
+            typing: typing_since,
+        };
+        let mut response = build(&state, &user, since, upto, request.full_state, limit).await?;
+        response.next_batch = format!("{}_t{typing_now}", response.next_batch);
+        if since.position.is_none()
+            || has_news(&response)
+            || tokio::time::Instant::now() >= deadline
+        {
             return Ok(Ruma(response));
         }
         tokio::select! {
             changed = position.changed() => if changed.is_err() { return Ok(Ruma(response)) },
+            changed = typing.changed() => if changed.is_err() { return Ok(Ruma(response)) },
             _ = tokio::time::sleep_until(deadline) => return Ok(Ruma(response)),
         }
+    }
+}
+
+/// Where the client's last sync ended: a stream position and the typing serial.
+#[derive(Clone, Copy)]
+struct Since {
+    position: Option<i64>,
+    typing: Option<u64>,
+}
+
+/// `s<position>` or `s<position>_t<typing serial>`.
+fn parse_sync_token(token: &str) -> Result<(i64, Option<u64>), MatrixError> {
+    match token.split_once("_t") {
+        Some((position, typing)) => {
+            let typing = typing
+                .parse()
+                .map_err(|_| MatrixError::invalid_param(format!("Unknown sync token {token:?}")))?;
+            Ok((parse_stream_token(position)?, Some(typing)))
+        }
+        None => Ok((parse_stream_token(token)?, None)),
     }
 }
 
@@ -107,11 +145,13 @@ async fn timeline_limit(
 async fn build(
     state: &AppState,
     user: &User,
-    since: Option<i64>,
+    since: Since,
     upto: i64,
     full_state: bool,
     limit: u32,
 ) -> Result<sync::Response, MatrixError> {
+    let typing_since = since.typing;
+    let since = since.position;
     let store = &state.store;
     let user_id = user.user_id.to_string();
     let device_id = user.device_id.to_string();
@@ -169,7 +209,21 @@ async fn build(
                 let (timeline, limited) = store
                     .room_timeline(room_id.to_string(), from, upto, limit)
                     .await?;
-                if since.is_some() && timeline.is_empty() && !changed_now && !full_state {
+                let ephemeral = super::ephemeral::room_ephemeral(
+                    state,
+                    &user.user_id,
+                    &room_id,
+                    after,
+                    upto,
+                    if since.is_some() { typing_since } else { None },
+                )
+                .await?;
+                if since.is_some()
+                    && timeline.is_empty()
+                    && ephemeral.is_empty()
+                    && !changed_now
+                    && !full_state
+                {
                     continue;
                 }
                 let timeline_start = timeline.first().and_then(|p| p.stream_pos);
@@ -189,6 +243,11 @@ async fn build(
                     state_before_timeline(state, &room_id, &pdus, whole_state, gap).await?;
                 let mut room = JoinedRoom::new();
                 room.timeline = timeline;
+                room.ephemeral.events = ephemeral
+                    .into_iter()
+                    .filter_map(|e| serde_json::value::to_raw_value(&e).ok())
+                    .map(Raw::from_json)
+                    .collect();
                 let mut state_before = StateEvents::new();
                 state_before.events = state_events;
                 room.state = sync::State::Before(state_before);
