@@ -719,13 +719,13 @@ pub(crate) async fn context(
     let earliest = before
         .iter()
         .take(before_limit as usize)
-        .last()
+        .next_back()
         .and_then(|p| p.stream_pos)
         .unwrap_or(position);
     let latest = after
         .iter()
         .take(after_limit as usize)
-        .last()
+        .next_back()
         .and_then(|p| p.stream_pos)
         .unwrap_or(position);
     response.start = Some(stream_token(earliest - 1));
