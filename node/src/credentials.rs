@@ -83,6 +83,36 @@ pub(crate) fn new_session_id() -> Result<String, CredentialError> {
     Ok(hex::encode(random_bytes::<16>()?))
 }
 
+/// Single-use login tokens (`m.login.token`) that the embedding app mints for its own account, so
+/// its in-process client logs in without a password. Memory only: they live two minutes.
+#[derive(Default)]
+pub(crate) struct LoginTokens {
+    tokens: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (String, std::time::Instant)>>,
+}
+
+const LOGIN_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
+
+impl LoginTokens {
+    pub(crate) fn mint(&self, localpart: &str) -> Result<String, CredentialError> {
+        let token = new_access_token()?;
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        tokens.retain(|_, (_, expires)| *expires > now);
+        tokens.insert(
+            token_hash(&token),
+            (localpart.to_owned(), now + LOGIN_TOKEN_LIFETIME),
+        );
+        Ok(token)
+    }
+
+    /// The localpart the token was minted for, if it is valid; it cannot be used again.
+    pub(crate) fn redeem(&self, token: &str) -> Option<String> {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let (localpart, expires) = tokens.remove(&token_hash(token))?;
+        (expires > std::time::Instant::now()).then_some(localpart)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,8 @@ pub enum NodeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("no account {0:?} on this node")]
+    NoSuchAccount(String),
     #[error("a start-up task failed: {0}")]
     Startup(String),
 }

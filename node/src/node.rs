@@ -13,6 +13,7 @@ use ruma::OwnedServerName;
 
 use crate::client_api::{self, RateLimiter};
 use crate::config::{Config, Registration};
+use crate::credentials::LoginTokens;
 use crate::error::NodeError;
 use crate::rooms::Rooms;
 use crate::typing::Typing;
@@ -29,6 +30,7 @@ struct Inner {
     identity: Identity,
     store: Store,
     client_addr: SocketAddr,
+    login_tokens: Arc<LoginTokens>,
     // Dropping the sender (with the last handle) tells the server to stop.
     stop: Mutex<Option<oneshot::Sender<()>>>,
     server: Mutex<Option<JoinHandle<()>>>,
@@ -43,6 +45,7 @@ pub(crate) struct AppState {
     pub(crate) limiter: Arc<RateLimiter>,
     pub(crate) rooms: Rooms,
     pub(crate) typing: Typing,
+    pub(crate) login_tokens: Arc<LoginTokens>,
 }
 
 impl Node {
@@ -65,10 +68,12 @@ impl Node {
 
         let server_name = OwnedServerName::try_from(identity.server_name())
             .map_err(|e| NodeError::Startup(format!("server name: {e}")))?;
+        let login_tokens = Arc::new(LoginTokens::default());
         let rooms = Rooms::new(store.clone(), server_name.clone(), &identity.secret_bytes());
         let state = AppState {
             rooms,
             typing: Typing::new(),
+            login_tokens: login_tokens.clone(),
             server_name,
             store: store.clone(),
             registration: Arc::new(config.registration()),
@@ -91,6 +96,7 @@ impl Node {
                 identity,
                 store,
                 client_addr,
+                login_tokens,
                 stop: Mutex::new(Some(stop)),
                 server: Mutex::new(Some(server)),
             }),
@@ -109,6 +115,24 @@ impl Node {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// A single-use `m.login.token` for a local account, valid two minutes: how the embedding
+    /// app's own client logs in without knowing a password.
+    pub async fn login_token(&self, localpart: &str) -> Result<String, NodeError> {
+        if self
+            .inner
+            .store
+            .account(localpart.to_owned())
+            .await?
+            .is_none()
+        {
+            return Err(NodeError::NoSuchAccount(localpart.to_owned()));
+        }
+        self.inner
+            .login_tokens
+            .mint(localpart)
+            .map_err(|e| NodeError::Startup(e.to_string()))
     }
 
     /// Stops serving (letting requests in flight finish), then flushes and closes the store.

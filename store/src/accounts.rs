@@ -80,6 +80,49 @@ impl Store {
         .await
     }
 
+    /// (display name, avatar URL) of a local user; `None` if the account does not exist.
+    pub async fn profile(
+        &self,
+        localpart: String,
+    ) -> Result<Option<(Option<String>, Option<String>)>> {
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT p.displayname, p.avatar_url FROM accounts a
+                     LEFT JOIN profiles p USING (localpart) WHERE a.localpart = ?1",
+                    [localpart],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Sets the display name (`avatar: false`) or avatar URL (`avatar: true`).
+    pub async fn set_profile_field(
+        &self,
+        localpart: String,
+        avatar: bool,
+        value: Option<String>,
+    ) -> Result<()> {
+        self.write(move |conn| {
+            let column = if avatar { "avatar_url" } else { "displayname" };
+            conn.execute(
+                &format!(
+                    "INSERT INTO profiles (localpart, {column}) VALUES (?1, ?2)
+                     ON CONFLICT (localpart) DO UPDATE SET {column} = excluded.{column}"
+                ),
+                params![localpart, value],
+            )
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::ConstraintViolation) => StoreError::NotFound("account"),
+                _ => e.into(),
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn set_password_hash(&self, localpart: String, password_hash: String) -> Result<()> {
         self.write(move |conn| {
             let changed = conn.execute(

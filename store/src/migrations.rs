@@ -15,6 +15,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_rooms.sql"),
     include_str!("../migrations/0004_e2ee.sql"),
     include_str!("../migrations/0005_receipts.sql"),
+    include_str!("../migrations/0006_profiles.sql"),
 ];
 
 /// Marks a SQLite file as Hyphae's (`PRAGMA application_id`), so another program's database is

@@ -6,7 +6,9 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use ruma::api::client::account::register::RegistrationKind;
 use ruma::api::client::account::{change_password, get_username_availability, register, whoami};
-use ruma::api::client::session::get_login_types::v3::{LoginType, PasswordLoginType};
+use ruma::api::client::session::get_login_types::v3::{
+    LoginType, PasswordLoginType, TokenLoginType,
+};
 use ruma::api::client::session::{get_login_types, login, logout, logout_all};
 use ruma::api::client::uiaa::{AuthData, AuthType, UserIdentifier};
 use ruma::api::error::ErrorKind;
@@ -144,6 +146,7 @@ pub(crate) async fn username_available(
 pub(crate) async fn login_types() -> Ruma<get_login_types::v3::Response> {
     Ruma(get_login_types::v3::Response::new(vec![
         LoginType::Password(PasswordLoginType::new()),
+        LoginType::Token(TokenLoginType::new()),
     ]))
 }
 
@@ -153,12 +156,28 @@ pub(crate) async fn login(
     Req(request): Req<login::v3::Request>,
 ) -> ApiResult<login::v3::Response> {
     rate_limit(&state, peer)?;
-    let login::v3::LoginInfo::Password(password) = request.login_info else {
-        return Err(MatrixError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorKind::Unknown,
-            "Unsupported login type; this node offers m.login.password",
-        ));
+    let password = match request.login_info {
+        login::v3::LoginInfo::Password(password) => password,
+        login::v3::LoginInfo::Token(token) => {
+            let localpart = state
+                .login_tokens
+                .redeem(&token.token)
+                .ok_or_else(|| MatrixError::forbidden("Invalid or expired login token"))?;
+            return finish_login(
+                &state,
+                localpart,
+                request.device_id,
+                request.initial_device_display_name,
+            )
+            .await;
+        }
+        _ => {
+            return Err(MatrixError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::Unknown,
+                "Unsupported login type; this node offers m.login.password and m.login.token",
+            ));
+        }
     };
     #[allow(deprecated)] // `user` is deprecated, but older clients still send it.
     let name = match (&password.identifier, &password.user) {
@@ -178,21 +197,33 @@ pub(crate) async fn login(
     if !(matches && hash.is_some()) {
         return Err(refused());
     }
-    if account.is_some_and(|a| a.deactivated) {
+    finish_login(
+        &state,
+        localpart,
+        request.device_id,
+        request.initial_device_display_name,
+    )
+    .await
+}
+
+/// Logs an authenticated account in on a (new or named) device.
+async fn finish_login(
+    state: &AppState,
+    localpart: String,
+    device_id: Option<OwnedDeviceId>,
+    display_name: Option<String>,
+) -> ApiResult<login::v3::Response> {
+    let account = state.store.account(localpart.clone()).await?;
+    if account.is_none_or(|a| a.deactivated) {
         return Err(MatrixError::new(
             StatusCode::FORBIDDEN,
             ErrorKind::UserDeactivated,
             "This account is deactivated",
         ));
     }
-    let (device_id, access_token) = log_in_device(
-        &state,
-        &localpart,
-        request.device_id,
-        request.initial_device_display_name,
-    )
-    .await?;
-    let user_id = user_id(&state, &localpart)?;
+    let (device_id, access_token) =
+        log_in_device(state, &localpart, device_id, display_name).await?;
+    let user_id = user_id(state, &localpart)?;
     tracing::info!(%user_id, %device_id, "logged in");
     Ok(Ruma(login::v3::Response::new(
         user_id,

@@ -8,6 +8,7 @@ mod devices;
 mod ephemeral;
 mod error;
 mod keys;
+mod profile;
 mod rate_limit;
 mod request;
 mod rooms;
@@ -96,6 +97,15 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/v3/sync", get(sync::sync))
         .route("/v3/capabilities", get(account_data::capabilities))
+        .route("/v3/profile/{user_id}", get(profile::get))
+        .route(
+            "/v3/profile/{user_id}/displayname",
+            get(profile::get_displayname).put(profile::set_displayname),
+        )
+        .route(
+            "/v3/profile/{user_id}/avatar_url",
+            get(profile::get_avatar).put(profile::set_avatar),
+        )
         .route("/v3/pushrules/", get(account_data::push_rules))
         .route(
             "/v3/user/{user_id}/account_data/{event_type}",

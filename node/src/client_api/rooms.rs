@@ -151,7 +151,10 @@ async fn set_membership(
     membership: &str,
     reason: Option<String>,
 ) -> Result<(), MatrixError> {
-    let mut content = json!({"membership": membership});
+    let mut content = match membership {
+        "join" | "invite" => state.rooms.member_content(target, membership).await?,
+        _ => json!({"membership": membership}),
+    };
     if let Some(reason) = reason {
         content["reason"] = reason.into();
     }

@@ -363,3 +363,71 @@ async fn browsers_get_cors_headers() {
     let response = api.http.get(api.url("/versions")).send().await.unwrap();
     assert_eq!(response.headers()["access-control-allow-origin"], "*");
 }
+
+#[tokio::test]
+async fn the_embedding_app_logs_in_with_a_single_use_token() {
+    let api = Api::start().await;
+    let (alice, _, _) = api.register("alice", "pw").await;
+    let token = api.node.login_token("alice").await.unwrap();
+    let login = |token: &str| {
+        api.post(
+            "/v3/login",
+            None,
+            json!({"type": "m.login.token", "token": token}),
+        )
+    };
+    let (status, body) = login(&token).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user_id"], alice.as_str());
+    let (status, body) = login(&token).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "single use"
+    );
+    assert_eq!(login("made-up").await.0, 403);
+    assert!(api.node.login_token("nobody").await.is_err());
+    let (_, flows) = api.get("/v3/login", None).await;
+    assert_eq!(flows["flows"][1]["type"], "m.login.token");
+}
+
+#[tokio::test]
+async fn display_names_show_in_profiles_and_memberships() {
+    let api = Api::start().await;
+    let (alice, token, _) = api.register("alice", "pw").await;
+    let path = format!("/v3/profile/{alice}/displayname");
+    assert_eq!(
+        api.put(&path, Some(&token), json!({"displayname": "Alice A."}))
+            .await
+            .0,
+        200
+    );
+    let (status, profile) = api.get(&format!("/v3/profile/{alice}"), None).await;
+    assert_eq!((status, &profile["displayname"]), (200, &json!("Alice A.")));
+    let (_, bob_token, _) = api.register("bob", "pw").await;
+    assert_eq!(
+        api.put(&path, Some(&bob_token), json!({"displayname": "x"}))
+            .await
+            .0,
+        403
+    );
+    let (status, body) = api.get("/v3/profile/@nobody:example.org", None).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND"))
+    );
+
+    let (_, room) = api.post("/v3/createRoom", Some(&token), json!({})).await;
+    let room = room["room_id"].as_str().unwrap();
+    let (_, members) = api
+        .get(&format!("/v3/rooms/{room}/joined_members"), Some(&token))
+        .await;
+    assert_eq!(members["joined"][&alice]["display_name"], "Alice A.");
+    // A new name reaches the rooms she is in.
+    api.put(&path, Some(&token), json!({"displayname": "Alice B."}))
+        .await;
+    let (_, members) = api
+        .get(&format!("/v3/rooms/{room}/joined_members"), Some(&token))
+        .await;
+    assert_eq!(members["joined"][&alice]["display_name"], "Alice B.");
+}

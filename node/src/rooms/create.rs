@@ -88,7 +88,7 @@ impl Rooms {
             state(
                 StateEventType::RoomMember,
                 creator.as_str(),
-                json!({"membership": "join"}),
+                self.member_content(creator, "join").await?,
             ),
         )
         .await?;
@@ -193,7 +193,7 @@ impl Rooms {
             .await?;
         }
         for invitee in room.invite {
-            let mut content = json!({"membership": "invite"});
+            let mut content = self.member_content(&invitee, "invite").await?;
             if room.is_direct {
                 content["is_direct"] = true.into();
             }

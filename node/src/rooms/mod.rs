@@ -366,6 +366,30 @@ impl Rooms {
         }]))
     }
 
+    /// The content of a join or invite of `user_id`, with their profile when they are local.
+    pub(crate) async fn member_content(
+        &self,
+        user_id: &UserId,
+        membership: &str,
+    ) -> Result<serde_json::Value, RoomError> {
+        let mut content = serde_json::json!({"membership": membership});
+        if user_id.server_name() == self.inner.server_name
+            && let Some((displayname, avatar_url)) = self
+                .inner
+                .store
+                .profile(user_id.localpart().to_owned())
+                .await?
+        {
+            if let Some(name) = displayname {
+                content["displayname"] = name.into();
+            }
+            if let Some(url) = avatar_url {
+                content["avatar_url"] = url.into();
+            }
+        }
+        Ok(content)
+    }
+
     /// Reads one event the user may see.
     pub(crate) async fn event(&self, event_id: &EventId) -> Result<Option<Pdu>, RoomError> {
         match self.inner.store.pdu(event_id.to_string()).await? {
