@@ -271,6 +271,127 @@ impl Store {
         .await
     }
 
+    /// The transaction ids a device used for some of the given events: event id → scoped txn id
+    /// as the device's request stored it.
+    pub async fn transaction_ids(
+        &self,
+        localpart: String,
+        device_id: String,
+        event_ids: Vec<String>,
+    ) -> Result<Vec<(String, String)>> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT txn_id FROM client_transactions
+                 WHERE event_id = ?1 AND localpart = ?2 AND device_id = ?3",
+            )?;
+            let mut found = Vec::new();
+            for event_id in event_ids {
+                if let Some(txn) = statement
+                    .query_row(params![event_id, localpart, device_id], |row| row.get(0))
+                    .optional()?
+                {
+                    found.push((event_id, txn));
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    /// The room's state as of stream position `before` (exclusive): for each (type, key) the
+    /// newest accepted state event before it, skipping outliers.
+    pub async fn state_before(&self, room_id: String, before: i64) -> Result<Vec<StoredPdu>> {
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {} FROM events e
+                 WHERE e.room_id = ?1 AND e.state_key IS NOT NULL AND e.rejection_reason IS NULL
+                   AND e.stream_pos < ?2
+                   AND e.stream_pos = (
+                       SELECT max(n.stream_pos) FROM events n
+                       WHERE n.room_id = e.room_id AND n.event_type = e.event_type
+                         AND n.state_key = e.state_key AND n.state_key IS NOT NULL
+                         AND n.rejection_reason IS NULL AND n.stream_pos < ?2)
+                 ORDER BY e.stream_pos",
+                StoredPdu::COLUMNS_E
+            );
+            let mut statement = conn.prepare_cached(&sql)?;
+            let pdus = statement
+                .query_map(params![room_id, before], StoredPdu::from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(pdus)
+        })
+        .await
+    }
+
+    /// A user's membership in a room as of stream position `upto`, and the one before it:
+    /// ((membership, position), previous membership).
+    pub async fn membership_at(
+        &self,
+        room_id: String,
+        user_id: String,
+        upto: i64,
+    ) -> Result<Option<((String, i64), Option<String>)>> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT json_extract(pdu, '$.content.membership'), stream_pos FROM events
+                 WHERE room_id = ?1 AND event_type = 'm.room.member' AND state_key = ?2
+                   AND rejection_reason IS NULL AND stream_pos <= ?3
+                 ORDER BY stream_pos DESC LIMIT 2",
+            )?;
+            let mut rows = statement
+                .query_map(params![room_id, user_id, upto], |row| {
+                    Ok((row.get::<_, Option<String>>(0)?, row.get::<_, i64>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+                .into_iter();
+            let Some((Some(current), position)) = rows.next() else {
+                return Ok(None);
+            };
+            let previous = rows.next().and_then(|(membership, _)| membership);
+            Ok(Some(((current, position), previous)))
+        })
+        .await
+    }
+
+    /// Where a member's current stay in a room began: the position of their first join (or,
+    /// with `from_invite`, invite) since they last left or were banned.
+    pub async fn membership_start(
+        &self,
+        room_id: String,
+        user_id: String,
+        from_invite: bool,
+    ) -> Result<Option<i64>> {
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT min(stream_pos) FROM events
+                 WHERE room_id = ?1 AND event_type = 'm.room.member' AND state_key = ?2
+                   AND rejection_reason IS NULL AND stream_pos IS NOT NULL
+                   AND (json_extract(pdu, '$.content.membership') = 'join'
+                        OR (?3 AND json_extract(pdu, '$.content.membership') = 'invite'))
+                   AND stream_pos > coalesce((
+                       SELECT max(stream_pos) FROM events
+                       WHERE room_id = ?1 AND event_type = 'm.room.member' AND state_key = ?2
+                         AND rejection_reason IS NULL
+                         AND json_extract(pdu, '$.content.membership') IN ('leave', 'ban')), 0)",
+                params![room_id, user_id, from_invite],
+                |row| row.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// Replaces a stored PDU's JSON (with its redacted form).
+    pub async fn replace_pdu_json(&self, event_id: String, json: String) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE events SET pdu = ?2 WHERE event_id = ?1",
+                [event_id, json],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Removes an alias its creator made; returns whether there was one.
     pub async fn delete_alias(&self, alias: String, creator: String) -> Result<bool> {
         self.write(move |conn| {
@@ -343,6 +464,14 @@ fn current_state(conn: &Connection, room_id: &str) -> Result<Vec<(String, String
 
 fn append_accepted(conn: &Connection, accepted: &AcceptedPdu) -> Result<Option<i64>> {
     let pdu = &accepted.pdu;
+    // A timeline event whose parent never made it to the store (its commit failed) would
+    // leave a hole in the room's history: refuse it.
+    let mut known = conn.prepare_cached("SELECT 1 FROM events WHERE event_id = ?1")?;
+    for prev in &pdu.prev_events {
+        if !known.exists([prev])? {
+            return Err(StoreError::NotFound("prev event"));
+        }
+    }
     let position = append_pdu(conn, pdu)?;
     let Some(position) = position else {
         return Ok(None);

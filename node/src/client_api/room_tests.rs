@@ -622,3 +622,180 @@ async fn receipts_read_markers_typing_and_context() {
     assert_eq!(context["events_before"][0]["content"]["body"], "m1");
     assert_eq!(context["events_after"][0]["content"]["body"], "m3");
 }
+
+#[tokio::test]
+async fn what_the_server_checks_beyond_the_auth_rules() {
+    let api = Api::start().await;
+    let alice = person(&api, "alice").await;
+    let bob = person(&api, "bob").await;
+    let carol = person(&api, "carol").await;
+    let room = create_room(
+        &api,
+        &alice,
+        json!({"invite": [bob.user_id],
+               "initial_state": [{"type": "m.room.history_visibility", "state_key": "",
+                                   "content": {"history_visibility": "joined"}}]}),
+    )
+    .await;
+    let (_, before) = send_text(&api, &alice, &room, "a0", "before bob joined").await;
+
+    // Memberships go through their endpoints, not the state API.
+    let member = format!("/v3/rooms/{room}/state/m.room.member/{}", carol.user_id);
+    let (status, _) = api
+        .put(
+            &member,
+            Some(&carol.token),
+            json!({"membership": "join", "join_authorised_via_users_server": alice.user_id}),
+        )
+        .await;
+    assert_eq!(status, 403, "carol cannot let herself in");
+    api.post(
+        &format!("/v3/rooms/{room}/join"),
+        Some(&bob.token),
+        json!({}),
+    )
+    .await;
+
+    // History visibility "joined": Bob does not read what was said before he joined.
+    let (_, page) = api
+        .get(
+            &format!("/v3/rooms/{room}/messages?dir=b&limit=50"),
+            Some(&bob.token),
+        )
+        .await;
+    let bodies: Vec<&str> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert!(!bodies.contains(&"before bob joined"), "{bodies:?}");
+    let (status, _) = api
+        .get(
+            &format!(
+                "/v3/rooms/{room}/event/{}",
+                before["event_id"].as_str().unwrap()
+            ),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let first = sync(&api, &bob, None, 0).await;
+    assert!(timeline_bodies(&first, &room).is_empty(), "{first}");
+
+    // Transaction ids: the sending device gets its id back; retries in flight are one event;
+    // the same id in another room is another event.
+    let (a, b) = tokio::join!(
+        send_text(&api, &bob, &room, "same", "once"),
+        send_text(&api, &bob, &room, "same", "once"),
+    );
+    assert_eq!(a.1["event_id"], b.1["event_id"]);
+    let other_room = create_room(&api, &bob, json!({})).await;
+    let (_, elsewhere) = send_text(&api, &bob, &other_room, "same", "once").await;
+    assert_ne!(elsewhere["event_id"], a.1["event_id"]);
+    let update = sync(&api, &bob, first["next_batch"].as_str(), 0).await;
+    let echo = update["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_id"] == a.1["event_id"])
+        .unwrap()
+        .clone();
+    assert_eq!(echo["unsigned"]["transaction_id"], "same");
+    let alice_view = sync(&api, &alice, None, 0).await;
+    let seen = alice_view["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_id"] == a.1["event_id"])
+        .unwrap()
+        .clone();
+    assert!(
+        seen["unsigned"]["transaction_id"].is_null(),
+        "only the sender's device sees it"
+    );
+
+    // Redactions: only one's own events without the power to redact others'.
+    let target = a.1["event_id"].as_str().unwrap();
+    let (status, _) = api
+        .put(
+            &format!(
+                "/v3/rooms/{room}/redact/{}/r1",
+                before["event_id"].as_str().unwrap()
+            ),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 403, "bob cannot redact alice's message");
+    let (status, _) = api
+        .put(
+            &format!("/v3/rooms/{room}/redact/{target}/r2"),
+            Some(&bob.token),
+            json!({"reason": "typo"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, redacted) = api
+        .get(
+            &format!("/v3/rooms/{room}/event/{target}"),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(
+        redacted["content"],
+        json!({}),
+        "the text is gone from the server"
+    );
+    assert!(
+        redacted["unsigned"]["redacted_because"].is_object(),
+        "{redacted}"
+    );
+
+    // A name change is not a new join: the room is not sent again whole.
+    let since = sync(&api, &bob, None, 0).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.put(
+        &format!("/v3/profile/{}/displayname", bob.user_id),
+        Some(&bob.token),
+        json!({"displayname": "Bobby"}),
+    )
+    .await;
+    let renamed = sync(&api, &bob, Some(&since), 0).await;
+    let timeline = &renamed["rooms"]["join"][&room]["timeline"];
+    assert_eq!(
+        timeline["events"].as_array().unwrap().len(),
+        1,
+        "{timeline}"
+    );
+    assert_ne!(timeline["limited"], true);
+
+    // A refused invite shows as left, with no messages.
+    api.post(
+        &format!("/v3/rooms/{room}/invite"),
+        Some(&alice.token),
+        json!({"user_id": carol.user_id}),
+    )
+    .await;
+    let since = sync(&api, &carol, None, 0).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.post(
+        &format!("/v3/rooms/{room}/leave"),
+        Some(&carol.token),
+        json!({}),
+    )
+    .await;
+    let left = sync(&api, &carol, Some(&since), 0).await;
+    let room_left = &left["rooms"]["leave"][&room];
+    assert!(room_left.is_object(), "{left}");
+    assert!(
+        room_left["timeline"]["events"]
+            .as_array()
+            .is_none_or(|e| e.is_empty()),
+        "{room_left}"
+    );
+}

@@ -36,6 +36,87 @@ pub(crate) fn parse_stream_token(token: &str) -> Result<i64, MatrixError> {
         .ok_or_else(|| MatrixError::invalid_param(format!("Unknown stream token {token:?}")))
 }
 
+/// The first stream position of a room that `user` may read, by the room's history
+/// visibility: everything for "shared" and "world_readable", from their invite or join for
+/// "invited", from their join for "joined".
+pub(crate) async fn history_start(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<i64, MatrixError> {
+    let current = state.store.current_state(room_id.to_string()).await?;
+    let visibility_event = current
+        .iter()
+        .find(|(kind, key, _)| kind == "m.room.history_visibility" && key.is_empty())
+        .map(|(_, _, id)| id.clone());
+    let visibility = match visibility_event {
+        Some(id) => state
+            .store
+            .pdu(id)
+            .await?
+            .and_then(|p| serde_json::from_str::<Value>(&p.json).ok())
+            .and_then(|json| {
+                json["content"]["history_visibility"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "shared".into()),
+        None => "shared".into(),
+    };
+    let from_invite = match visibility.as_str() {
+        "joined" => false,
+        "invited" => true,
+        _ => return Ok(0),
+    };
+    Ok(state
+        .store
+        .membership_start(room_id.to_string(), user.to_string(), from_invite)
+        .await?
+        .unwrap_or(i64::MAX))
+}
+
+/// Events as `user`'s device sees them: with `unsigned.transaction_id` on the ones it sent, so
+/// the client can match its local echo.
+pub(crate) async fn client_events<T>(
+    state: &AppState,
+    user: &User,
+    pdus: &[Pdu],
+    with_room_id: bool,
+) -> Result<Vec<ruma::serde::Raw<T>>, MatrixError> {
+    let own: Vec<String> = pdus
+        .iter()
+        .filter(|p| p.sender == user.user_id)
+        .map(|p| p.event_id.to_string())
+        .collect();
+    let transactions: std::collections::HashMap<String, String> = if own.is_empty() {
+        Default::default()
+    } else {
+        state
+            .store
+            .transaction_ids(user.localpart.clone(), user.device_id.to_string(), own)
+            .await?
+            .into_iter()
+            .collect()
+    };
+    Ok(pdus
+        .iter()
+        .map(|pdu| {
+            let mut event = pdu.to_client_json(with_room_id);
+            if let Some(scoped) = transactions.get(pdu.event_id.as_str())
+                && let Some(room_id) = pdu.room_id()
+            {
+                // Stored as "<endpoint>/<room>/<txn id>".
+                let txn = ["send", "redact"]
+                    .iter()
+                    .find_map(|endpoint| scoped.strip_prefix(&format!("{endpoint}/{room_id}/")))
+                    .unwrap_or(scoped);
+                event["unsigned"]["transaction_id"] = txn.into();
+            }
+            ruma::serde::Raw::from_json(serde_json::value::to_raw_value(&event).unwrap_or_default())
+        })
+        .collect())
+}
+
 /// Refuses users who are not joined to the room.
 pub(crate) async fn require_joined(
     state: &AppState,
@@ -422,40 +503,55 @@ pub(crate) async fn members(
     ))
 }
 
+/// The key of a client transaction: per device, and per endpoint and room, as the spec scopes
+/// transaction ids.
+fn transaction(
+    user: &User,
+    endpoint: &str,
+    room_id: &RoomId,
+    txn_id: &str,
+) -> (String, String, String) {
+    (
+        user.localpart.clone(),
+        user.device_id.to_string(),
+        format!("{endpoint}/{room_id}/{txn_id}"),
+    )
+}
+
 pub(crate) async fn send(
     State(state): State<AppState>,
     user: User,
     Req(request): Req<send_message_event::v3::Request>,
 ) -> ApiResult<send_message_event::v3::Response> {
-    if let Some(event_id) = state
-        .store
-        .transaction_event(
-            user.localpart.clone(),
-            user.device_id.to_string(),
-            request.txn_id.to_string(),
-        )
-        .await?
-    {
-        let event_id = ruma::EventId::parse(event_id)
-            .map_err(|e| MatrixError::unknown(format!("stored event id: {e}")))?;
-        return Ok(Ruma(send_message_event::v3::Response::new(event_id)));
-    }
     require_joined(&state, &request.room_id, &user).await?;
     let content = json_object(request.body.json(), "the event content")?;
+    let kind = TimelineEventType::from(request.event_type.to_string());
+    // A redaction sent as a plain event is checked like one sent through /redact.
+    let redacts = match kind {
+        TimelineEventType::RoomRedaction => Some(
+            content
+                .get("redacts")
+                .and_then(Value::as_str)
+                .and_then(|id| ruma::EventId::parse(id).ok())
+                .ok_or_else(|| MatrixError::bad_json("A redaction needs content.redacts"))?,
+        ),
+        _ => None,
+    };
     let event_id = state
         .rooms
         .send(
             &request.room_id,
             &user.user_id,
             EventDraft {
-                kind: TimelineEventType::from(request.event_type.to_string()),
+                kind,
                 state_key: None,
                 content: Value::Object(content),
-                redacts: None,
-                transaction: Some((
-                    user.localpart.clone(),
-                    user.device_id.to_string(),
-                    request.txn_id.to_string(),
+                redacts,
+                transaction: Some(transaction(
+                    &user,
+                    "send",
+                    &request.room_id,
+                    request.txn_id.as_str(),
                 )),
             },
         )
@@ -468,19 +564,6 @@ pub(crate) async fn redact(
     user: User,
     Req(request): Req<redact_event::v3::Request>,
 ) -> ApiResult<redact_event::v3::Response> {
-    if let Some(event_id) = state
-        .store
-        .transaction_event(
-            user.localpart.clone(),
-            user.device_id.to_string(),
-            request.txn_id.to_string(),
-        )
-        .await?
-    {
-        let event_id = ruma::EventId::parse(event_id)
-            .map_err(|e| MatrixError::unknown(format!("stored event id: {e}")))?;
-        return Ok(Ruma(redact_event::v3::Response::new(event_id)));
-    }
     require_joined(&state, &request.room_id, &user).await?;
     let mut content = json!({"redacts": request.event_id.as_str()});
     if let Some(reason) = request.reason {
@@ -498,10 +581,11 @@ pub(crate) async fn redact(
                 // Before room version 11 the target is a top-level field; later versions read the
                 // content and ignore the field.
                 redacts: Some(request.event_id.clone()),
-                transaction: Some((
-                    user.localpart.clone(),
-                    user.device_id.to_string(),
-                    request.txn_id.to_string(),
+                transaction: Some(transaction(
+                    &user,
+                    "redact",
+                    &request.room_id,
+                    request.txn_id.as_str(),
                 )),
             },
         )
@@ -514,7 +598,26 @@ pub(crate) async fn put_state(
     user: User,
     Req(request): Req<send_state_event::v3::Request>,
 ) -> ApiResult<send_state_event::v3::Response> {
-    let content = json_object(request.body.json(), "the state content")?;
+    let mut content = json_object(request.body.json(), "the state content")?;
+    if request.event_type == StateEventType::RoomMember {
+        // Joins, invites and the like go through their endpoints, which check what the auth
+        // rules leave to the server; here a member may only update their own joined
+        // membership (name, avatar).
+        let current = state
+            .store
+            .membership(request.room_id.to_string(), user.user_id.to_string())
+            .await?;
+        let own = request.state_key == user.user_id.as_str();
+        let stays_joined = content.get("membership").and_then(Value::as_str) == Some("join")
+            && current.is_some_and(|m| m.membership == "join");
+        if !(own && stays_joined) {
+            return Err(MatrixError::forbidden(
+                "Change memberships with the join, invite, leave, kick and ban endpoints",
+            ));
+        }
+        // Only this server may vouch for a restricted join, after checking the room's rules.
+        content.remove("join_authorised_via_users_server");
+    }
     let event_id = state
         .rooms
         .send(
@@ -566,12 +669,17 @@ pub(crate) async fn event(
     Req(request): Req<get_room_event::v3::Request>,
 ) -> ApiResult<get_room_event::v3::Response> {
     require_joined(&state, &request.room_id, &user).await?;
-    let pdu = state
-        .rooms
-        .event(&request.event_id)
+    let stored = state
+        .store
+        .pdu(request.event_id.to_string())
         .await?
-        .filter(|pdu| pdu.room_id().as_deref() == Some(&*request.room_id))
+        .filter(|p| p.room_id == request.room_id.as_str() && p.rejection_reason.is_none())
         .ok_or_else(|| MatrixError::not_found("Event not found"))?;
+    let start = history_start(&state, &request.room_id, &user.user_id).await?;
+    if stored.stream_pos.is_some_and(|pos| pos < start) {
+        return Err(MatrixError::not_found("Event not found"));
+    }
+    let pdu = Pdu::from_stored(&stored).map_err(|e| MatrixError::unknown(e.to_string()))?;
     Ok(Ruma(get_room_event::v3::Response::new(pdu.to_raw(true))))
 }
 
@@ -597,6 +705,11 @@ pub(crate) async fn messages(
         .store
         .room_page(request.room_id.to_string(), from, backwards, limit)
         .await?;
+    let start = history_start(&state, &request.room_id, &user.user_id).await?;
+    let reached_start = pdus
+        .iter()
+        .any(|p| p.stream_pos.unwrap_or_default() < start);
+    pdus.retain(|p| p.stream_pos.unwrap_or_default() >= start);
     if let Some(to) = to {
         pdus.retain(|p| {
             let pos = p.stream_pos.unwrap_or_default();
@@ -607,14 +720,14 @@ pub(crate) async fn messages(
         .last()
         .and_then(|p| p.stream_pos)
         .map(|pos| stream_token(if backwards { pos - 1 } else { pos }));
-    let chunk = pdus
+    let parsed: Vec<Pdu> = pdus
         .iter()
         .filter_map(|stored| Pdu::from_stored(stored).ok())
-        .map(|pdu| pdu.to_raw(true))
         .collect();
+    let chunk = client_events(&state, &user, &parsed, true).await?;
     let mut response = get_message_events::v3::Response::new();
     response.start = stream_token(from);
-    response.end = end.filter(|_| pdus.len() as u32 == limit || !backwards);
+    response.end = end.filter(|_| (pdus.len() as u32 == limit && !reached_start) || !backwards);
     response.chunk = chunk;
     Ok(Ruma(response))
 }
@@ -690,16 +803,21 @@ pub(crate) async fn context(
     let position = stored
         .stream_pos
         .ok_or_else(|| MatrixError::not_found("Event not in this room's timeline"))?;
+    let start = history_start(&state, &request.room_id, &user.user_id).await?;
+    if position < start {
+        return Err(MatrixError::not_found("Event not found"));
+    }
     let limit = u32::try_from(u64::from(request.limit))
         .unwrap_or(10)
         .min(100);
     let before_limit = limit / 2;
     let after_limit = limit - before_limit;
     let room = request.room_id.to_string();
-    let before = state
+    let mut before = state
         .store
         .room_page(room.clone(), position - 1, true, before_limit.max(1))
         .await?;
+    before.retain(|p| p.stream_pos.is_some_and(|pos| pos >= start));
     let after = state
         .store
         .room_page(room, position, false, after_limit.max(1))

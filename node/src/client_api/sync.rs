@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::Ruma;
 use super::error::{ApiResult, MatrixError};
 use super::request::{Req, User};
-use super::rooms::{parse_stream_token, stream_token};
+use super::rooms::{history_start, parse_stream_token, stream_token};
 use crate::node::AppState;
 use crate::rooms::Pdu;
 
@@ -53,6 +53,13 @@ pub(crate) async fn sync(
     let limit = timeline_limit(&state, &user, request.filter.as_ref()).await?;
     let timeout = request.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
+    // What the client acknowledged with `since` is delivered: drop it, once per request.
+    if let Some(since) = since {
+        state
+            .store
+            .delete_to_device_upto(user.localpart.clone(), user.device_id.to_string(), since)
+            .await?;
+    }
     let mut position = state.store.stream_position();
     let mut typing = state.typing.serial();
     // A token without a typing serial: report typing changes from now on only.
@@ -159,11 +166,6 @@ async fn build(
 
     // To-device first: if the batch is cut, the whole response stops where it was cut, so
     // nothing in the other streams is skipped.
-    if let Some(since) = since {
-        store
-            .delete_to_device_upto(user.localpart.clone(), device_id.clone(), since)
-            .await?;
-    }
     let messages = store
         .to_device_messages(
             user.localpart.clone(),
@@ -192,20 +194,30 @@ async fn build(
 
     let mut newly_joined_members: BTreeSet<OwnedUserId> = BTreeSet::new();
     let mut shared_rooms = Vec::new();
-    for membership in store.memberships_of(user_id.clone()).await? {
-        if membership.stream_pos > upto {
-            continue; // arrives with the next sync
-        }
-        let Ok(room_id) = RoomId::parse(&membership.room_id) else {
+    for room in store.memberships_of(user_id.clone()).await? {
+        let Ok(room_id) = RoomId::parse(&room.room_id) else {
             continue;
         };
-        let changed_now = since.is_none_or(|s| membership.stream_pos > s);
-        match membership.membership.as_str() {
+        // The membership as of `upto`: a change after it belongs to the next sync.
+        let Some(((membership, position), previous)) = store
+            .membership_at(room.room_id.clone(), user_id.clone(), upto)
+            .await?
+        else {
+            continue;
+        };
+        let changed_now = since.is_none_or(|s| position > s);
+        match membership.as_str() {
             "join" => {
                 shared_rooms.push(room_id.clone());
-                // A room joined since the last sync starts with its recent history, as on a
-                // first sync, not only with what happened after the join.
-                let from = if changed_now { 0 } else { after };
+                // Newly joined (not a name change): the room comes whole, with the history
+                // the room lets the member read, as on a first sync.
+                let newly_joined =
+                    since.is_some() && changed_now && previous.as_deref() != Some("join");
+                let from = if since.is_none() || newly_joined {
+                    (history_start(state, &room_id, &user.user_id).await? - 1).max(0)
+                } else {
+                    after
+                };
                 let (timeline, limited) = store
                     .room_timeline(room_id.to_string(), from, upto, limit)
                     .await?;
@@ -221,13 +233,26 @@ async fn build(
                 if since.is_some()
                     && timeline.is_empty()
                     && ephemeral.is_empty()
-                    && !changed_now
+                    && !newly_joined
                     && !full_state
                 {
                     continue;
                 }
-                let timeline_start = timeline.first().and_then(|p| p.stream_pos);
-                let (timeline, pdus) = timeline_of(&timeline, limited, from);
+                if newly_joined {
+                    for member in store
+                        .room_members(room_id.to_string(), "join".into())
+                        .await?
+                    {
+                        if let Ok(member) = UserId::parse(member) {
+                            newly_joined_members.insert(member);
+                        }
+                    }
+                }
+                let timeline_start = timeline
+                    .first()
+                    .and_then(|p| p.stream_pos)
+                    .unwrap_or(upto + 1);
+                let (timeline, pdus) = timeline_of(state, user, &timeline, limited, from).await?;
                 for pdu in &pdus {
                     if pdu.kind.to_string() == "m.room.member"
                         && crate::rooms::membership_of(&pdu.content).as_deref() == Some("join")
@@ -237,10 +262,17 @@ async fn build(
                         newly_joined_members.insert(member);
                     }
                 }
-                let whole_state = since.is_none() || changed_now || full_state;
-                let gap = (limited && !whole_state).then_some((after, timeline_start));
-                let state_events =
-                    state_before_timeline(state, &room_id, &pdus, whole_state, gap).await?;
+                // The state as of the timeline's start: whole, or what changed in the gap a
+                // limited timeline left out.
+                let whole = since.is_none() || newly_joined || full_state;
+                let state_events = store
+                    .state_before(room_id.to_string(), timeline_start)
+                    .await?
+                    .iter()
+                    .filter(|s| whole || (limited && s.stream_pos.is_some_and(|pos| pos > after)))
+                    .filter_map(|s| Pdu::from_stored(s).ok())
+                    .map(|pdu| pdu.to_raw(false))
+                    .collect();
                 let mut room = JoinedRoom::new();
                 room.timeline = timeline;
                 room.ephemeral.events = ephemeral
@@ -268,11 +300,15 @@ async fn build(
                 response.rooms.invite.insert(room_id, room);
             }
             "leave" | "ban" if since.is_some() && changed_now => {
-                let (timeline, limited) = store
-                    .room_timeline(room_id.to_string(), after, membership.stream_pos, limit)
-                    .await?;
                 let mut room = LeftRoom::new();
-                room.timeline = timeline_of(&timeline, limited, after).0;
+                // Only a member who was in the room sees what happened until they left; a
+                // refused or withdrawn invite shows no messages.
+                if previous.as_deref() == Some("join") {
+                    let (timeline, limited) = store
+                        .room_timeline(room_id.to_string(), after, position, limit)
+                        .await?;
+                    room.timeline = timeline_of(state, user, &timeline, limited, after).await?.0;
+                }
                 response.rooms.leave.insert(room_id, room);
             }
             _ => {}
@@ -363,11 +399,13 @@ async fn build(
 
 /// The timeline as clients get it, and the parsed events; `prev_batch` points just before the
 /// first event (or at `after` when there is none), for `/messages` to go back from.
-fn timeline_of(
+async fn timeline_of(
+    state: &AppState,
+    user: &User,
     stored: &[hyphae_store::StoredPdu],
     limited: bool,
     after: i64,
-) -> (Timeline, Vec<Pdu>) {
+) -> Result<(Timeline, Vec<Pdu>), MatrixError> {
     let pdus: Vec<Pdu> = stored
         .iter()
         .filter_map(|s| match Pdu::from_stored(s) {
@@ -385,37 +423,8 @@ fn timeline_of(
         .and_then(|s| s.stream_pos)
         .map_or(after, |pos| pos - 1);
     timeline.prev_batch = Some(stream_token(before_first));
-    timeline.events = pdus.iter().map(|pdu| pdu.to_raw(false)).collect();
-    (timeline, pdus)
-}
-
-/// State to send with a joined room: the whole current state less what the timeline carries
-/// (first sync, new join, full_state), or, for a limited timeline, the state events that fell in
-/// the gap `(after, timeline start)` it left out.
-async fn state_before_timeline(
-    state: &AppState,
-    room_id: &RoomId,
-    timeline: &[Pdu],
-    whole: bool,
-    gap: Option<(i64, Option<i64>)>,
-) -> Result<Vec<Raw<ruma::events::AnySyncStateEvent>>, MatrixError> {
-    if !whole && gap.is_none() {
-        return Ok(Vec::new());
-    }
-    let in_timeline: BTreeSet<&str> = timeline.iter().map(|p| p.event_id.as_str()).collect();
-    let current = state.store.current_state_pdus(room_id.to_string()).await?;
-    Ok(current
-        .iter()
-        .filter(|s| !in_timeline.contains(s.event_id.as_str()))
-        .filter(|s| match gap {
-            None => true,
-            Some((after, start)) => s
-                .stream_pos
-                .is_some_and(|pos| pos > after && start.is_none_or(|start| pos < start)),
-        })
-        .filter_map(|s| Pdu::from_stored(s).ok())
-        .map(|pdu| pdu.to_raw(false))
-        .collect())
+    timeline.events = super::rooms::client_events(state, user, &pdus, false).await?;
+    Ok((timeline, pdus))
 }
 
 fn stripped(pdu: &Pdu) -> Raw<ruma::events::AnyStrippedStateEvent> {

@@ -70,6 +70,8 @@ struct RoomEntry {
     state: RoomState,
     extremities: Vec<String>,
     depth: i64,
+    /// Client transactions built here whose commit may still be pending.
+    pending_transactions: HashMap<(String, String, String), OwnedEventId>,
 }
 
 impl RoomEntry {
@@ -134,9 +136,31 @@ impl Rooms {
         &self.inner.server_name
     }
 
-    fn slot(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<Option<RoomEntry>>> {
+    /// The room's slot, made only for rooms that exist (so made-up room ids cost nothing).
+    async fn slot(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<Option<Arc<tokio::sync::Mutex<Option<RoomEntry>>>>, RoomError> {
+        if let Some(slot) = self
+            .inner
+            .rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room_id)
+        {
+            return Ok(Some(slot.clone()));
+        }
+        if self
+            .inner
+            .store
+            .room_version(room_id.to_string())
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
         let mut rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        rooms.entry(room_id.to_owned()).or_default().clone()
+        Ok(Some(rooms.entry(room_id.to_owned()).or_default().clone()))
     }
 
     async fn load_entry(&self, room_id: &RoomId) -> Result<RoomEntry, RoomError> {
@@ -162,6 +186,7 @@ impl Rooms {
             state,
             extremities,
             depth,
+            pending_transactions: HashMap::new(),
         })
     }
 
@@ -205,13 +230,34 @@ impl Rooms {
         sender: &UserId,
         draft: EventDraft,
     ) -> Result<OwnedEventId, RoomError> {
-        let slot = self.slot(room_id);
-        let (event_id, commit) = {
+        let Some(slot) = self.slot(room_id).await? else {
+            return Err(RoomError::NotFound(format!("Unknown room {room_id}")));
+        };
+        let (pdu, redaction, commit) = {
             let mut guard = slot.lock().await;
-            let entry = match guard.as_mut() {
-                Some(entry) => entry,
-                None => guard.insert(self.load_entry(room_id).await?),
+            if guard.is_none() {
+                *guard = Some(self.load_entry(room_id).await?);
+            }
+            let Some(entry) = guard.as_mut() else {
+                return Err(RoomError::Internal("room cache vanished".into()));
             };
+            // Checked under the room lock, against what is pending too: a retry that arrives
+            // while the first attempt is still committing gets the same event.
+            if let Some(transaction) = &draft.transaction {
+                if let Some(event_id) = entry.pending_transactions.get(transaction) {
+                    return Ok(event_id.clone());
+                }
+                let (localpart, device_id, txn_id) = transaction.clone();
+                if let Some(event_id) = self
+                    .inner
+                    .store
+                    .transaction_event(localpart, device_id, txn_id)
+                    .await?
+                {
+                    return EventId::parse(event_id)
+                        .map_err(|e| RoomError::Internal(format!("stored event id: {e}")));
+                }
+            }
             let pdu = self.build(
                 &entry.version,
                 Some(room_id),
@@ -221,16 +267,78 @@ impl Rooms {
                 (entry.extremities.clone(), entry.depth + 1),
             )?;
             self.authorise(&entry.version, &pdu, &entry.state)?;
-            let commit = self.queue_pdu(&pdu, draft.transaction)?;
+            let redaction = match &draft.redacts {
+                Some(target) if pdu.kind == TimelineEventType::RoomRedaction => {
+                    Some(self.check_redaction(entry, room_id, sender, target).await?)
+                }
+                _ => None,
+            };
+            let commit = self.queue_pdu(&pdu, draft.transaction.clone())?;
             entry.apply(&pdu);
-            (pdu.event_id, commit)
+            if let Some(transaction) = draft.transaction {
+                if entry.pending_transactions.len() >= 1024 {
+                    // Older ones are committed by now and found in the store.
+                    entry.pending_transactions.clear();
+                }
+                entry
+                    .pending_transactions
+                    .insert(transaction, pdu.event_id.clone());
+            }
+            (pdu, redaction, commit)
         };
         if let Err(e) = commit.await {
-            // What is cached may now be ahead of the store: read the room afresh next time.
+            // What is cached may be ahead of the store: read the room afresh next time. Events
+            // built on this one meanwhile are refused by the store (their prev event is
+            // missing).
             slot.lock().await.take();
             return Err(e.into());
         }
-        Ok(event_id)
+        if let Some((target, version)) = redaction {
+            self.apply_redaction(&version, target, &pdu).await?;
+        }
+        Ok(pdu.event_id)
+    }
+
+    /// A redaction is allowed for the target's own sender, or with the room's `redact` power.
+    /// (From room version 3 the auth rules leave this check to the server.)
+    async fn check_redaction(
+        &self,
+        entry: &RoomEntry,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &EventId,
+    ) -> Result<(Pdu, RoomVersionId), RoomError> {
+        let target = self
+            .event(target)
+            .await?
+            .filter(|pdu| pdu.room_id().as_deref() == Some(room_id))
+            .ok_or_else(|| RoomError::NotFound("No such event in this room".into()))?;
+        if target.sender != sender && !has_power(entry, sender, "redact", 50) {
+            return Err(RoomError::Forbidden(
+                "You may only redact your own events here".into(),
+            ));
+        }
+        Ok((target, entry.version.clone()))
+    }
+
+    /// Replaces the stored target with its redacted form, keeping what the room version keeps.
+    async fn apply_redaction(
+        &self,
+        version: &RoomVersionId,
+        target: Pdu,
+        redaction: &Pdu,
+    ) -> Result<(), RoomError> {
+        let rules = rules(version)?;
+        let because = ruma::canonical_json::RedactedBecause::from_json(redaction.json.clone());
+        let redacted = ruma::canonical_json::redact(target.json, &rules.redaction, Some(because))
+            .map_err(|e| RoomError::Internal(format!("redacting: {e}")))?;
+        let json =
+            serde_json::to_string(&redacted).map_err(|e| RoomError::Internal(e.to_string()))?;
+        self.inner
+            .store
+            .replace_pdu_json(target.event_id.to_string(), json)
+            .await?;
+        Ok(())
     }
 
     /// Builds and signs an event on top of `prev` (prev_events and depth).
@@ -319,8 +427,15 @@ impl Rooms {
         state: &RoomState,
     ) -> Result<(), RoomError> {
         let rules = rules(version)?;
-        let by_id: HashMap<&EventId, &Pdu> =
-            state.values().map(|p| (p.event_id.as_ref(), p)).collect();
+        // Only the event's own auth events can be asked for, and the create event (which from
+        // room version 12 is named by the room id instead).
+        let by_id: HashMap<&EventId, &Pdu> = state
+            .values()
+            .filter(|p| {
+                pdu.auth_events.contains(&p.event_id) || p.kind == TimelineEventType::RoomCreate
+            })
+            .map(|p| (p.event_id.as_ref(), p))
+            .collect();
         state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id| {
             by_id.get(id).map(|p| (*p).clone())
         })
@@ -423,6 +538,44 @@ pub(crate) fn rules(version: &RoomVersionId) -> Result<RoomVersionRules, RoomErr
     version
         .rules()
         .ok_or_else(|| RoomError::UnsupportedVersion(version.to_string()))
+}
+
+/// Whether `user` reaches the power level the room's `m.room.power_levels` asks for `action`
+/// (a top-level field such as "redact"; `default` when the field is absent). Room creators hold
+/// unlimited power from room version 12.
+fn has_power(entry: &RoomEntry, user: &UserId, action: &str, default: i64) -> bool {
+    let create = entry
+        .state
+        .get(&(StateEventType::RoomCreate, String::new()));
+    if let (Ok(rules), Some(create)) = (rules(&entry.version), create)
+        && rules.authorization.explicitly_privilege_room_creators
+    {
+        let content: serde_json::Value =
+            serde_json::from_str(create.content.get()).unwrap_or_default();
+        let additional = content["additional_creators"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c.as_str() == Some(user.as_str())));
+        if create.sender == user || additional {
+            return true;
+        }
+    }
+    let Some(levels) = entry
+        .state
+        .get(&(StateEventType::RoomPowerLevels, String::new()))
+    else {
+        // Without power levels the creator holds 100 and everyone else 0.
+        return create.is_some_and(|c| c.sender == user) || default <= 0;
+    };
+    let levels: serde_json::Value = serde_json::from_str(levels.content.get()).unwrap_or_default();
+    let number = |v: &serde_json::Value| {
+        v.as_i64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    };
+    let user_level = number(&levels["users"][user.as_str()])
+        .or_else(|| number(&levels["users_default"]))
+        .unwrap_or(0);
+    let needed = number(&levels[action]).unwrap_or(default);
+    user_level >= needed
 }
 
 /// The `membership` of an `m.room.member` content.
