@@ -380,6 +380,35 @@ impl Store {
         .await
     }
 
+    /// Users whose membership in a room changed in `(after, upto]`, with the membership.
+    pub async fn membership_changes(
+        &self,
+        room_id: String,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<(String, String)>> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT state_key, json_extract(pdu, '$.content.membership') FROM events
+                 WHERE room_id = ?1 AND event_type = 'm.room.member' AND state_key IS NOT NULL
+                   AND rejection_reason IS NULL AND stream_pos > ?2 AND stream_pos <= ?3
+                 ORDER BY stream_pos",
+            )?;
+            let rows = statement
+                .query_map(params![room_id, after, upto], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?))
+                })?
+                .filter_map(|row| match row {
+                    Ok((user, Some(membership))) => Some(Ok((user, membership))),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
     /// Replaces a stored PDU's JSON (with its redacted form).
     pub async fn replace_pdu_json(&self, event_id: String, json: String) -> Result<()> {
         self.write(move |conn| {

@@ -188,6 +188,14 @@ async fn encrypted_chat_between_matrix_sdk_clients() {
         .await
         .expect("create room");
     let room_id: OwnedRoomId = room.room_id().to_owned();
+    // The node's default room version (12, the newest) is one this client handles.
+    let version = node
+        .node
+        .store()
+        .room_version(room_id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(version.as_deref(), Some("12"));
     join(&bob, &room_id).await;
     alice.sync().await;
 

@@ -496,7 +496,7 @@ async fn account_data_push_rules_and_capabilities() {
     );
     let (status, caps) = api.get("/v3/capabilities", Some(&alice.token)).await;
     assert_eq!(status, 200);
-    assert_eq!(caps["capabilities"]["m.room_versions"]["default"], "11");
+    assert_eq!(caps["capabilities"]["m.room_versions"]["default"], "12");
 }
 
 fn ephemeral<'a>(sync: &'a Value, room: &str, kind: &str) -> Option<&'a Value> {
@@ -798,4 +798,38 @@ async fn what_the_server_checks_beyond_the_auth_rules() {
             .is_none_or(|e| e.is_empty()),
         "{room_left}"
     );
+}
+
+#[tokio::test]
+async fn device_lists_follow_who_shares_a_room() {
+    let api = Api::start().await;
+    let alice = person(&api, "alice").await;
+    let bob = person(&api, "bob").await;
+    let room = create_room(&api, &alice, json!({"invite": [bob.user_id]})).await;
+    let since = sync(&api, &alice, None, 0).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.post(
+        &format!("/v3/rooms/{room}/join"),
+        Some(&bob.token),
+        json!({}),
+    )
+    .await;
+    let joined = sync(&api, &alice, Some(&since), 0).await;
+    assert_eq!(
+        joined["device_lists"]["changed"],
+        json!([bob.user_id]),
+        "{joined}"
+    );
+
+    let since = joined["next_batch"].as_str().unwrap().to_owned();
+    api.post(
+        &format!("/v3/rooms/{room}/leave"),
+        Some(&bob.token),
+        json!({}),
+    )
+    .await;
+    let left = sync(&api, &alice, Some(&since), 0).await;
+    assert_eq!(left["device_lists"]["left"], json!([bob.user_id]), "{left}");
 }

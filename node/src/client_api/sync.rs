@@ -194,6 +194,7 @@ async fn build(
 
     let mut newly_joined_members: BTreeSet<OwnedUserId> = BTreeSet::new();
     let mut shared_rooms = Vec::new();
+    let mut left_rooms = Vec::new();
     for room in store.memberships_of(user_id.clone()).await? {
         let Ok(room_id) = RoomId::parse(&room.room_id) else {
             continue;
@@ -300,6 +301,7 @@ async fn build(
                 response.rooms.invite.insert(room_id, room);
             }
             "leave" | "ban" if since.is_some() && changed_now => {
+                left_rooms.push(room_id.clone());
                 let mut room = LeftRoom::new();
                 // Only a member who was in the room sees what happened until they left; a
                 // refused or withdrawn invite shows no messages.
@@ -373,6 +375,31 @@ async fn build(
                 .filter(|u| *u != user.user_id),
         );
         response.device_lists.changed = changed.into_iter().collect();
+
+        // Users who no longer share any room: they left one of ours, or we left theirs.
+        let mut candidates: BTreeSet<String> = BTreeSet::new();
+        for room_id in &shared_rooms {
+            for (member, membership) in store
+                .membership_changes(room_id.to_string(), after, upto)
+                .await?
+            {
+                if membership == "leave" || membership == "ban" {
+                    candidates.insert(member);
+                }
+            }
+        }
+        for room_id in &left_rooms {
+            candidates.extend(
+                store
+                    .room_members(room_id.to_string(), "join".into())
+                    .await?,
+            );
+        }
+        response.device_lists.left = candidates
+            .into_iter()
+            .filter(|u| !sharing.contains(u))
+            .filter_map(|u| UserId::parse(u).ok())
+            .collect();
     }
 
     response.device_one_time_keys_count = store

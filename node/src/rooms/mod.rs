@@ -21,9 +21,10 @@ use serde_json::value::RawValue;
 pub(crate) use create::NewRoom;
 pub(crate) use pdu::Pdu;
 
-/// The room versions this node creates and joins; the first is the default.
+/// The room versions this node creates and joins; the first is the default (12: matrix-sdk,
+/// the real client in the tests, handles it; see tests/tests/e2ee_matrix_sdk.rs).
 pub(crate) const ROOM_VERSIONS: [RoomVersionId; 3] =
-    [RoomVersionId::V11, RoomVersionId::V10, RoomVersionId::V12];
+    [RoomVersionId::V12, RoomVersionId::V11, RoomVersionId::V10];
 
 /// At most this many forward extremities become one event's prev_events.
 const MAX_PREV_EVENTS: usize = 20;
