@@ -29,8 +29,13 @@ pub struct AcceptedPdu {
 }
 
 impl Store {
-    /// Records a new room; fails if it exists.
-    pub async fn create_room_record(&self, room_id: String, room_version: String) -> Result<()> {
+    /// Records a new room together with its first events, in one commit.
+    pub async fn create_room_with(
+        &self,
+        room_id: String,
+        room_version: String,
+        pdus: Vec<AcceptedPdu>,
+    ) -> Result<()> {
         self.write(move |conn| {
             let inserted = conn.execute(
                 "INSERT INTO rooms (room_id, room_version, created_ms) VALUES (?1, ?2, ?3)
@@ -39,6 +44,9 @@ impl Store {
             )?;
             if inserted == 0 {
                 return Err(StoreError::AlreadyExists("room"));
+            }
+            for accepted in &pdus {
+                append_accepted(conn, accepted)?;
             }
             Ok(())
         })

@@ -833,3 +833,29 @@ async fn device_lists_follow_who_shares_a_room() {
     let left = sync(&api, &alice, Some(&since), 0).await;
     assert_eq!(left["device_lists"]["left"], json!([bob.user_id]), "{left}");
 }
+
+#[tokio::test]
+async fn a_refused_create_room_leaves_nothing_behind() {
+    let api = Api::start().await;
+    let alice = person(&api, "alice").await;
+    let bob = person(&api, "bob").await;
+    // Alice may not make Bob a member by herself: the whole creation is refused.
+    let (status, body) = api
+        .post(
+            "/v3/createRoom",
+            Some(&alice.token),
+            json!({"room_alias_name": "wanted",
+                     "initial_state": [{"type": "m.room.member", "state_key": bob.user_id,
+                                         "content": {"membership": "join"}}]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{body}"
+    );
+    let (_, joined) = api.get("/v3/joined_rooms", Some(&alice.token)).await;
+    assert_eq!(joined["joined_rooms"], json!([]));
+    // The alias is still free.
+    create_room(&api, &alice, json!({"room_alias_name": "wanted"})).await;
+}

@@ -1,12 +1,13 @@
 //! Creating a room: the create event (which, from room version 12, also names the room), then
 //! the creator's membership, power levels, the preset's rules, initial state, name, topic and
-//! invites, each built and authorised like any other event.
+//! invites. All are built and authorised in memory first and stored in one commit, so a refused
+//! step leaves no half-made room behind.
 
 use ruma::events::{StateEventType, TimelineEventType};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
 use serde_json::{Value, json};
 
-use super::{DraftRef, EventDraft, RoomError, RoomState, Rooms, rules};
+use super::{DraftRef, EventDraft, RoomEntry, RoomError, RoomState, Rooms, rules};
 use crate::credentials::new_session_id;
 
 /// What the creator asked for, already checked for shape by the API layer.
@@ -48,7 +49,9 @@ impl Rooms {
             redacts: None,
         };
         let empty = RoomState::new();
-        let room_id = if rules.room_id_format == ruma::room_version_rules::RoomIdFormatVersion::V2 {
+        let (room_id, create) = if rules.room_id_format
+            == ruma::room_version_rules::RoomIdFormatVersion::V2
+        {
             // The create event's own id names the room.
             let create = self.build(
                 &room.version,
@@ -61,9 +64,7 @@ impl Rooms {
             let room_id = create
                 .room_id()
                 .ok_or_else(|| RoomError::Internal("v12 room id".into()))?;
-            self.start_room(&room_id, &room.version, creator, create)
-                .await?;
-            room_id
+            (room_id, create)
         } else {
             let room_id = RoomId::parse(format!("!{}:{}", new_session_id()?, self.server_name()))
                 .map_err(|e| RoomError::Internal(e.to_string()))?;
@@ -75,23 +76,43 @@ impl Rooms {
                 &empty,
                 (Vec::new(), 1),
             )?;
-            self.start_room(&room_id, &room.version, creator, create)
-                .await?;
-            room_id
+            (room_id, create)
         };
+        self.authorise(&room.version, &create, &empty)?;
 
-        let state =
-            |kind: StateEventType, key: &str, content: Value| EventDraft::state(kind, key, content);
-        self.send(
-            &room_id,
-            creator,
+        let mut entry = RoomEntry {
+            version: room.version.clone(),
+            state: RoomState::new(),
+            extremities: Vec::new(),
+            depth: 0,
+            pending_transactions: Default::default(),
+        };
+        entry.apply(&create);
+        let mut events = vec![create];
+        let mut add = |entry: &mut RoomEntry, draft: EventDraft| -> Result<(), RoomError> {
+            let pdu = self.build(
+                &entry.version,
+                Some(&room_id),
+                creator,
+                super::draft_ref(&draft),
+                &entry.state,
+                (entry.extremities.clone(), entry.depth + 1),
+            )?;
+            self.authorise(&entry.version, &pdu, &entry.state)?;
+            entry.apply(&pdu);
+            events.push(pdu);
+            Ok(())
+        };
+        let state = EventDraft::state;
+
+        add(
+            &mut entry,
             state(
                 StateEventType::RoomMember,
                 creator.as_str(),
                 self.member_content(creator, "join").await?,
             ),
-        )
-        .await?;
+        )?;
 
         let trusted = room.preset == "trusted_private_chat";
         let mut users = serde_json::Map::new();
@@ -120,13 +141,82 @@ impl Rooms {
         {
             levels.extend(overrides);
         }
-        self.send(
-            &room_id,
-            creator,
+        add(
+            &mut entry,
             state(StateEventType::RoomPowerLevels, "", power_levels),
-        )
-        .await?;
+        )?;
+        if let Some(alias) = &room.alias {
+            add(
+                &mut entry,
+                state(
+                    StateEventType::RoomCanonicalAlias,
+                    "",
+                    json!({"alias": alias}),
+                ),
+            )?;
+        }
+        let (join_rule, guest_access) = match room.preset.as_str() {
+            "public_chat" => ("public", "forbidden"),
+            _ => ("invite", "can_join"),
+        };
+        add(
+            &mut entry,
+            state(
+                StateEventType::RoomJoinRules,
+                "",
+                json!({"join_rule": join_rule}),
+            ),
+        )?;
+        add(
+            &mut entry,
+            state(
+                StateEventType::RoomHistoryVisibility,
+                "",
+                json!({"history_visibility": "shared"}),
+            ),
+        )?;
+        add(
+            &mut entry,
+            state(
+                StateEventType::RoomGuestAccess,
+                "",
+                json!({"guest_access": guest_access}),
+            ),
+        )?;
+        for (kind, key, content) in room.initial_state {
+            add(&mut entry, state(kind, &key, content))?;
+        }
+        if let Some(name) = room.name {
+            add(
+                &mut entry,
+                state(StateEventType::RoomName, "", json!({"name": name})),
+            )?;
+        }
+        if let Some(topic) = room.topic {
+            add(
+                &mut entry,
+                state(StateEventType::RoomTopic, "", json!({"topic": topic})),
+            )?;
+        }
+        for invitee in &room.invite {
+            let mut content = self.member_content(invitee, "invite").await?;
+            if room.is_direct {
+                content["is_direct"] = true.into();
+            }
+            add(
+                &mut entry,
+                state(StateEventType::RoomMember, invitee.as_str(), content),
+            )?;
+        }
 
+        // Everything was allowed: now the room, its events and its alias exist at once.
+        let mut accepted = Vec::with_capacity(events.len());
+        for pdu in &events {
+            accepted.push(self.accepted(pdu, None)?);
+        }
+        self.store()
+            .create_room_with(room_id.to_string(), room.version.to_string(), accepted)
+            .await?;
         if let Some(alias) = &room.alias {
             self.store()
                 .set_alias(alias.clone(), room_id.to_string(), creator.to_string())
@@ -137,90 +227,8 @@ impl Rooms {
                     }
                     e => e.into(),
                 })?;
-            self.send(
-                &room_id,
-                creator,
-                state(
-                    StateEventType::RoomCanonicalAlias,
-                    "",
-                    json!({"alias": alias}),
-                ),
-            )
-            .await?;
         }
-
-        let (join_rule, guest_access) = match room.preset.as_str() {
-            "public_chat" => ("public", "forbidden"),
-            _ => ("invite", "can_join"),
-        };
-        for draft in [
-            state(
-                StateEventType::RoomJoinRules,
-                "",
-                json!({"join_rule": join_rule}),
-            ),
-            state(
-                StateEventType::RoomHistoryVisibility,
-                "",
-                json!({"history_visibility": "shared"}),
-            ),
-            state(
-                StateEventType::RoomGuestAccess,
-                "",
-                json!({"guest_access": guest_access}),
-            ),
-        ] {
-            self.send(&room_id, creator, draft).await?;
-        }
-        for (kind, key, content) in room.initial_state {
-            self.send(&room_id, creator, state(kind, &key, content))
-                .await?;
-        }
-        if let Some(name) = room.name {
-            self.send(
-                &room_id,
-                creator,
-                state(StateEventType::RoomName, "", json!({"name": name})),
-            )
-            .await?;
-        }
-        if let Some(topic) = room.topic {
-            self.send(
-                &room_id,
-                creator,
-                state(StateEventType::RoomTopic, "", json!({"topic": topic})),
-            )
-            .await?;
-        }
-        for invitee in room.invite {
-            let mut content = self.member_content(&invitee, "invite").await?;
-            if room.is_direct {
-                content["is_direct"] = true.into();
-            }
-            self.send(
-                &room_id,
-                creator,
-                state(StateEventType::RoomMember, invitee.as_str(), content),
-            )
-            .await?;
-        }
-        tracing::info!(%room_id, %creator, version = %room.version, "room created");
+        tracing::info!(%room_id, %creator, version = %room.version, events = events.len(), "room created");
         Ok(room_id)
-    }
-
-    async fn start_room(
-        &self,
-        room_id: &RoomId,
-        version: &RoomVersionId,
-        creator: &UserId,
-        create: super::Pdu,
-    ) -> Result<(), RoomError> {
-        self.store()
-            .create_room_record(room_id.to_string(), version.to_string())
-            .await?;
-        self.authorise(version, &create, &RoomState::new())?;
-        self.queue_pdu(&create, None)?.await?;
-        tracing::debug!(%room_id, %creator, "create event stored");
-        Ok(())
     }
 }

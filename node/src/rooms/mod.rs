@@ -454,6 +454,18 @@ impl Rooms {
         pdu: &Pdu,
         transaction: Option<(String, String, String)>,
     ) -> Result<impl Future<Output = Result<Vec<Option<i64>>, StoreError>> + use<>, RoomError> {
+        Ok(self
+            .inner
+            .store
+            .append_accepted(vec![self.accepted(pdu, transaction)?]))
+    }
+
+    /// The PDU as the store takes it.
+    fn accepted(
+        &self,
+        pdu: &Pdu,
+        transaction: Option<(String, String, String)>,
+    ) -> Result<AcceptedPdu, RoomError> {
         let room_id = pdu
             .room_id()
             .ok_or_else(|| RoomError::Internal("event without a room".into()))?;
@@ -462,7 +474,7 @@ impl Rooms {
             .flatten();
         let json =
             serde_json::to_string(&pdu.json).map_err(|e| RoomError::Internal(e.to_string()))?;
-        Ok(self.inner.store.append_accepted(vec![AcceptedPdu {
+        Ok(AcceptedPdu {
             pdu: NewPdu {
                 event_id: pdu.event_id.to_string(),
                 room_id: room_id.to_string(),
@@ -479,7 +491,7 @@ impl Rooms {
             },
             membership,
             transaction,
-        }]))
+        })
     }
 
     /// The content of a join or invite of `user_id`, with their profile when they are local.
