@@ -178,3 +178,67 @@ fn an_idle_node_uses_no_cpu() {
     assert!(used <= 1, "an idle node used {used} ticks of CPU in 3 s");
     assert!(interrupt(&mut child).success());
 }
+
+#[tokio::test]
+async fn what_the_node_accepted_survives_a_kill() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, url, _) = up(data.path());
+    let http = reqwest::Client::new();
+    let api = |path: &str| format!("{url}/_matrix/client/v3{path}");
+    let registered: serde_json::Value = http
+        .post(api("/register"))
+        .json(&serde_json::json!({"username": "alice", "password": "pw",
+                                  "auth": {"type": "m.login.dummy"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = registered["access_token"].as_str().unwrap().to_owned();
+    let room: serde_json::Value = http
+        .post(api("/createRoom"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let room = room["room_id"].as_str().unwrap().to_owned();
+    for n in 0..20 {
+        let response = http
+            .put(api(&format!("/rooms/{room}/send/m.room.message/t{n}")))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"msgtype": "m.text", "body": format!("message {n}")}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+    // SIGKILL right after the last acknowledgement: no clean shutdown.
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+
+    let (mut child, url, _) = up(data.path());
+    let api = |path: &str| format!("{url}/_matrix/client/v3{path}");
+    let page: serde_json::Value = http
+        .get(api(&format!("/rooms/{room}/messages?dir=b&limit=50")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bodies: Vec<&str> = page["chunk"]
+        .as_array()
+        .expect("the token and room survived")
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    let expected: Vec<String> = (0..20).rev().map(|n| format!("message {n}")).collect();
+    assert_eq!(bodies, expected);
+    assert!(interrupt(&mut child).success());
+}
