@@ -6,8 +6,10 @@ mod client_api;
 mod config;
 mod credentials;
 mod error;
+mod federation;
 mod node;
 mod rooms;
+mod signing;
 mod typing;
 
 pub use config::{Config, RateLimit, Registration};

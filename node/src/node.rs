@@ -16,6 +16,7 @@ use crate::config::{Config, Registration};
 use crate::credentials::LoginTokens;
 use crate::error::NodeError;
 use crate::rooms::Rooms;
+use crate::signing::SigningKey;
 use crate::typing::Typing;
 
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -31,6 +32,8 @@ struct Inner {
     store: Store,
     client_addr: SocketAddr,
     login_tokens: Arc<LoginTokens>,
+    /// What request handlers reach; the federation router is built on it too.
+    state: AppState,
     // Dropping the sender (with the last handle) tells the server to stop.
     stop: Mutex<Option<oneshot::Sender<()>>>,
     server: Mutex<Option<JoinHandle<()>>>,
@@ -46,6 +49,7 @@ pub(crate) struct AppState {
     pub(crate) rooms: Rooms,
     pub(crate) typing: Typing,
     pub(crate) login_tokens: Arc<LoginTokens>,
+    pub(crate) signing_key: SigningKey,
 }
 
 impl Node {
@@ -69,18 +73,20 @@ impl Node {
         let server_name = OwnedServerName::try_from(identity.server_name())
             .map_err(|e| NodeError::Startup(format!("server name: {e}")))?;
         let login_tokens = Arc::new(LoginTokens::default());
-        let rooms = Rooms::new(store.clone(), server_name.clone(), &identity.secret_bytes());
+        let signing_key = SigningKey::new(server_name.clone(), &identity.secret_bytes());
+        let rooms = Rooms::new(store.clone(), signing_key.clone());
         let state = AppState {
             rooms,
             typing: Typing::new(),
             login_tokens: login_tokens.clone(),
+            signing_key: signing_key.clone(),
             server_name,
             store: store.clone(),
             registration: Arc::new(config.registration()),
             limiter: Arc::new(RateLimiter::new(config.auth_rate_limit)),
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = client_api::router(state);
+        let app = client_api::router(state.clone());
         let server = tokio::spawn(async move {
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -97,6 +103,7 @@ impl Node {
                 store,
                 client_addr,
                 login_tokens,
+                state,
                 stop: Mutex::new(Some(stop)),
                 server: Mutex::new(Some(server)),
             }),
@@ -115,6 +122,11 @@ impl Node {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The Server-Server API this node answers, for the transport to serve over libp2p.
+    pub fn federation_router(&self) -> axum::Router {
+        crate::federation::router(self.inner.state.clone())
     }
 
     /// A single-use `m.login.token` for a local account, valid two minutes: how the embedding

@@ -20,7 +20,7 @@ mod versions;
 #[cfg(test)]
 mod room_tests;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;
 
@@ -34,6 +34,7 @@ use ruma::api::{OutgoingResponse, OutgoingResponseExt};
 
 use crate::node::AppState;
 
+pub(crate) use error::{MatrixError, unrecognized};
 pub(crate) use rate_limit::RateLimiter;
 
 pub(crate) fn router(state: AppState) -> Router {

@@ -4,18 +4,18 @@ use serde_json::{Value, json};
 
 use crate::{Config, Node};
 
-pub(super) struct Api {
-    pub(super) node: Node,
-    pub(super) http: reqwest::Client,
+pub(crate) struct Api {
+    pub(crate) node: Node,
+    pub(crate) http: reqwest::Client,
     _data: tempfile::TempDir,
 }
 
 impl Api {
-    pub(super) async fn start() -> Api {
+    pub(crate) async fn start() -> Api {
         Api::start_with(|_| {}).await
     }
 
-    pub(super) async fn start_with(configure: impl FnOnce(&mut Config)) -> Api {
+    pub(crate) async fn start_with(configure: impl FnOnce(&mut Config)) -> Api {
         let data = tempfile::tempdir().unwrap();
         let mut config = Config {
             client_listen: "127.0.0.1:0".parse().unwrap(),
@@ -29,11 +29,11 @@ impl Api {
         }
     }
 
-    pub(super) fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}/_matrix/client{path}", self.node.client_addr())
     }
 
-    pub(super) async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -56,22 +56,22 @@ impl Api {
         )
     }
 
-    pub(super) async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
         self.call(reqwest::Method::GET, path, token, None).await
     }
 
-    pub(super) async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    pub(crate) async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
         self.call(reqwest::Method::PUT, path, token, Some(body))
             .await
     }
 
-    pub(super) async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    pub(crate) async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
         self.call(reqwest::Method::POST, path, token, Some(body))
             .await
     }
 
     /// Registers through the dummy stage; returns (user id, access token, device id).
-    pub(super) async fn register(
+    pub(crate) async fn register(
         &self,
         username: &str,
         password: &str,
@@ -92,7 +92,7 @@ impl Api {
         )
     }
 
-    pub(super) async fn login(&self, user: &str, password: &str) -> (u16, Value) {
+    pub(crate) async fn login(&self, user: &str, password: &str) -> (u16, Value) {
         self.post(
             "/v3/login",
             None,

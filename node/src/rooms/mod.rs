@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use hyphae_store::{AcceptedPdu, NewPdu, Store, StoreError};
 use ruma::events::{StateEventType, TimelineEventType};
 use ruma::room_version_rules::RoomVersionRules;
-use ruma::signatures::Ed25519KeyPair;
 use ruma::state_res;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
@@ -18,6 +17,7 @@ use ruma::{
 };
 use serde_json::value::RawValue;
 
+use crate::signing::SigningKey;
 pub(crate) use create::NewRoom;
 pub(crate) use pdu::Pdu;
 
@@ -59,7 +59,7 @@ pub(crate) struct Rooms {
 struct Inner {
     store: Store,
     server_name: OwnedServerName,
-    signing_key: Ed25519KeyPair,
+    signing_key: SigningKey,
     /// One slot per room this node sends into: its lock, and what is cached of the room.
     rooms: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomEntry>>>>>,
 }
@@ -109,20 +109,11 @@ impl EventDraft {
 }
 
 impl Rooms {
-    pub(crate) fn new(store: Store, server_name: OwnedServerName, secret: &[u8; 32]) -> Self {
-        // A PKCS#8 v1 document around the 32-byte ed25519 seed, the form ruma's key pair takes.
-        let mut der = Vec::with_capacity(48);
-        der.extend_from_slice(&[
-            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
-            0x04, 0x20,
-        ]);
-        der.extend_from_slice(secret);
-        let signing_key = Ed25519KeyPair::from_der(&der, "p2p".into())
-            .expect("a 32-byte seed always makes a valid PKCS#8 ed25519 key");
+    pub(crate) fn new(store: Store, signing_key: SigningKey) -> Self {
         Rooms {
             inner: Arc::new(Inner {
                 store,
-                server_name,
+                server_name: signing_key.server_name().clone(),
                 signing_key,
                 rooms: Mutex::new(HashMap::new()),
             }),
@@ -405,13 +396,10 @@ impl Rooms {
         json.insert("prev_events".into(), ids(&prev_events));
         json.insert("auth_events".into(), ids(&auth_events));
 
-        ruma::signatures::hash_and_sign_event(
-            self.inner.server_name.as_str(),
-            &self.inner.signing_key,
-            &mut json,
-            &rules.redaction,
-        )
-        .map_err(|e| RoomError::BadRequest(format!("cannot sign the event: {e}")))?;
+        self.inner
+            .signing_key
+            .hash_and_sign_event(&mut json, &rules.redaction)
+            .map_err(|e| RoomError::BadRequest(format!("cannot sign the event: {e}")))?;
         let hash = ruma::signatures::reference_hash(&json, &rules)
             .map_err(|e| RoomError::BadRequest(format!("cannot hash the event: {e}")))?;
         let event_id = EventId::parse(format!("${hash}"))
