@@ -1,8 +1,23 @@
 #!/usr/bin/env bash
 # Every check CI runs: formatting, lints, then all tests of the workspace.
-# Installs what the tests need on a fresh machine (nothing beyond the Rust toolchain yet).
+# Installs what the tests need on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# System packages: iproute2 for the network-namespace tests, and Debian's python3 with zeroconf to
+# check that the mDNS service is visible to a standard DNS-SD tool. Without them (or without
+# root) those tests print SKIPPED with the reason.
+need=()
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+/usr/bin/python3 -c 'import zeroconf' >/dev/null 2>&1 || need+=(python3-zeroconf)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "WARNING: cannot install ${need[*]} (not root or no apt-get): namespace and mDNS tests will skip" >&2
+    fi
+fi
 
 # Build outside the clone so repeated runs reuse it; a fresh machine simply starts it empty.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hyphae-target}"

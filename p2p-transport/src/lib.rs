@@ -1,9 +1,32 @@
-//! hyphae-p2p: the libp2p overlay. It owns the node's identity and, as the transport grows, the
-//! swarm, discovery and HTTP over libp2p streams. It knows nothing of Matrix rooms.
+//! hyphae-p2p: the libp2p overlay. It owns the node's identity, the swarm behind a
+//! cheap-to-clone [`Transport`] handle, discovery (mDNS with mdns-sd, Kademlia), QUIC and TCP,
+//! relay/dcutr/autonat, and HTTP/1.1 over libp2p streams. It knows nothing of Matrix rooms.
 
+mod address_book;
+mod behaviour;
+mod config;
+mod discovery;
+mod error;
+mod events;
+mod http;
 mod identity;
+mod streams;
+mod transport;
 
+pub use config::{HttpConfig, MdnsConfig, TransportConfig};
+pub use error::{HttpError, TransportError};
+pub use events::{Discovery, Reachability, TransportEvent};
+pub use http::{Destination, RequestOptions};
 pub use identity::{
     Identity, IdentityError, NameError, peer_id_for_server_name, server_name_of_peer,
 };
+pub use libp2p::{Multiaddr, Stream};
 pub use libp2p_identity::PeerId;
+pub use transport::Transport;
+
+/// The protocol id inbound and outbound HTTP streams use.
+pub const HTTP_PROTOCOL: &str = "/http/1.1";
+/// The DHT's protocol id.
+pub const KAD_PROTOCOL: &str = "/hyphae/kad/1";
+/// The DNS-SD service type advertised and browsed on the LAN.
+pub const MDNS_SERVICE_TYPE: &str = discovery::mdns::SERVICE_TYPE;

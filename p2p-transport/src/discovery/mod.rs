@@ -1,0 +1,3 @@
+//! Ways of finding peers besides the DHT (which lives in the swarm's behaviour).
+
+pub(crate) mod mdns;

@@ -1,0 +1,806 @@
+//! The `Transport` handle and the swarm task behind it. The swarm lives in one tokio task that
+//! owns every piece of libp2p state; handles talk to it over a command channel and hear from it
+//! on a broadcast channel. The task ends when the last handle is dropped.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::http::{Request, Response};
+use axum::BoxError;
+use axum::body::{Body, HttpBody};
+use bytes::Bytes;
+use futures::StreamExt;
+use libp2p::kad::{self, QueryId, QueryResult};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{DialError, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, Stream, Swarm, SwarmBuilder, autonat, identify, noise, relay, tcp, yamux,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt};
+
+use crate::Identity;
+use crate::address_book::AddressBook;
+use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use crate::config::{HttpConfig, TransportConfig};
+use crate::discovery::mdns::{Mdns, MdnsEvent};
+use crate::error::{HttpError, TransportError};
+use crate::events::{Discovery, Reachability, TransportEvent};
+use crate::http::{self, Destination, RequestOptions};
+use crate::streams::{OpenError, StreamReply};
+
+/// Events buffered per subscriber; a subscriber that lags further misses the oldest.
+const EVENT_BUFFER: usize = 1024;
+const COMMAND_BUFFER: usize = 1024;
+/// How long `start` waits for every listener to report its bound address.
+const LISTEN_WAIT: Duration = Duration::from_secs(5);
+
+/// A cheap-to-clone handle on the running swarm.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<TransportEvent>,
+    local_peer: PeerId,
+    server_name: String,
+    server: Arc<http::Server>,
+    http: HttpConfig,
+    dial_timeout: Duration,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, TransportError>>;
+
+enum Command {
+    Dial {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: Reply<()>,
+    },
+    AddAddress {
+        peer: PeerId,
+        addr: Multiaddr,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    ListenOn {
+        addr: Multiaddr,
+        reply: Reply<()>,
+    },
+    OpenStream {
+        peer: PeerId,
+        reply: StreamReply,
+    },
+    FindPeer {
+        peer: PeerId,
+        reply: Reply<Vec<Multiaddr>>,
+    },
+    Bootstrap {
+        reply: Reply<()>,
+    },
+}
+
+impl Transport {
+    /// Builds the swarm (QUIC v1 and TCP+noise+yamux, relay client), listens on the configured
+    /// addresses, waits until they are bound, starts mDNS if enabled, dials the known and
+    /// bootstrap peers, and hands the swarm to its task.
+    pub async fn start(
+        config: TransportConfig,
+        identity: &Identity,
+    ) -> Result<Transport, TransportError> {
+        let build = |e: &dyn std::fmt::Display| TransportError::Build(e.to_string());
+        let mut swarm = SwarmBuilder::with_existing_identity(identity.libp2p_keypair())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| build(&e))?
+            .with_quic()
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| build(&e))?
+            .with_behaviour(|key, relay_client| Behaviour::new(key, relay_client, &config))
+            .map_err(|e| build(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+            .build();
+
+        let mut listeners = Vec::new();
+        for addr in &config.listen {
+            let id = swarm
+                .listen_on(addr.clone())
+                .map_err(|e| TransportError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+            listeners.push((id, addr.clone()));
+        }
+
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (commands, command_rx) = mpsc::channel(COMMAND_BUFFER);
+        let server = Arc::new(http::Server::new(config.http.clone()));
+        let local_peer = *swarm.local_peer_id();
+        let mut task = SwarmTask {
+            swarm,
+            commands: command_rx,
+            events: events.clone(),
+            server: server.clone(),
+            book: AddressBook::default(),
+            waiting_streams: HashMap::new(),
+            waiting_dials: HashMap::new(),
+            lookups: HashMap::new(),
+            mdns: None,
+            mdns_events: None,
+            listen_as_external: config.relay_server && config.external_addrs.is_empty(),
+            verify_interval: config.mdns.verify_interval,
+        };
+        for addr in &config.external_addrs {
+            task.swarm.add_external_address(addr.clone());
+        }
+
+        // Wait for the bound addresses, so `listen_addrs` and the mDNS advert are right at once.
+        let mut pending: Vec<_> = listeners.iter().map(|(id, _)| *id).collect();
+        let deadline = tokio::time::sleep(LISTEN_WAIT);
+        tokio::pin!(deadline);
+        while !pending.is_empty() {
+            tokio::select! {
+                event = task.swarm.select_next_some() => {
+                    match &event {
+                        SwarmEvent::NewListenAddr { listener_id, .. } => {
+                            pending.retain(|id| id != listener_id);
+                        }
+                        SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                            let addr = listeners.iter().find(|(id, _)| id == listener_id)
+                                .map(|(_, a)| a.clone());
+                            if let Some(addr) = addr {
+                                return Err(TransportError::Listen {
+                                    addr,
+                                    reason: match reason {
+                                        Ok(()) => "the listener closed".to_owned(),
+                                        Err(e) => e.to_string(),
+                                    },
+                                });
+                            }
+                        }
+                        _ => {}
+                    }
+                    task.on_swarm_event(event);
+                }
+                _ = &mut deadline => {
+                    tracing::warn!(?pending, "some listeners reported no address in time");
+                    break;
+                }
+            }
+        }
+
+        if config.mdns.enabled {
+            let (mut mdns, browse) = Mdns::start(&config.mdns, identity.server_name(), local_peer)?;
+            mdns.advertise(&task.swarm.listeners().cloned().collect::<Vec<_>>());
+            task.mdns = Some(mdns);
+            task.mdns_events = Some(browse);
+        }
+
+        for (peer, addrs) in &config.known_peers {
+            task.book.add(*peer, addrs.iter().cloned());
+            task.dial(*peer, PeerCondition::DisconnectedAndNotDialing);
+        }
+        for (peer, addr) in &config.bootstrap {
+            task.book.add(*peer, [addr.clone()]);
+        }
+        if !config.bootstrap.is_empty() {
+            // Connects to the seeds and fills the routing table; kad repeats it periodically.
+            if let Err(e) = task.swarm.behaviour_mut().kad.bootstrap() {
+                tracing::warn!(error = %e, "DHT bootstrap could not start");
+            }
+        }
+
+        tokio::spawn(task.run());
+        Ok(Transport {
+            inner: Arc::new(Inner {
+                commands,
+                events,
+                local_peer,
+                server_name: identity.server_name().to_owned(),
+                server,
+                http: config.http,
+                dial_timeout: config.dial_timeout,
+            }),
+        })
+    }
+
+    pub fn local_peer_id(&self) -> PeerId {
+        self.inner.local_peer
+    }
+
+    pub fn server_name(&self) -> &str {
+        &self.inner.server_name
+    }
+
+    /// Subscribes to transport events from now on.
+    pub fn events(&self) -> broadcast::Receiver<TransportEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Registers the service that answers inbound HTTP requests (the node's federation
+    /// router); it replaces any earlier one. Until one is registered peers get 503. Each
+    /// request carries the authenticated remote peer as `axum::extract::ConnectInfo<PeerId>`.
+    pub fn serve<S, B>(&self, service: S)
+    where
+        S: Service<Request<Body>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let service = service.map_response(|response: Response<B>| response.map(Body::new));
+        self.inner
+            .server
+            .set_service(BoxCloneSyncService::new(service));
+    }
+
+    /// Connects to `peer`, trying `addrs` and any address already known; returns once a
+    /// connection is up.
+    pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), TransportError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Dial { peer, addrs, reply }).await?;
+        match tokio::time::timeout(self.inner.dial_timeout, rx).await {
+            Ok(result) => result.map_err(|_| TransportError::Stopped)?,
+            Err(_) => Err(TransportError::Dial {
+                peer,
+                reason: format!("no connection within {:?}", self.inner.dial_timeout),
+            }),
+        }
+    }
+
+    /// Remembers an address of `peer` (for example from the node's peer book) without dialling.
+    pub async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> Result<(), TransportError> {
+        self.command(Command::AddAddress { peer, addr }).await
+    }
+
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, TransportError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::ConnectedPeers { reply }).await?;
+        rx.await.map_err(|_| TransportError::Stopped)
+    }
+
+    /// The addresses the listeners are bound to now (real ports, one per interface).
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, TransportError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::ListenAddrs { reply }).await?;
+        rx.await.map_err(|_| TransportError::Stopped)
+    }
+
+    /// Listens on one more address, for example `<relay addr>/p2p/<relay>/p2p-circuit` to
+    /// reserve a slot on a relay and be reachable through it.
+    pub async fn listen_on(&self, addr: Multiaddr) -> Result<(), TransportError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::ListenOn { addr, reply }).await?;
+        rx.await.map_err(|_| TransportError::Stopped)?
+    }
+
+    /// Asks the DHT for `peer`'s addresses.
+    pub async fn find_peer(&self, peer: PeerId) -> Result<Vec<Multiaddr>, TransportError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::FindPeer { peer, reply }).await?;
+        rx.await.map_err(|_| TransportError::Stopped)?
+    }
+
+    /// Starts a DHT bootstrap (it also runs by itself periodically and at start).
+    pub async fn bootstrap(&self) -> Result<(), TransportError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Bootstrap { reply }).await?;
+        rx.await.map_err(|_| TransportError::Stopped)?
+    }
+
+    /// Sends one HTTP request to a peer (by server name or peer id) with the configured
+    /// timeouts and response cap, and returns the whole response.
+    pub async fn request(
+        &self,
+        to: impl Into<Destination>,
+        req: Request<Bytes>,
+    ) -> Result<Response<Bytes>, HttpError> {
+        let options = RequestOptions::from(&self.inner.http);
+        self.request_with(to, req, options).await
+    }
+
+    pub async fn request_with(
+        &self,
+        to: impl Into<Destination>,
+        req: Request<Bytes>,
+        options: RequestOptions,
+    ) -> Result<Response<Bytes>, HttpError> {
+        let peer = to.into().peer()?;
+        if peer == self.inner.local_peer {
+            return Err(HttpError::ToSelf);
+        }
+        let req = http::prepare(&peer, req)?;
+        let stream = tokio::time::timeout(options.connect_timeout, self.open_stream(peer))
+            .await
+            .map_err(|_| HttpError::ConnectTimeout {
+                peer,
+                after: options.connect_timeout,
+            })??;
+        tokio::time::timeout(
+            options.request_timeout,
+            http::send(peer, stream, req, options.max_response_body),
+        )
+        .await
+        .map_err(|_| HttpError::Timeout {
+            peer,
+            after: options.request_timeout,
+        })?
+    }
+
+    /// A raw `/http/1.1` stream to `peer` (futures-io), for tools and tests that speak
+    /// HTTP themselves or must misbehave on purpose; [`Transport::request`] is the normal way.
+    pub async fn open_http_stream(&self, to: impl Into<Destination>) -> Result<Stream, HttpError> {
+        let peer = to.into().peer()?;
+        let after = self.inner.http.connect_timeout;
+        tokio::time::timeout(after, self.open_stream(peer))
+            .await
+            .map_err(|_| HttpError::ConnectTimeout { peer, after })?
+    }
+
+    /// A new `/http/1.1` stream to `peer`, connecting first (known addresses, else a DHT
+    /// lookup) if needed.
+    async fn open_stream(&self, peer: PeerId) -> Result<Stream, HttpError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::OpenStream { peer, reply })
+            .await
+            .map_err(|_| HttpError::Stopped)?;
+        match rx.await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(OpenError::Unsupported)) => Err(HttpError::UnsupportedProtocol { peer }),
+            Ok(Err(OpenError::NotFound)) => Err(HttpError::PeerNotFound(peer)),
+            Ok(Err(OpenError::Failed(reason))) => Err(HttpError::Unreachable { peer, reason }),
+            Err(_) => Err(HttpError::Unreachable {
+                peer,
+                reason: "the connection closed before the stream opened".to_owned(),
+            }),
+        }
+    }
+
+    async fn command(&self, command: Command) -> Result<(), TransportError> {
+        self.inner
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| TransportError::Stopped)
+    }
+}
+
+/// A DHT lookup of one peer and who waits for it.
+struct Lookup {
+    target: PeerId,
+    finders: Vec<Reply<Vec<Multiaddr>>>,
+}
+
+struct SwarmTask {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<TransportEvent>,
+    server: Arc<http::Server>,
+    book: AddressBook,
+    /// Stream requests waiting for a connection to their peer.
+    waiting_streams: HashMap<PeerId, Vec<StreamReply>>,
+    /// `dial` calls waiting for a connection.
+    waiting_dials: HashMap<PeerId, Vec<Reply<()>>>,
+    lookups: HashMap<QueryId, Lookup>,
+    mdns: Option<Mdns>,
+    mdns_events: Option<mdns_sd::Receiver<mdns_sd::ServiceEvent>>,
+    /// A relay with no configured external address announces its listen addresses instead.
+    listen_as_external: bool,
+    verify_interval: Duration,
+}
+
+impl SwarmTask {
+    async fn run(mut self) {
+        let mut verify = tokio::time::interval(self.verify_interval);
+        verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = verify.tick(), if self.mdns.is_some() => self.verify_mdns_peers(),
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                event = next_mdns(&self.mdns_events) => self.on_mdns(event),
+            }
+        }
+        tracing::debug!("last transport handle dropped; the swarm stops");
+    }
+
+    fn emit(&self, event: TransportEvent) {
+        // No subscriber is fine: events are news, not obligations.
+        let _ = self.events.send(event);
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Dial { peer, addrs, reply } => {
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                self.book.add(peer, addrs);
+                self.waiting_dials.entry(peer).or_default().push(reply);
+                self.dial(peer, PeerCondition::Disconnected);
+            }
+            Command::AddAddress { peer, addr } => {
+                self.book.add(peer, [addr]);
+            }
+            Command::ConnectedPeers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::ListenOn { addr, reply } => {
+                let result = self.swarm.listen_on(addr.clone()).map(|_| ()).map_err(|e| {
+                    TransportError::Listen {
+                        addr,
+                        reason: e.to_string(),
+                    }
+                });
+                let _ = reply.send(result);
+            }
+            Command::OpenStream { peer, reply } => {
+                let Err(reply) = self.swarm.behaviour_mut().streams.open(peer, reply) else {
+                    return;
+                };
+                let first = !self.waiting_streams.contains_key(&peer);
+                self.waiting_streams.entry(peer).or_default().push(reply);
+                if first {
+                    self.connect(peer);
+                }
+            }
+            Command::FindPeer { peer, reply } => self.lookup(peer, Some(reply)),
+            Command::Bootstrap { reply } => {
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .bootstrap()
+                    .map(|_| ())
+                    .map_err(|_| TransportError::NoKnownPeers);
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// Connects with known addresses, or looks the peer up in the DHT first.
+    fn connect(&mut self, peer: PeerId) {
+        if self.book.get(&peer).is_empty() {
+            self.lookup(peer, None);
+        } else {
+            self.dial(peer, PeerCondition::DisconnectedAndNotDialing);
+        }
+    }
+
+    /// Dials with every known address given explicitly: libp2p keeps no address book of its
+    /// own for our streams, and a dial left to the behaviours can find none.
+    fn dial(&mut self, peer: PeerId, condition: PeerCondition) {
+        let opts = DialOpts::peer_id(peer)
+            .addresses(self.book.get(&peer))
+            .condition(condition)
+            .extend_addresses_through_behaviour()
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+            Err(DialError::NoAddresses) => self.lookup(peer, None),
+            Err(e) => self.fail_peer(peer, &e.to_string()),
+        }
+    }
+
+    /// Starts (or joins) a DHT lookup of `peer`; those waiting to connect dial what it finds.
+    fn lookup(&mut self, peer: PeerId, finder: Option<Reply<Vec<Multiaddr>>>) {
+        let existing = self
+            .lookups
+            .iter_mut()
+            .find(|(_, lookup)| lookup.target == peer);
+        let lookup = match existing {
+            Some((_, lookup)) => lookup,
+            None => {
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                self.lookups.entry(id).or_insert(Lookup {
+                    target: peer,
+                    finders: Vec::new(),
+                })
+            }
+        };
+        lookup.finders.extend(finder);
+    }
+
+    fn on_lookup_done(&mut self, id: QueryId, peers: Vec<kad::PeerInfo>) {
+        let Some(lookup) = self.lookups.remove(&id) else {
+            return;
+        };
+        let target = lookup.target;
+        let mut addrs: Vec<Multiaddr> = peers
+            .into_iter()
+            .filter(|p| p.peer_id == target)
+            .flat_map(|p| p.addrs)
+            .map(|mut addr| {
+                if let Some(Protocol::P2p(_)) = addr.iter().last() {
+                    addr.pop();
+                }
+                addr
+            })
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        if addrs.is_empty() {
+            for finder in lookup.finders {
+                let _ = finder.send(Err(TransportError::PeerNotFound(target)));
+            }
+            for reply in self.waiting_streams.remove(&target).unwrap_or_default() {
+                let _ = reply.send(Err(OpenError::NotFound));
+            }
+            for reply in self.waiting_dials.remove(&target).unwrap_or_default() {
+                let _ = reply.send(Err(TransportError::PeerNotFound(target)));
+            }
+            return;
+        }
+        let new = self.book.add(target, addrs.iter().cloned());
+        if !new.is_empty() {
+            self.emit(TransportEvent::PeerDiscovered {
+                peer: target,
+                addrs: new,
+                how: Discovery::Dht,
+            });
+        }
+        for finder in lookup.finders {
+            let _ = finder.send(Ok(addrs.clone()));
+        }
+        if self.waiting_streams.contains_key(&target) || self.waiting_dials.contains_key(&target) {
+            if self.swarm.is_connected(&target) {
+                // The lookup itself may have connected (kad dials the peers it asks).
+                self.on_connected(target);
+            } else {
+                self.dial(target, PeerCondition::DisconnectedAndNotDialing);
+            }
+        }
+    }
+
+    /// A connection to `peer` is up: whoever waited for it gets on.
+    fn on_connected(&mut self, peer: PeerId) {
+        for reply in self.waiting_dials.remove(&peer).unwrap_or_default() {
+            let _ = reply.send(Ok(()));
+        }
+        for reply in self.waiting_streams.remove(&peer).unwrap_or_default() {
+            if let Err(reply) = self.swarm.behaviour_mut().streams.open(peer, reply) {
+                let _ = reply.send(Err(OpenError::Failed("the connection closed".into())));
+            }
+        }
+    }
+
+    fn fail_peer(&mut self, peer: PeerId, reason: &str) {
+        for reply in self.waiting_dials.remove(&peer).unwrap_or_default() {
+            let _ = reply.send(Err(TransportError::Dial {
+                peer,
+                reason: reason.to_owned(),
+            }));
+        }
+        for reply in self.waiting_streams.remove(&peer).unwrap_or_default() {
+            let _ = reply.send(Err(OpenError::Failed(reason.to_owned())));
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                if self.listen_as_external {
+                    self.swarm.add_external_address(address.clone());
+                }
+                self.emit(TransportEvent::ListenAddr { addr: address });
+                self.readvertise();
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                if self.listen_as_external {
+                    self.swarm.remove_external_address(&address);
+                }
+                self.emit(TransportEvent::ListenAddrExpired { addr: address });
+                self.readvertise();
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if endpoint.is_dialer() {
+                    self.book
+                        .add(peer_id, [endpoint.get_remote_address().clone()]);
+                }
+                if num_established.get() == 1 {
+                    self.emit(TransportEvent::Connected {
+                        peer: peer_id,
+                        addr: endpoint.get_remote_address().clone(),
+                    });
+                }
+                self.on_connected(peer_id);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.emit(TransportEvent::Disconnected { peer: peer_id });
+                if let Some(mdns) = &self.mdns {
+                    mdns.verify(&peer_id);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "dial failed");
+                if !self.swarm.is_connected(&peer) && !matches!(error, DialError::Aborted) {
+                    self.fail_peer(peer, &error.to_string());
+                }
+            }
+            SwarmEvent::ListenerClosed {
+                addresses,
+                reason: Err(error),
+                ..
+            } => {
+                // A relay that refused a reservation ends up here.
+                tracing::warn!(?addresses, %error, "a listener failed");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Streams(inbound) => {
+                tokio::spawn(http::serve(
+                    self.server.clone(),
+                    inbound.peer,
+                    inbound.stream,
+                ));
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                // Kad learns inbound peers' addresses only from us: without this a peer that
+                // dialled in never enters the routing table and cannot be found.
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    for addr in &info.listen_addrs {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, addr.clone());
+                    }
+                }
+                let new = self.book.add(peer_id, info.listen_addrs);
+                if !new.is_empty() {
+                    self.emit(TransportEvent::PeerDiscovered {
+                        peer: peer_id,
+                        addrs: new,
+                        how: Discovery::Identify,
+                    });
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            }) => {
+                let new = self.book.add(peer, addresses.into_vec());
+                if !new.is_empty() {
+                    self.emit(TransportEvent::PeerDiscovered {
+                        peer,
+                        addrs: new,
+                        how: Discovery::Dht,
+                    });
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, .. }) => {
+                match result {
+                    QueryResult::GetClosestPeers(Ok(ok)) => self.on_lookup_done(id, ok.peers),
+                    QueryResult::GetClosestPeers(Err(kad::GetClosestPeersError::Timeout {
+                        peers,
+                        ..
+                    })) => self.on_lookup_done(id, peers),
+                    QueryResult::Bootstrap(Err(e)) => {
+                        tracing::debug!(error = %e, "DHT bootstrap step failed");
+                    }
+                    _ => {}
+                }
+            }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
+                let reachability = match new {
+                    autonat::NatStatus::Public(addr) => Reachability::Public(addr),
+                    autonat::NatStatus::Private => Reachability::Private,
+                    autonat::NatStatus::Unknown => Reachability::Unknown,
+                };
+                self.emit(TransportEvent::ReachabilityChanged { reachability });
+            }
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal: false,
+                ..
+            }) => {
+                self.emit(TransportEvent::RelayReservation {
+                    relay: relay_peer_id,
+                });
+            }
+            BehaviourEvent::Dcutr(event) => {
+                tracing::debug!(peer = %event.remote_peer_id, result = ?event.result, "hole punch");
+            }
+            _ => {}
+        }
+    }
+
+    fn readvertise(&mut self) {
+        if let Some(mdns) = &mut self.mdns {
+            let listen: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+            mdns.advertise(&listen);
+        }
+    }
+
+    /// Peers found on mDNS but not connected may have left without a goodbye: ask.
+    fn verify_mdns_peers(&self) {
+        if let Some(mdns) = &self.mdns {
+            for peer in mdns.found_peers() {
+                if !self.swarm.is_connected(&peer) {
+                    mdns.verify(&peer);
+                }
+            }
+        }
+    }
+
+    fn on_mdns(&mut self, event: mdns_sd::ServiceEvent) {
+        let Some(mdns) = &mut self.mdns else {
+            return;
+        };
+        match mdns.on_event(event) {
+            Some(MdnsEvent::Discovered { peer, addrs }) => {
+                self.book.add(peer, addrs.iter().cloned());
+                self.emit(TransportEvent::PeerDiscovered {
+                    peer,
+                    addrs,
+                    how: Discovery::Mdns,
+                });
+                if !self.swarm.is_connected(&peer) {
+                    self.dial(peer, PeerCondition::DisconnectedAndNotDialing);
+                }
+            }
+            Some(MdnsEvent::Lost { peer }) => {
+                self.emit(TransportEvent::PeerLost {
+                    peer,
+                    how: Discovery::Mdns,
+                });
+            }
+            None => {}
+        }
+    }
+}
+
+/// The next mDNS browse event, or never when mDNS is off or its daemon has stopped.
+async fn next_mdns(
+    events: &Option<mdns_sd::Receiver<mdns_sd::ServiceEvent>>,
+) -> mdns_sd::ServiceEvent {
+    if let Some(events) = events
+        && let Ok(event) = events.recv_async().await
+    {
+        return event;
+    }
+    std::future::pending().await
+}
