@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hyphae_node::{Config, Node, Registration};
+use hyphae_node::{Config, Multiaddr, Node, Registration, TransportConfig};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -41,7 +41,57 @@ enum Command {
         /// needs one unless --open-registration is given.
         #[arg(long = "registration-token", value_name = "TOKEN")]
         registration_tokens: Vec<String>,
+        #[command(flatten)]
+        p2p: P2pArgs,
     },
+}
+
+/// How the node meets other devices.
+#[derive(clap::Args)]
+struct P2pArgs {
+    /// Where to listen for peers (libp2p multiaddr, repeat for several).
+    /// Default: QUIC and TCP on every interface, on ports the system picks.
+    #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
+    p2p_listen: Vec<Multiaddr>,
+    /// Do not look for peers on the local network (mDNS).
+    #[arg(long)]
+    no_mdns: bool,
+    /// A DHT bootstrap peer, as a multiaddr ending in /p2p/<peer id> (repeat for several).
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    bootstrap: Vec<Multiaddr>,
+    /// Relay connections for peers that cannot reach each other directly.
+    #[arg(long)]
+    relay_server: bool,
+    /// Run without the peer-to-peer overlay: a homeserver for this device's clients only.
+    #[arg(long, conflicts_with_all = ["p2p_listen", "no_mdns", "bootstrap", "relay_server"])]
+    no_p2p: bool,
+}
+
+impl P2pArgs {
+    fn into_config(self) -> Result<Option<TransportConfig>, String> {
+        if self.no_p2p {
+            return Ok(None);
+        }
+        let mut config = TransportConfig::default();
+        if !self.p2p_listen.is_empty() {
+            config.listen = self.p2p_listen;
+        }
+        config.mdns.enabled = !self.no_mdns;
+        config.relay_server = self.relay_server;
+        for addr in self.bootstrap {
+            let peer = addr
+                .iter()
+                .find_map(|part| match part {
+                    hyphae_node::multiaddr::Protocol::P2p(peer) => Some(peer),
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    format!("bootstrap address {addr} does not end in /p2p/<peer id>")
+                })?;
+            config.bootstrap.push((peer, addr));
+        }
+        Ok(Some(config))
+    }
 }
 
 fn main() -> ExitCode {
@@ -65,15 +115,24 @@ fn main() -> ExitCode {
             listen,
             open_registration,
             registration_tokens,
+            p2p,
         } => {
             let Some(data_dir) = data.or_else(default_data_dir) else {
                 eprintln!("hyphae: no platform data folder is known here; pass --data DIR");
                 return ExitCode::FAILURE;
             };
+            let p2p = match p2p.into_config() {
+                Ok(p2p) => p2p,
+                Err(e) => {
+                    eprintln!("hyphae: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             runtime.block_on(up(Config {
                 client_listen: listen,
                 open_registration,
                 registration_tokens,
+                p2p,
                 ..Config::new(data_dir)
             }))
         }
@@ -116,6 +175,15 @@ async fn up(config: Config) -> ExitCode {
     println!("  server name  {}", node.server_name());
     println!("  client API   http://{}", node.client_addr());
     println!("  data folder  {}", data_dir.display());
+    match node.transport() {
+        Some(transport) => {
+            println!("  peer id      {}", transport.local_peer_id());
+            for addr in transport.listen_addrs().await.unwrap_or_default() {
+                println!("  p2p listen   {addr}");
+            }
+        }
+        None => println!("  p2p          off"),
+    }
     println!("  registration {registration}");
     println!("Press Ctrl-C to stop.");
 

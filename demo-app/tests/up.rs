@@ -20,7 +20,10 @@ impl Drop for Running {
 /// Starts `hyphae up` and returns the process, the client API URL and the server name it printed.
 fn up(data: &std::path::Path) -> (Running, String, String) {
     let mut child = hyphae()
-        .args(["up", "--listen", "127.0.0.1:0", "--data"])
+        // Peers on loopback only and no mDNS: tests send nothing beyond this machine.
+        .args(["up", "--listen", "127.0.0.1:0", "--no-mdns"])
+        .args(["--p2p-listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
+        .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--data"])
         .arg(data)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -145,7 +148,7 @@ fn bad_input_is_a_message_not_a_panic() {
     let file = dir.path().join("file");
     std::fs::write(&file, b"").unwrap();
     let output = hyphae()
-        .args(["up", "--listen", "127.0.0.1:0", "--data"])
+        .args(["up", "--listen", "127.0.0.1:0", "--no-p2p", "--data"])
         .arg(&file)
         .output()
         .unwrap();

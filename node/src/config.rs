@@ -16,6 +16,8 @@ pub struct Config {
     pub registration_tokens: Vec<String>,
     /// Limit for login, registration and password checks, per client address.
     pub auth_rate_limit: RateLimit,
+    /// The peer-to-peer overlay (federation, discovery); `None` runs the node alone.
+    pub p2p: Option<hyphae_p2p::TransportConfig>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +58,7 @@ impl Config {
                 burst: 20,
                 per_second: 1.0,
             },
+            p2p: Some(hyphae_p2p::TransportConfig::default()),
         }
     }
 

@@ -16,6 +16,8 @@ pub enum NodeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("the peer-to-peer transport could not start: {0}")]
+    Transport(String),
     #[error("no account {0:?} on this node")]
     NoSuchAccount(String),
     #[error("a start-up task failed: {0}")]

@@ -8,10 +8,12 @@ mod credentials;
 mod error;
 mod federation;
 mod node;
+mod peers;
 mod rooms;
 mod signing;
 mod typing;
 
 pub use config::{Config, RateLimit, Registration};
 pub use error::NodeError;
+pub use hyphae_p2p::{Multiaddr, PeerId, Transport, TransportConfig, multiaddr};
 pub use node::Node;

@@ -34,6 +34,7 @@ struct Inner {
     login_tokens: Arc<LoginTokens>,
     /// What request handlers reach; the federation router is built on it too.
     state: AppState,
+    transport: Option<hyphae_p2p::Transport>,
     // Dropping the sender (with the last handle) tells the server to stop.
     stop: Mutex<Option<oneshot::Sender<()>>>,
     server: Mutex<Option<JoinHandle<()>>>,
@@ -85,6 +86,18 @@ impl Node {
             registration: Arc::new(config.registration()),
             limiter: Arc::new(RateLimiter::new(config.auth_rate_limit)),
         };
+        let transport = match config.p2p.clone() {
+            Some(p2p) => Some(
+                crate::peers::start_transport(
+                    p2p,
+                    &identity,
+                    &store,
+                    crate::federation::router(state.clone()),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let app = client_api::router(state.clone());
         let server = tokio::spawn(async move {
@@ -104,6 +117,7 @@ impl Node {
                 client_addr,
                 login_tokens,
                 state,
+                transport,
                 stop: Mutex::new(Some(stop)),
                 server: Mutex::new(Some(server)),
             }),
@@ -124,7 +138,12 @@ impl Node {
         &self.inner.store
     }
 
-    /// The Server-Server API this node answers, for the transport to serve over libp2p.
+    /// The libp2p overlay, when the node runs one.
+    pub fn transport(&self) -> Option<&hyphae_p2p::Transport> {
+        self.inner.transport.as_ref()
+    }
+
+    /// The Server-Server API this node answers (served over libp2p by its transport).
     pub fn federation_router(&self) -> axum::Router {
         crate::federation::router(self.inner.state.clone())
     }
@@ -184,6 +203,7 @@ mod tests {
     fn config(dir: &std::path::Path) -> Config {
         Config {
             client_listen: "127.0.0.1:0".parse().unwrap(),
+            p2p: None,
             ..Config::new(dir)
         }
     }
@@ -252,6 +272,7 @@ mod tests {
         // Same data folder, same port: the same server, with what it stored.
         let node = Node::start(Config {
             client_listen: addr,
+            p2p: None,
             ..Config::new(dir.path())
         })
         .await
@@ -323,6 +344,7 @@ mod tests {
         let first = Node::start(config(&dir.path().join("one"))).await.unwrap();
         let error = Node::start(Config {
             client_listen: first.client_addr(),
+            p2p: None,
             ..Config::new(dir.path().join("two"))
         })
         .await

@@ -20,7 +20,7 @@ pub use http::{Destination, RequestOptions};
 pub use identity::{
     Identity, IdentityError, NameError, peer_id_for_server_name, server_name_of_peer,
 };
-pub use libp2p::{Multiaddr, Stream};
+pub use libp2p::{Multiaddr, Stream, multiaddr};
 pub use libp2p_identity::PeerId;
 pub use transport::Transport;
 

@@ -21,11 +21,33 @@ impl TestNode {
         let data = tempfile::tempdir().expect("temporary data folder");
         let mut config = Config {
             client_listen: loopback_any_port(),
+            // The real overlay, on loopback only, found by explicit dialling (no mDNS).
+            p2p: Some(hyphae_node::TransportConfig::loopback()),
             ..Config::new(data.path())
         };
         configure(&mut config);
         let node = Node::start(config).await.expect("node starts");
         TestNode { node, data }
+    }
+
+    /// Stops the node and starts it again on the same data folder (a new process would do the
+    /// same: everything it knows comes from the folder).
+    pub async fn restart(self) -> TestNode {
+        let TestNode { node, data } = self;
+        node.shutdown().await;
+        drop(node);
+        let node = Node::start(Config {
+            client_listen: loopback_any_port(),
+            p2p: Some(hyphae_node::TransportConfig::loopback()),
+            ..Config::new(data.path())
+        })
+        .await
+        .expect("node restarts");
+        TestNode { node, data }
+    }
+
+    pub fn transport(&self) -> &hyphae_node::Transport {
+        self.node.transport().expect("test nodes run the overlay")
     }
 
     pub fn client_url(&self, path: &str) -> String {

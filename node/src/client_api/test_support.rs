@@ -19,6 +19,8 @@ impl Api {
         let data = tempfile::tempdir().unwrap();
         let mut config = Config {
             client_listen: "127.0.0.1:0".parse().unwrap(),
+            // The Client-Server API alone: these tests need no overlay.
+            p2p: None,
             ..Config::new(data.path())
         };
         configure(&mut config);
