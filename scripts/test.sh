@@ -19,6 +19,14 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 
+# matrix-nio, a real Python Matrix client, in a virtualenv outside the clone (reused between runs).
+venv="${HYPHAE_VENV:-$HOME/.cache/hyphae-venv}"
+if ! "$venv/bin/python" -c 'import nio' >/dev/null 2>&1; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q 'matrix-nio==0.26.0'
+fi
+export HYPHAE_NIO_PYTHON="$venv/bin/python"
+
 # Build outside the clone so repeated runs reuse it; a fresh machine simply starts it empty.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hyphae-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

@@ -2,8 +2,8 @@
 //! bodies), and the user an access token belongs to.
 
 use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use ruma::api::error::ErrorKind;
 use ruma::api::{IncomingRequest, IncomingRequestExt};
@@ -54,6 +54,13 @@ where
                 "Request body is not valid JSON",
             ));
         }
+        // Some clients (matrix-nio's join, for one) POST with no body at all where every field
+        // is optional; read that as the empty object, as other homeservers do.
+        let body = if body.is_empty() && matches!(parts.method, Method::POST | Method::PUT) {
+            axum::body::Bytes::from_static(b"{}")
+        } else {
+            body
+        };
         let request = axum::http::Request::from_parts(parts, &body[..]);
         let path_args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         T::try_from_http_request(request, &path_args)
