@@ -16,7 +16,9 @@ pub struct Config {
     pub registration_tokens: Vec<String>,
     /// Limit for login, registration and password checks, per client address.
     pub auth_rate_limit: RateLimit,
-    /// The peer-to-peer overlay (federation, discovery); `None` runs the node alone.
+    /// The peer-to-peer overlay (federation, discovery); `None` runs the node alone. Off in
+    /// `Config::new`: an embedding app (or `hyphae up`) opts in, so nothing multicasts on a
+    /// network by accident.
     pub p2p: Option<hyphae_p2p::TransportConfig>,
 }
 
@@ -58,7 +60,7 @@ impl Config {
                 burst: 20,
                 per_second: 1.0,
             },
-            p2p: Some(hyphae_p2p::TransportConfig::default()),
+            p2p: None,
         }
     }
 

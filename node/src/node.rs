@@ -190,6 +190,10 @@ impl Node {
                 server.abort();
             }
         }
+        // The overlay goes before the store: nothing may reach a closed database.
+        if let Some(transport) = &self.inner.transport {
+            transport.shutdown().await;
+        }
         self.inner.store.close().await;
         tracing::info!(server_name = self.server_name(), "node stopped");
     }

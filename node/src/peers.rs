@@ -2,11 +2,22 @@
 //! serves the federation router over it, and keeps the peer book up to date from the
 //! transport's events, so a restarted node redials the peers it knew at once.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use hyphae_p2p::{Identity, Multiaddr, PeerId, Transport, TransportConfig, TransportEvent};
 use hyphae_store::Store;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::NodeError;
+
+/// Peers redialled at start, most recently seen first: old entries from other networks must
+/// not turn a start into a dial storm.
+const REDIAL_AT_START: usize = 64;
+/// Addresses per peer handed to the transport (it keeps as many).
+const ADDRESSES_PER_PEER: usize = 16;
+/// Peer book changes are written together, at most this long after the first one.
+const FLUSH_AFTER: Duration = Duration::from_secs(2);
 
 /// Starts the transport, handing it the peers the store remembers.
 pub(crate) async fn start_transport(
@@ -15,16 +26,19 @@ pub(crate) async fn start_transport(
     store: &Store,
     federation: axum::Router,
 ) -> Result<Transport, NodeError> {
-    for known in store.known_peers().await? {
+    for known in store.known_peers().await?.into_iter().take(REDIAL_AT_START) {
         let Ok(peer) = known.peer_id.parse::<PeerId>() else {
             tracing::warn!(peer = %known.peer_id, "skipping a malformed peer id in the peer book");
             continue;
         };
-        let addrs: Vec<Multiaddr> = known
+        // The store lists addresses newest first; the transport keeps the last ones it is given.
+        let mut addrs: Vec<Multiaddr> = known
             .addresses
             .iter()
+            .take(ADDRESSES_PER_PEER)
             .filter_map(|a| a.parse().ok())
             .collect();
+        addrs.reverse();
         if !addrs.is_empty() {
             config.known_peers.push((peer, addrs));
         }
@@ -37,33 +51,56 @@ pub(crate) async fn start_transport(
     Ok(transport)
 }
 
-/// Writes what the transport learns of peers into the store. Ends when the transport does
-/// (its event channel closes with the swarm task).
+/// Writes what the transport learns of peers into the store, a batch at a time. Ends when the
+/// transport does (its event channel closes with the swarm task).
 async fn keep_peer_book(
     mut events: tokio::sync::broadcast::Receiver<TransportEvent>,
     store: Store,
 ) {
+    // peer -> (addresses, how found), merged until the next flush.
+    let mut pending: HashMap<PeerId, (Vec<Multiaddr>, String)> = HashMap::new();
+    let mut flush_at: Option<tokio::time::Instant> = None;
     loop {
-        let (peer, addrs, how) = match events.recv().await {
+        let event = match flush_at {
+            Some(deadline) => match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(event) => event,
+                Err(_) => {
+                    flush(&store, &mut pending).await;
+                    flush_at = None;
+                    continue;
+                }
+            },
+            None => events.recv().await,
+        };
+        match event {
+            // Addresses come from discovery (mDNS, the DHT, the peer's own identify); the
+            // address of a connection may be an inbound, ephemeral one and is not kept.
             Ok(TransportEvent::PeerDiscovered { peer, addrs, how }) => {
-                (peer, addrs, format!("{how:?}").to_lowercase())
+                let entry = pending
+                    .entry(peer)
+                    .or_insert_with(|| (Vec::new(), String::new()));
+                for addr in addrs {
+                    if !entry.0.contains(&addr) {
+                        entry.0.push(addr);
+                    }
+                }
+                entry.1 = format!("{how:?}").to_lowercase();
+                flush_at.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_AFTER);
             }
-            Ok(TransportEvent::Connected { peer, addr }) => {
-                // A relayed or inbound address is not one to dial back; remember the peer only.
-                let dialable = !addr.to_string().contains("p2p-circuit");
-                (
-                    peer,
-                    if dialable { vec![addr] } else { Vec::new() },
-                    "connected".into(),
-                )
-            }
-            Ok(_) => continue,
+            Ok(_) => {}
             Err(RecvError::Lagged(missed)) => {
                 tracing::debug!(missed, "peer book fell behind the transport's events");
-                continue;
             }
-            Err(RecvError::Closed) => return,
-        };
+            Err(RecvError::Closed) => {
+                flush(&store, &mut pending).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn flush(store: &Store, pending: &mut HashMap<PeerId, (Vec<Multiaddr>, String)>) {
+    for (peer, (addrs, how)) in pending.drain() {
         let addrs = addrs.iter().map(ToString::to_string).collect();
         if let Err(e) = store.remember_peer(peer.to_string(), addrs, how).await {
             tracing::warn!(%peer, error = %e, "could not update the peer book");

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, autonat, dcutr, identify, identity, kad, ping, relay};
+use libp2p::{
+    StreamProtocol, autonat, connection_limits, dcutr, identify, identity, kad, ping, relay,
+};
 
 use crate::config::TransportConfig;
 use crate::streams;
@@ -14,8 +16,15 @@ use crate::streams;
 pub(crate) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/hyphae/kad/1");
 const IDENTIFY_VERSION: &str = "/hyphae/1";
 
+/// Connections one peer may hold at once, and incoming connections overall: a peer must not be
+/// able to tie up memory with connections (each buffers streams).
+const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+const MAX_PENDING_INCOMING: u32 = 64;
+const MAX_ESTABLISHED_INCOMING: u32 = 256;
+
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    pub limits: connection_limits::Behaviour,
     pub streams: streams::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -44,11 +53,21 @@ impl Behaviour {
             kad.add_address(peer, addr.clone());
         }
         Behaviour {
+            limits: connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                    .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                    .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING)),
+            ),
             streams: streams::Behaviour::default(),
-            identify: identify::Behaviour::new(identify::Config::new(
-                IDENTIFY_VERSION.to_owned(),
-                key.public(),
-            )),
+            // Pushing new listen addresses tells connected peers (and through them the DHT)
+            // at once of a relay circuit reserved after they identified us; without it they
+            // learn it at the next periodic identify, minutes later, and the DHT finds the
+            // node only at addresses that cannot reach it.
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_VERSION.to_owned(), key.public())
+                    .with_push_listen_addr_updates(true),
+            ),
             ping: ping::Behaviour::default(),
             kad,
             relay_client,

@@ -36,6 +36,8 @@ pub enum Discovery {
     Dht,
     /// The peer told us its listen addresses (identify) over a connection.
     Identify,
+    /// The node dialled the peer at addresses it was given (a link, a QR code, the CLI).
+    Dialled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -88,6 +88,10 @@ enum Command {
     Bootstrap {
         reply: Reply<()>,
     },
+    /// Ends the swarm task: connections close, mDNS says goodbye.
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
 }
 
 impl Transport {
@@ -284,8 +288,15 @@ impl Transport {
     }
 
     /// Listens on one more address, for example `<relay addr>/p2p/<relay>/p2p-circuit` to
-    /// reserve a slot on a relay and be reachable through it.
+    /// reserve a slot on a relay and be reachable through it (the relay is connected first).
     pub async fn listen_on(&self, addr: Multiaddr) -> Result<(), TransportError> {
+        // libp2p's relay client reserves over a connection to the relay that exists, or else
+        // dials one; that dial is refused while another one to the relay is under way (the
+        // DHT bootstrap, mDNS), and the listener then just closes, with no reservation and no
+        // error. Connecting first leaves it only the first case.
+        if let Some((relay, relay_addrs)) = relay_of_circuit(&addr) {
+            self.dial(relay, relay_addrs).await?;
+        }
         let (reply, rx) = oneshot::channel();
         self.command(Command::ListenOn { addr, reply }).await?;
         rx.await.map_err(|_| TransportError::Stopped)?
@@ -296,6 +307,15 @@ impl Transport {
         let (reply, rx) = oneshot::channel();
         self.command(Command::FindPeer { peer, reply }).await?;
         rx.await.map_err(|_| TransportError::Stopped)?
+    }
+
+    /// Stops the overlay now, whatever other handles exist: connections close and the mDNS
+    /// record is withdrawn. Later calls on any handle fail with `Stopped`.
+    pub async fn shutdown(&self) {
+        let (done, stopped) = oneshot::channel();
+        if self.command(Command::Shutdown { done }).await.is_ok() {
+            let _ = stopped.await;
+        }
     }
 
     /// Starts a DHT bootstrap (it also runs by itself periodically and at start).
@@ -384,6 +404,27 @@ impl Transport {
     }
 }
 
+/// The relay's peer id and address (if given) in a circuit address
+/// `<relay addr>/p2p/<relay>/p2p-circuit`.
+fn relay_of_circuit(addr: &Multiaddr) -> Option<(PeerId, Vec<Multiaddr>)> {
+    let mut relay_addr = Multiaddr::empty();
+    let mut relay = None;
+    for protocol in addr.iter() {
+        match protocol {
+            Protocol::P2pCircuit => {
+                let addrs = (!relay_addr.is_empty()).then_some(relay_addr);
+                return relay.map(|peer| (peer, addrs.into_iter().collect()));
+            }
+            Protocol::P2p(peer) => relay = Some(peer),
+            other => {
+                relay = None;
+                relay_addr.push(other);
+            }
+        }
+    }
+    None
+}
+
 /// A DHT lookup of one peer and who waits for it.
 struct Lookup {
     target: PeerId,
@@ -410,12 +451,20 @@ struct SwarmTask {
 
 impl SwarmTask {
     async fn run(mut self) {
-        let mut verify = tokio::time::interval(self.verify_interval);
+        // interval(0) panics; nobody needs checks more often than once a second.
+        let mut verify = tokio::time::interval(self.verify_interval.max(Duration::from_secs(1)));
         verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = verify.tick(), if self.mdns.is_some() => self.verify_mdns_peers(),
                 command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { done }) => {
+                        // Dropping the task's state (swarm, mDNS daemon) is the shutdown; say
+                        // so once it is gone.
+                        drop(self);
+                        let _ = done.send(());
+                        return;
+                    }
                     Some(command) => self.on_command(command),
                     None => break,
                 },
@@ -438,7 +487,15 @@ impl SwarmTask {
                     let _ = reply.send(Ok(()));
                     return;
                 }
-                self.book.add(peer, addrs);
+                let new = self.book.add(peer, addrs);
+                if !new.is_empty() {
+                    // The node's own peer book learns of peers it dials by address too.
+                    self.emit(TransportEvent::PeerDiscovered {
+                        peer,
+                        addrs: new,
+                        how: Discovery::Dialled,
+                    });
+                }
                 self.waiting_dials.entry(peer).or_default().push(reply);
                 self.dial(peer, PeerCondition::Disconnected);
             }
@@ -480,6 +537,10 @@ impl SwarmTask {
                     .map(|_| ())
                     .map_err(|_| TransportError::NoKnownPeers);
                 let _ = reply.send(result);
+            }
+            // Handled by the run loop, which owns the task's state.
+            Command::Shutdown { done } => {
+                let _ = done.send(());
             }
         }
     }
@@ -803,4 +864,25 @@ async fn next_mdns(
         return event;
     }
     std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_is_read_from_a_circuit_address() {
+        let relay = PeerId::random();
+        let tcp: Multiaddr = "/ip4/10.0.0.1/tcp/4001".parse().unwrap();
+        let circuit = tcp
+            .clone()
+            .with(Protocol::P2p(relay))
+            .with(Protocol::P2pCircuit);
+        assert_eq!(relay_of_circuit(&circuit), Some((relay, vec![tcp.clone()])));
+        let bare = Multiaddr::empty()
+            .with(Protocol::P2p(relay))
+            .with(Protocol::P2pCircuit);
+        assert_eq!(relay_of_circuit(&bare), Some((relay, vec![])));
+        assert_eq!(relay_of_circuit(&tcp), None);
+    }
 }

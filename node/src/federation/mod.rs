@@ -4,6 +4,7 @@
 mod keys;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
 use crate::node::AppState;
@@ -13,5 +14,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/_matrix/federation/v1/version", get(keys::version))
         .route("/_matrix/key/v2/server", get(keys::server_keys))
         .fallback(crate::client_api::unrecognized)
+        // The transport caps bodies itself (a /send of 50 PDUs is over axum's 2 MiB default).
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }

@@ -130,12 +130,21 @@ impl Mdns {
                 if peer == self.local_peer {
                     return None;
                 }
+                // Only addresses on the IPs the responder itself answered from: a LAN host must
+                // not make every node dial wherever its TXT record says.
+                let resolved: std::collections::HashSet<std::net::IpAddr> = service
+                    .get_addresses()
+                    .iter()
+                    .map(|ip| ip.to_ip_addr())
+                    .collect();
                 let mut addrs: Vec<Multiaddr> = service
                     .txt_properties
                     .iter()
                     .filter(|p| p.key().starts_with("addr"))
                     .filter_map(|p| p.val_str().parse::<Multiaddr>().ok())
                     .filter_map(|a| for_peer(a, &peer))
+                    .filter(|a| ip_of(a).is_some_and(|ip| resolved.contains(&ip)))
+                    .take(MAX_TXT_ADDRS)
                     .collect();
                 addrs.sort();
                 addrs.dedup();
@@ -199,6 +208,17 @@ fn port_of(addr: &Multiaddr) -> Option<u16> {
 }
 
 /// Keeps an advertised address only if it names no other peer; strips the `/p2p` suffix.
+/// At most this many addresses are taken from one mDNS record.
+const MAX_TXT_ADDRS: usize = 8;
+
+fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    addr.iter().find_map(|part| match part {
+        Protocol::Ip4(ip) => Some(ip.into()),
+        Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    })
+}
+
 fn for_peer(mut addr: Multiaddr, peer: &PeerId) -> Option<Multiaddr> {
     if let Some(Protocol::P2p(named)) = addr.iter().last() {
         if named != *peer {
