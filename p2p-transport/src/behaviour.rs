@@ -73,10 +73,20 @@ impl Behaviour {
             relay_client,
             relay_server: config
                 .relay_server
-                .then(|| relay::Behaviour::new(peer, relay::Config::default()))
+                .then(|| relay::Behaviour::new(peer, relay_config()))
                 .into(),
             dcutr: dcutr::Behaviour::new(peer),
             autonat: autonat::Behaviour::new(peer, autonat::Config::default()),
         }
+    }
+}
+
+/// libp2p's defaults cap a circuit at 128 KiB and 2 minutes, too little for federation between
+/// peers that can only meet through this relay (a backup server relays for its subscribers).
+fn relay_config() -> relay::Config {
+    relay::Config {
+        max_circuit_duration: Duration::from_secs(60 * 60),
+        max_circuit_bytes: 256 * 1024 * 1024,
+        ..relay::Config::default()
     }
 }

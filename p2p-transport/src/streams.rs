@@ -46,16 +46,20 @@ pub(crate) struct InboundStream {
 
 #[derive(Default)]
 pub(crate) struct Behaviour {
-    /// Open connections per peer; streams go on the newest.
-    connections: HashMap<PeerId, Vec<ConnectionId>>,
+    /// Open connections per peer, each marked relayed or not; streams go on the newest direct
+    /// one, and over a relay circuit only when there is no direct connection (circuits are
+    /// capped in bytes and time).
+    connections: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
     pending: VecDeque<ToSwarm<InboundStream, StreamReply>>,
 }
 
 impl Behaviour {
     /// Asks a connection to `peer` for a new stream; gives the reply back if there is none.
     pub fn open(&mut self, peer: PeerId, reply: StreamReply) -> Result<(), StreamReply> {
-        match self.connections.get(&peer).and_then(|c| c.last()) {
-            Some(connection) => {
+        let connections = self.connections.get(&peer);
+        let direct = connections.and_then(|c| c.iter().rev().find(|(_, relayed)| !relayed));
+        match direct.or_else(|| connections.and_then(|c| c.last())) {
+            Some((connection, _)) => {
                 self.pending.push_back(ToSwarm::NotifyHandler {
                     peer_id: peer,
                     handler: NotifyHandler::One(*connection),
@@ -96,14 +100,15 @@ impl NetworkBehaviour for Behaviour {
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
             FromSwarm::ConnectionEstablished(e) => {
+                let relayed = e.endpoint.is_relayed();
                 self.connections
                     .entry(e.peer_id)
                     .or_default()
-                    .push(e.connection_id);
+                    .push((e.connection_id, relayed));
             }
             FromSwarm::ConnectionClosed(e) => {
                 if let Some(list) = self.connections.get_mut(&e.peer_id) {
-                    list.retain(|c| *c != e.connection_id);
+                    list.retain(|(c, _)| *c != e.connection_id);
                     if list.is_empty() {
                         self.connections.remove(&e.peer_id);
                     }

@@ -578,4 +578,15 @@ async fn a_peer_is_reached_through_a_relay() {
         }
     }
     expect_echo(&a, &c).await;
+    // More than libp2p's default circuit cap (128 KiB) gets through: the relay is configured
+    // for federation traffic.
+    let big = vec![b'x'; 1024 * 1024];
+    for _ in 0..2 {
+        let request = Request::put("/echo")
+            .body(Bytes::from(big.clone()))
+            .unwrap();
+        let response = a.request(c.server_name(), request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.body().len(), big.len());
+    }
 }
