@@ -19,13 +19,19 @@ const ADDRESSES_PER_PEER: usize = 16;
 /// Peer book changes are written together, at most this long after the first one.
 const FLUSH_AFTER: Duration = Duration::from_secs(2);
 
-/// Starts the transport, handing it the peers the store remembers.
+/// Starts the transport, serves the federation router on it, then redials the peers the
+/// store remembers (after the router is in place, so no early peer is answered 503).
 pub(crate) async fn start_transport(
-    mut config: TransportConfig,
+    config: TransportConfig,
     identity: &Identity,
     store: &Store,
     federation: axum::Router,
 ) -> Result<Transport, NodeError> {
+    let transport = Transport::start(config, identity)
+        .await
+        .map_err(|e| NodeError::Transport(e.to_string()))?;
+    transport.serve(federation);
+    tokio::spawn(keep_peer_book(transport.events(), store.clone()));
     for known in store.known_peers().await?.into_iter().take(REDIAL_AT_START) {
         let Ok(peer) = known.peer_id.parse::<PeerId>() else {
             tracing::warn!(peer = %known.peer_id, "skipping a malformed peer id in the peer book");
@@ -39,15 +45,18 @@ pub(crate) async fn start_transport(
             .filter_map(|a| a.parse().ok())
             .collect();
         addrs.reverse();
-        if !addrs.is_empty() {
-            config.known_peers.push((peer, addrs));
+        if addrs.is_empty() {
+            continue;
         }
+        let transport = transport.clone();
+        tokio::spawn(async move {
+            // Bounded by the dial timeout; a peer that is away now is found again later by
+            // discovery.
+            if let Err(e) = transport.dial(peer, addrs).await {
+                tracing::debug!(%peer, error = %e, "a known peer did not answer");
+            }
+        });
     }
-    let transport = Transport::start(config, identity)
-        .await
-        .map_err(|e| NodeError::Transport(e.to_string()))?;
-    transport.serve(federation);
-    tokio::spawn(keep_peer_book(transport.events(), store.clone()));
     Ok(transport)
 }
 
