@@ -15,7 +15,7 @@ use futures::StreamExt;
 use libp2p::kad::{self, QueryId, QueryResult};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{DialError, SwarmEvent};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, Stream, Swarm, SwarmBuilder, autonat, identify, noise, relay, tcp, yamux,
 };
@@ -136,6 +136,7 @@ impl Transport {
         let local_peer = *swarm.local_peer_id();
         let mut task = SwarmTask {
             swarm,
+            connection_addrs: HashMap::new(),
             commands: command_rx,
             events: events.clone(),
             server: server.clone(),
@@ -433,6 +434,9 @@ struct Lookup {
 
 struct SwarmTask {
     swarm: Swarm<Behaviour>,
+    /// The remote address of each open connection: what a peer says of its own addresses is
+    /// weighed against how it reached us.
+    connection_addrs: HashMap<ConnectionId, Multiaddr>,
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<TransportEvent>,
     server: Arc<http::Server>,
@@ -447,6 +451,15 @@ struct SwarmTask {
     /// A relay with no configured external address announces its listen addresses instead.
     listen_as_external: bool,
     verify_interval: Duration,
+}
+
+/// Loopback or unspecified: an address that only reaches the machine it is said on.
+fn is_local_only(addr: &Multiaddr) -> bool {
+    addr.iter().any(|part| match part {
+        libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_loopback() || ip.is_unspecified(),
+        libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_loopback() || ip.is_unspecified(),
+        _ => false,
+    })
 }
 
 impl SwarmTask {
@@ -682,10 +695,13 @@ impl SwarmTask {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
             } => {
+                self.connection_addrs
+                    .insert(connection_id, endpoint.get_remote_address().clone());
                 if endpoint.is_dialer() {
                     self.book
                         .add(peer_id, [endpoint.get_remote_address().clone()]);
@@ -699,10 +715,19 @@ impl SwarmTask {
                 self.on_connected(peer_id);
             }
             SwarmEvent::ConnectionClosed {
+                connection_id,
+                num_established,
+                ..
+            } if num_established > 0 => {
+                self.connection_addrs.remove(&connection_id);
+            }
+            SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established: 0,
                 ..
             } => {
+                self.connection_addrs.remove(&connection_id);
                 self.emit(TransportEvent::Disconnected { peer: peer_id });
                 if let Some(mdns) = &self.mdns {
                     mdns.verify(&peer_id);
@@ -740,7 +765,21 @@ impl SwarmTask {
                     inbound.stream,
                 ));
             }
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+            BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                connection_id,
+                mut info,
+                ..
+            }) => {
+                // A peer's loopback (or unspecified) addresses mean something only to a peer on
+                // the same machine: from anyone else they would have us dial ourselves.
+                let same_machine = self
+                    .connection_addrs
+                    .get(&connection_id)
+                    .is_some_and(is_local_only);
+                if !same_machine {
+                    info.listen_addrs.retain(|addr| !is_local_only(addr));
+                }
                 // Kad learns inbound peers' addresses only from us: without this a peer that
                 // dialled in never enters the routing table and cannot be found.
                 if info.protocols.contains(&KAD_PROTOCOL) {
@@ -884,5 +923,19 @@ mod tests {
             .with(Protocol::P2pCircuit);
         assert_eq!(relay_of_circuit(&bare), Some((relay, vec![])));
         assert_eq!(relay_of_circuit(&tcp), None);
+    }
+
+    #[test]
+    fn loopback_and_unspecified_addresses_reach_only_their_own_machine() {
+        for local in [
+            "/ip4/127.0.0.1/tcp/4001",
+            "/ip4/0.0.0.0/udp/4001/quic-v1",
+            "/ip6/::1/tcp/4001",
+        ] {
+            assert!(is_local_only(&local.parse().unwrap()), "{local}");
+        }
+        for remote in ["/ip4/10.199.2.7/tcp/4001", "/ip6/fd00::7/udp/4001/quic-v1"] {
+            assert!(!is_local_only(&remote.parse().unwrap()), "{remote}");
+        }
     }
 }
