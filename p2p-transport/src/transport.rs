@@ -137,6 +137,7 @@ impl Transport {
         let mut task = SwarmTask {
             swarm,
             connection_addrs: HashMap::new(),
+            our_dials: HashMap::new(),
             commands: command_rx,
             events: events.clone(),
             server: server.clone(),
@@ -437,6 +438,9 @@ struct SwarmTask {
     /// The remote address of each open connection: what a peer says of its own addresses is
     /// weighed against how it reached us.
     connection_addrs: HashMap<ConnectionId, Multiaddr>,
+    /// Dials this task started for callers: only their failure fails the callers (a DHT or
+    /// relay dial to the same peer failing says nothing about our addresses).
+    our_dials: HashMap<ConnectionId, PeerId>,
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<TransportEvent>,
     server: Arc<http::Server>,
@@ -575,8 +579,14 @@ impl SwarmTask {
             .condition(condition)
             .extend_addresses_through_behaviour()
             .build();
+        let id = opts.connection_id();
         match self.swarm.dial(opts) {
-            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+            Ok(()) => {
+                self.our_dials.insert(id, peer);
+            }
+            // Another dial is under way; if it fails, ours starts then (see
+            // OutgoingConnectionError).
+            Err(DialError::DialPeerConditionFalse(_)) => {}
             Err(DialError::NoAddresses) => self.lookup(peer, None),
             Err(e) => self.fail_peer(peer, &e.to_string()),
         }
@@ -700,6 +710,7 @@ impl SwarmTask {
                 num_established,
                 ..
             } => {
+                self.our_dials.remove(&connection_id);
                 self.connection_addrs
                     .insert(connection_id, endpoint.get_remote_address().clone());
                 if endpoint.is_dialer() {
@@ -735,12 +746,20 @@ impl SwarmTask {
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
+                connection_id,
                 error,
-                ..
             } => {
                 tracing::debug!(%peer, %error, "dial failed");
-                if !self.swarm.is_connected(&peer) && !matches!(error, DialError::Aborted) {
+                let ours = self.our_dials.remove(&connection_id).is_some();
+                if self.swarm.is_connected(&peer) || matches!(error, DialError::Aborted) {
+                    // Nothing to report: another connection is up, or the dial was cancelled.
+                } else if ours {
                     self.fail_peer(peer, &error.to_string());
+                } else if self.waiting_dials.contains_key(&peer)
+                    || self.waiting_streams.contains_key(&peer)
+                {
+                    // Someone else's dial failed while callers wait: try our own addresses.
+                    self.dial(peer, PeerCondition::DisconnectedAndNotDialing);
                 }
             }
             SwarmEvent::ListenerClosed {
