@@ -148,6 +148,9 @@ impl Transport {
             mdns: None,
             mdns_events: None,
             listen_as_external: config.relay_server && config.external_addrs.is_empty(),
+            // Loopback addresses are announced only by a node that listens on nothing else
+            // (tests on one machine); anywhere else they would point peers at themselves.
+            announce_loopback: config.listen.iter().all(is_loopback),
             verify_interval: config.mdns.verify_interval,
         };
         for addr in &config.external_addrs {
@@ -454,7 +457,17 @@ struct SwarmTask {
     mdns_events: Option<mdns_sd::Receiver<mdns_sd::ServiceEvent>>,
     /// A relay with no configured external address announces its listen addresses instead.
     listen_as_external: bool,
+    announce_loopback: bool,
     verify_interval: Duration,
+}
+
+/// An address on the loopback interface.
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|part| match part {
+        libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_loopback(),
+        libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
 }
 
 /// Loopback or unspecified: an address that only reaches the machine it is said on.
@@ -690,7 +703,7 @@ impl SwarmTask {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
-                if self.listen_as_external {
+                if self.listen_as_external && (self.announce_loopback || !is_local_only(&address)) {
                     self.swarm.add_external_address(address.clone());
                 }
                 self.emit(TransportEvent::ListenAddr { addr: address });
