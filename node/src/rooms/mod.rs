@@ -26,6 +26,9 @@ pub(crate) use pdu::Pdu;
 pub(crate) const ROOM_VERSIONS: [RoomVersionId; 3] =
     [RoomVersionId::V12, RoomVersionId::V11, RoomVersionId::V10];
 
+/// Rooms whose state is kept in memory for sending; past this, idle ones are dropped.
+const MAX_CACHED_ROOMS: usize = 512;
+
 /// At most this many forward extremities become one event's prev_events.
 const MAX_PREV_EVENTS: usize = 20;
 
@@ -152,6 +155,11 @@ impl Rooms {
             return Ok(None);
         }
         let mut rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if rooms.len() >= MAX_CACHED_ROOMS {
+            // Rooms nobody is sending into right now (no one holds their slot, so no commit
+            // is pending) are read from the store again when next needed.
+            rooms.retain(|_, slot| Arc::strong_count(slot) > 1);
+        }
         Ok(Some(rooms.entry(room_id.to_owned()).or_default().clone()))
     }
 
