@@ -182,43 +182,49 @@ fn an_idle_node_uses_no_cpu() {
     assert!(interrupt(&mut child).success());
 }
 
+/// Sends one Client-Server request and returns the JSON answer, failing on an error status.
+async fn call(
+    request: reqwest::RequestBuilder,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let request = match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    };
+    let response = request.json(&body).send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    response.json().await.unwrap()
+}
+
 #[tokio::test]
 async fn what_the_node_accepted_survives_a_kill() {
     let data = tempfile::tempdir().unwrap();
     let (mut child, url, _) = up(data.path());
     let http = reqwest::Client::new();
     let api = |path: &str| format!("{url}/_matrix/client/v3{path}");
-    let registered: serde_json::Value = http
-        .post(api("/register"))
-        .json(&serde_json::json!({"username": "alice", "password": "pw",
-                                  "auth": {"type": "m.login.dummy"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let registered = call(
+        http.post(api("/register")),
+        None,
+        serde_json::json!({"username": "alice", "password": "pw",
+                           "auth": {"type": "m.login.dummy"}}),
+    )
+    .await;
     let token = registered["access_token"].as_str().unwrap().to_owned();
-    let room: serde_json::Value = http
-        .post(api("/createRoom"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let room = call(
+        http.post(api("/createRoom")),
+        Some(&token),
+        serde_json::json!({}),
+    )
+    .await;
     let room = room["room_id"].as_str().unwrap().to_owned();
     for n in 0..20 {
-        let response = http
-            .put(api(&format!("/rooms/{room}/send/m.room.message/t{n}")))
-            .bearer_auth(&token)
-            .json(&serde_json::json!({"msgtype": "m.text", "body": format!("message {n}")}))
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
+        call(
+            http.put(api(&format!("/rooms/{room}/send/m.room.message/t{n}"))),
+            Some(&token),
+            serde_json::json!({"msgtype": "m.text", "body": format!("message {n}")}),
+        )
+        .await;
     }
     // SIGKILL right after the last acknowledgement: no clean shutdown.
     child.0.kill().unwrap();

@@ -108,11 +108,13 @@ async fn keep_peer_book(
     }
 }
 
+/// Writes the pending changes concurrently, so the store's writer commits them together.
 async fn flush(store: &Store, pending: &mut HashMap<PeerId, (Vec<Multiaddr>, String)>) {
-    for (peer, (addrs, how)) in pending.drain() {
+    let writes = pending.drain().map(|(peer, (addrs, how))| async move {
         let addrs = addrs.iter().map(ToString::to_string).collect();
         if let Err(e) = store.remember_peer(peer.to_string(), addrs, how).await {
             tracing::warn!(%peer, error = %e, "could not update the peer book");
         }
-    }
+    });
+    futures::future::join_all(writes).await;
 }

@@ -14,9 +14,6 @@ pub struct TransportConfig {
     pub mdns: MdnsConfig,
     /// Kademlia seeds: peer id and one address each.
     pub bootstrap: Vec<(PeerId, Multiaddr)>,
-    /// Peers the node knew before (its peer book): their addresses are remembered and they
-    /// are dialled at once, so a restarted node reconnects without waiting for discovery.
-    pub known_peers: Vec<(PeerId, Vec<Multiaddr>)>,
     /// Addresses others can reach this node at (a server's public address), announced to
     /// peers through identify and the DHT.
     pub external_addrs: Vec<Multiaddr>,
@@ -42,7 +39,6 @@ impl Default for TransportConfig {
             ],
             mdns: MdnsConfig::default(),
             bootstrap: Vec::new(),
-            known_peers: Vec::new(),
             external_addrs: Vec::new(),
             relay_server: false,
             idle_timeout: Duration::from_secs(60),

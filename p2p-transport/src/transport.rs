@@ -199,10 +199,6 @@ impl Transport {
             task.mdns_events = Some(browse);
         }
 
-        for (peer, addrs) in &config.known_peers {
-            task.book.add(*peer, addrs.iter().cloned());
-            task.dial(*peer, PeerCondition::DisconnectedAndNotDialing);
-        }
         for (peer, addr) in &config.bootstrap {
             task.book.add(*peer, [addr.clone()]);
         }

@@ -24,6 +24,18 @@ pub struct Device {
     pub last_seen_ip: Option<String>,
 }
 
+impl Device {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
+        Ok(Device {
+            device_id: row.get(0)?,
+            display_name: row.get(1)?,
+            created_ms: row.get(2)?,
+            last_seen_ms: row.get(3)?,
+            last_seen_ip: row.get(4)?,
+        })
+    }
+}
+
 /// A device being logged in, with the hash of its new access token.
 #[derive(Debug, Clone)]
 pub struct NewDevice {
@@ -188,15 +200,7 @@ impl Store {
                  FROM devices WHERE localpart = ?1 ORDER BY device_id",
             )?;
             let devices = statement
-                .query_map([localpart], |row| {
-                    Ok(Device {
-                        device_id: row.get(0)?,
-                        display_name: row.get(1)?,
-                        created_ms: row.get(2)?,
-                        last_seen_ms: row.get(3)?,
-                        last_seen_ip: row.get(4)?,
-                    })
-                })?
+                .query_map([localpart], Device::from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(devices)
         })
@@ -204,11 +208,17 @@ impl Store {
     }
 
     pub async fn device(&self, localpart: String, device_id: String) -> Result<Option<Device>> {
-        Ok(self
-            .devices(localpart)
-            .await?
-            .into_iter()
-            .find(|d| d.device_id == device_id))
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT device_id, display_name, created_ms, last_seen_ms, last_seen_ip
+                     FROM devices WHERE localpart = ?1 AND device_id = ?2",
+                    [localpart, device_id],
+                    Device::from_row,
+                )
+                .optional()?)
+        })
+        .await
     }
 
     /// Sets a device's display name; returns whether the device exists.
