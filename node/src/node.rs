@@ -15,6 +15,7 @@ use crate::client_api::{self, RateLimiter};
 use crate::config::{Config, Registration};
 use crate::credentials::LoginTokens;
 use crate::error::NodeError;
+use crate::federation::Federation;
 use crate::rooms::Rooms;
 use crate::signing::SigningKey;
 use crate::typing::Typing;
@@ -51,6 +52,7 @@ pub(crate) struct AppState {
     pub(crate) typing: Typing,
     pub(crate) login_tokens: Arc<LoginTokens>,
     pub(crate) signing_key: SigningKey,
+    pub(crate) federation: Federation,
 }
 
 impl Node {
@@ -75,12 +77,14 @@ impl Node {
             .map_err(|e| NodeError::Startup(format!("server name: {e}")))?;
         let login_tokens = Arc::new(LoginTokens::default());
         let signing_key = SigningKey::new(server_name.clone(), &identity.secret_bytes());
-        let rooms = Rooms::new(store.clone(), signing_key.clone());
+        let federation = Federation::new(store.clone(), server_name.clone());
+        let rooms = Rooms::new(store.clone(), signing_key.clone(), federation.clone());
         let state = AppState {
             rooms,
             typing: Typing::new(),
             login_tokens: login_tokens.clone(),
             signing_key: signing_key.clone(),
+            federation: federation.clone(),
             server_name,
             store: store.clone(),
             registration: Arc::new(config.registration()),
@@ -98,6 +102,12 @@ impl Node {
             ),
             None => None,
         };
+        if let Some(transport) = &transport {
+            federation
+                .attach(transport)
+                .await
+                .map_err(|e| NodeError::Startup(e.to_string()))?;
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let app = client_api::router(state.clone());
         let server = tokio::spawn(async move {

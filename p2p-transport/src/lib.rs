@@ -22,7 +22,7 @@ pub use identity::{
 };
 pub use libp2p::{Multiaddr, Stream, multiaddr};
 pub use libp2p_identity::PeerId;
-pub use transport::Transport;
+pub use transport::{Transport, WeakTransport};
 
 /// The protocol id inbound and outbound HTTP streams use.
 pub const HTTP_PROTOCOL: &str = "/http/1.1";

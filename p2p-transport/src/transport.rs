@@ -45,6 +45,18 @@ pub struct Transport {
     inner: Arc<Inner>,
 }
 
+/// A [`Transport`] that does not keep the swarm alive; `upgrade` while it runs.
+#[derive(Clone)]
+pub struct WeakTransport {
+    inner: std::sync::Weak<Inner>,
+}
+
+impl WeakTransport {
+    pub fn upgrade(&self) -> Option<Transport> {
+        self.inner.upgrade().map(|inner| Transport { inner })
+    }
+}
+
 struct Inner {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<TransportEvent>,
@@ -225,6 +237,14 @@ impl Transport {
 
     pub fn local_peer_id(&self) -> PeerId {
         self.inner.local_peer
+    }
+
+    /// A handle that does not keep the swarm alive: for the service the transport itself
+    /// serves, which would otherwise own the transport that owns it.
+    pub fn downgrade(&self) -> WeakTransport {
+        WeakTransport {
+            inner: Arc::downgrade(&self.inner),
+        }
     }
 
     pub fn server_name(&self) -> &str {

@@ -92,23 +92,32 @@ impl Store {
 }
 
 pub(crate) fn append_pdu(conn: &Connection, pdu: &NewPdu) -> Result<Option<i64>> {
-    let known: Option<Option<i64>> = conn
+    let known: Option<(Option<i64>, bool, bool)> = conn
         .query_row(
-            "SELECT stream_pos FROM events WHERE event_id = ?1",
+            "SELECT stream_pos, outlier, rejection_reason IS NOT NULL FROM events
+             WHERE event_id = ?1",
             [&pdu.event_id],
-            |row| row.get(0),
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )
         .optional()?;
-    if let Some(stream_pos) = known {
-        return Ok(stream_pos);
-    }
     let in_timeline = !pdu.outlier && pdu.rejection_reason.is_none();
-    let stream_pos = if in_timeline {
-        Some(next_stream_pos(conn)?)
-    } else {
-        None
+    let stream_pos = match known {
+        // An event first fetched as an outlier (an auth event, a state event of a joined
+        // room) that now takes its place in the timeline.
+        Some((None, true, false)) if in_timeline => {
+            let stream_pos = next_stream_pos(conn)?;
+            conn.prepare_cached(
+                "UPDATE events SET stream_pos = ?2, outlier = 0 WHERE event_id = ?1",
+            )?
+            .execute(params![pdu.event_id, stream_pos])?;
+            Some(stream_pos)
+        }
+        Some((stream_pos, _, _)) => return Ok(stream_pos),
+        None if in_timeline => Some(next_stream_pos(conn)?),
+        None => None,
     };
-    conn.prepare_cached(
+    if known.is_none() {
+        conn.prepare_cached(
         "INSERT INTO events (event_id, room_id, stream_pos, depth, sender, event_type, state_key,
                              origin_server_ts, pdu, rejection_reason, outlier)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -123,9 +132,10 @@ pub(crate) fn append_pdu(conn: &Connection, pdu: &NewPdu) -> Result<Option<i64>>
         pdu.state_key,
         pdu.origin_server_ts,
         pdu.json,
-        pdu.rejection_reason,
-        pdu.outlier,
-    ])?;
+            pdu.rejection_reason,
+            pdu.outlier,
+        ])?;
+    }
     let mut edge = conn.prepare_cached(
         "INSERT OR IGNORE INTO event_edges (event_id, prev_event_id) VALUES (?1, ?2)",
     )?;

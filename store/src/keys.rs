@@ -66,13 +66,16 @@ pub struct KeySignature {
 }
 
 /// The users with a key change at a stream position in (`?1`, `?2`]: each device's and
-/// cross-signing key's newest change, and devices deleted with their keys.
+/// cross-signing key's newest change, devices deleted with their keys, and other servers' users
+/// whose server said their device list changed.
 const KEY_CHANGES: &str = "
     SELECT user_id FROM device_keys WHERE stream_pos > ?1 AND stream_pos <= ?2
     UNION
     SELECT user_id FROM cross_signing_keys WHERE stream_pos > ?1 AND stream_pos <= ?2
     UNION
-    SELECT user_id FROM device_keys_tombstones WHERE stream_pos > ?1 AND stream_pos <= ?2";
+    SELECT user_id FROM device_keys_tombstones WHERE stream_pos > ?1 AND stream_pos <= ?2
+    UNION
+    SELECT user_id FROM remote_device_lists WHERE stream_pos > ?1 AND stream_pos <= ?2";
 
 impl Store {
     /// Stores a device's upload: device keys (a new stream position only if they changed),
@@ -397,6 +400,43 @@ impl Store {
         .await
     }
 
+    /// Records that another server's user changed their device list, as their server's update
+    /// numbered `stream_id` says (`None`: an update without a number, such as a cross-signing
+    /// change): the change takes a stream position, so `/sync` and `keys/changes` report it like
+    /// a local user's. A repeat of the last numbered update changes nothing. Returns whether it
+    /// was new.
+    pub async fn note_remote_device_list_change(
+        &self,
+        user_id: String,
+        stream_id: Option<i64>,
+    ) -> Result<bool> {
+        self.write(move |conn| {
+            let seen: Option<Option<i64>> = conn
+                .query_row(
+                    "SELECT stream_id FROM remote_device_lists WHERE user_id = ?1",
+                    [&user_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            // Only a repeat of the last update is skipped: ids from a server restored from a
+            // backup may start lower, and a spurious change costs a client one key query.
+            if stream_id.is_some() && seen == Some(stream_id) {
+                return Ok(false);
+            }
+            let position = next_stream_pos(conn)?;
+            conn.execute(
+                "INSERT INTO remote_device_lists (user_id, stream_id, stream_pos)
+                 VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id) DO UPDATE
+                 SET stream_id = coalesce(excluded.stream_id, stream_id),
+                     stream_pos = excluded.stream_pos",
+                params![user_id, stream_id, position],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
     /// The users whose device keys or cross-signing keys changed, or who lost a device with
     /// keys, at a stream position in (`after`, `upto`]. Only each key's newest change is kept,
     /// so a key changed again after `upto` is reported by the next range instead.
@@ -656,6 +696,46 @@ mod tests {
             .await
             .unwrap();
         assert!(nothing.is_empty());
+    }
+
+    #[tokio::test]
+    async fn other_servers_device_list_changes_count_once_per_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        const CAROL: &str = "@carol:remote.example";
+        let start = position(&store).await;
+        let note = |id| store.note_remote_device_list_change(CAROL.into(), id);
+        assert!(note(Some(7)).await.unwrap());
+        assert!(!note(Some(7)).await.unwrap(), "a repeated EDU");
+        let after_first = position(&store).await;
+        assert_eq!(after_first, start + 1);
+        assert_eq!(
+            store
+                .users_with_key_changes(start, after_first)
+                .await
+                .unwrap(),
+            [CAROL]
+        );
+        // Unnumbered updates always count, and keep the last number.
+        assert!(note(None).await.unwrap());
+        assert!(!note(Some(7)).await.unwrap());
+        assert!(note(Some(8)).await.unwrap());
+        let now = position(&store).await;
+        assert_eq!(now, after_first + 2);
+        assert_eq!(
+            store
+                .users_with_key_changes(after_first, now)
+                .await
+                .unwrap(),
+            [CAROL]
+        );
+        assert!(
+            store
+                .users_with_key_changes(now, now + 5)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@
 mod account_data;
 mod accounts;
 mod backup;
+mod dag;
 mod error;
 mod events;
 mod keys;
@@ -42,7 +43,7 @@ pub use migrations::SCHEMA_VERSION;
 pub use outbox::{OutboxEntry, OutboxKind};
 pub use peers::KnownPeer;
 pub use receipts::Receipt;
-pub use rooms::{AcceptedPdu, Membership};
+pub use rooms::{AcceptedPdu, Membership, ResolvedState, StateSnapshot};
 pub use rusqlite;
 pub use to_device::ToDeviceMessage;
 

@@ -16,6 +16,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_e2ee.sql"),
     include_str!("../migrations/0005_receipts.sql"),
     include_str!("../migrations/0006_profiles.sql"),
+    include_str!("../migrations/0007_remote_devices.sql"),
+    include_str!("../migrations/0008_invites_state_after.sql"),
 ];
 
 /// Marks a SQLite file as Hyphae's (`PRAGMA application_id`), so another program's database is

@@ -2,11 +2,14 @@
 //! that appends a PDU together with everything it changes (state, membership, extremities,
 //! stream position), so readers never see half of it.
 
+use std::sync::Arc;
+
 use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
 
 use crate::error::{Result, StoreError};
 use crate::events::{NewPdu, StoredPdu, append_pdu};
-use crate::{Store, now_ms};
+use crate::{Store, next_stream_pos, now_ms};
 
 /// One user's membership in one room, with the stream position where it last changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +29,58 @@ pub struct AcceptedPdu {
     pub membership: Option<String>,
     /// A client's transaction id (localpart, device id, txn id) that created this event.
     pub transaction: Option<(String, String, String)>,
+    /// Servers to send the event to: queued in the outbox in the same commit, so an event is
+    /// never stored without its delivery being owed.
+    pub destinations: Vec<String>,
+    /// The room state before the event, kept so others can ask for it and forks can be
+    /// resolved later.
+    pub state_before: Option<Arc<StateSnapshot>>,
+    /// The room's current state right after this event (what sync shows as the state at
+    /// this point of the timeline).
+    pub state_after: Option<Arc<StateSnapshot>>,
+    /// The room's state after this event when it is not the current state with this event
+    /// applied (the event merged or joined a fork): it replaces the current state.
+    pub resolved_state: Option<ResolvedState>,
+    /// The event came from another server with a gap behind it that could not be filled:
+    /// its prev events may be unknown here.
+    pub prev_may_be_missing: bool,
+}
+
+/// A room state as (type, state key, event id), sorted; `id` is derived from the entries, so
+/// the many events that share a state share one stored snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateSnapshot {
+    pub id: i64,
+    pub entries: Vec<(String, String, String)>,
+}
+
+impl StateSnapshot {
+    pub fn new(room_id: &str, mut entries: Vec<(String, String, String)>) -> StateSnapshot {
+        entries.sort();
+        let mut hash = Sha256::new();
+        hash.update(room_id.as_bytes());
+        for (kind, key, event_id) in &entries {
+            for part in [kind, key, event_id] {
+                hash.update((part.len() as u64).to_be_bytes());
+                hash.update(part.as_bytes());
+            }
+        }
+        let digest = hash.finalize();
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&digest[..8]);
+        StateSnapshot {
+            id: i64::from_be_bytes(id),
+            entries,
+        }
+    }
+}
+
+/// A resolved room state and the memberships it sets: (user id, membership, event id) for every
+/// member event that differs from the current state.
+#[derive(Debug, Clone)]
+pub struct ResolvedState {
+    pub snapshot: Arc<StateSnapshot>,
+    pub memberships: Vec<(String, String, String)>,
 }
 
 impl Store {
@@ -77,6 +132,37 @@ impl Store {
                 .map(|accepted| append_accepted(conn, accepted))
                 .collect()
         })
+    }
+
+    /// The room state before an event, as kept when the event was accepted; `None` for an
+    /// event stored without it.
+    pub async fn state_at(&self, event_id: String) -> Result<Option<StateSnapshot>> {
+        self.read(move |conn| {
+            let Some(snapshot_id) = conn
+                .query_row(
+                    "SELECT snapshot_id FROM event_state WHERE event_id = ?1",
+                    [&event_id],
+                    |row| row.get::<_, i64>(0),
+                )
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let mut statement = conn.prepare_cached(
+                "SELECT event_type, state_key, event_id FROM state_snapshot_entries
+                 WHERE snapshot_id = ?1 ORDER BY event_type, state_key",
+            )?;
+            let entries = statement
+                .query_map([snapshot_id], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some(StateSnapshot {
+                id: snapshot_id,
+                entries,
+            }))
+        })
+        .await
     }
 
     /// The room's current state as (type, state key, event id).
@@ -306,10 +392,32 @@ impl Store {
         .await
     }
 
-    /// The room's state as of stream position `before` (exclusive): for each (type, key) the
-    /// newest accepted state event before it, skipping outliers.
+    /// The room's state as of stream position `before` (exclusive): the current state kept
+    /// with the last event before it; for rooms from before that was kept, for each (type, key)
+    /// the newest accepted state event before it, skipping outliers.
     pub async fn state_before(&self, room_id: String, before: i64) -> Result<Vec<StoredPdu>> {
         self.read(move |conn| {
+            let kept: Option<Option<i64>> = conn
+                .query_row(
+                    "SELECT s.current_after FROM events e JOIN event_state s USING (event_id)
+                     WHERE e.room_id = ?1 AND e.stream_pos < ?2
+                     ORDER BY e.stream_pos DESC LIMIT 1",
+                    params![room_id, before],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(Some(snapshot_id)) = kept {
+                let sql = format!(
+                    "SELECT {} FROM state_snapshot_entries s JOIN events e USING (event_id)
+                     WHERE s.snapshot_id = ?1 ORDER BY e.stream_pos IS NULL, e.stream_pos",
+                    StoredPdu::COLUMNS_E
+                );
+                let mut statement = conn.prepare_cached(&sql)?;
+                let pdus = statement
+                    .query_map([snapshot_id], StoredPdu::from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                return Ok(pdus);
+            }
             let sql = format!(
                 "SELECT {} FROM events e
                  WHERE e.room_id = ?1 AND e.state_key IS NOT NULL AND e.rejection_reason IS NULL
@@ -327,6 +435,87 @@ impl Store {
                 .query_map(params![room_id, before], StoredPdu::from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(pdus)
+        })
+        .await
+    }
+
+    /// Records an invite to a room on another server: the invite event, the invitee's
+    /// membership, and the stripped state to show them. Returns the stream position.
+    pub async fn record_remote_invite(
+        &self,
+        room_version: String,
+        invite: NewPdu,
+        stripped_state: String,
+    ) -> Result<i64> {
+        self.write(move |conn| {
+            let Some(user_id) = invite.state_key.clone() else {
+                return Err(StoreError::NotFound("invitee"));
+            };
+            conn.execute(
+                "INSERT INTO rooms (room_id, room_version, created_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (room_id) DO NOTHING",
+                params![invite.room_id, room_version, now_ms()],
+            )?;
+            // In the timeline (so sync finds the membership at its position), though none of
+            // the room is here yet.
+            let mut invite = invite;
+            invite.outlier = false;
+            let position = match append_pdu(conn, &invite)? {
+                Some(position) => position,
+                None => next_stream_pos(conn)?,
+            };
+            conn.execute(
+                "INSERT INTO invite_state (room_id, user_id, state) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (room_id, user_id) DO UPDATE SET state = excluded.state",
+                params![invite.room_id, user_id, stripped_state],
+            )?;
+            set_membership(
+                conn,
+                &invite.room_id,
+                &user_id,
+                "invite",
+                &invite.event_id,
+                position,
+            )?;
+            Ok(position)
+        })
+        .await
+    }
+
+    /// The stripped state another server sent with an invite, if the invite came that way.
+    pub async fn invite_state(&self, room_id: String, user_id: String) -> Result<Option<String>> {
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT state FROM invite_state WHERE room_id = ?1 AND user_id = ?2",
+                    [room_id, user_id],
+                    |row| row.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Records a room joined through another server: its state and auth chain (as outliers,
+    /// checked by the caller), then the join event with the state around it, in one commit.
+    pub async fn join_remote_room(
+        &self,
+        room_version: String,
+        outliers: Vec<NewPdu>,
+        join: AcceptedPdu,
+    ) -> Result<Option<i64>> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO rooms (room_id, room_version, created_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (room_id) DO NOTHING",
+                params![join.pdu.room_id, room_version, now_ms()],
+            )?;
+            for outlier in &outliers {
+                let mut outlier = outlier.clone();
+                outlier.outlier = true;
+                append_pdu(conn, &outlier)?;
+            }
+            append_accepted(conn, &join)
         })
         .await
     }
@@ -499,21 +688,101 @@ fn current_state(conn: &Connection, room_id: &str) -> Result<Vec<(String, String
     Ok(rows)
 }
 
+fn set_membership(
+    conn: &Connection,
+    room_id: &str,
+    user_id: &str,
+    membership: &str,
+    event_id: &str,
+    position: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_pos)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
+             event_id = excluded.event_id, stream_pos = excluded.stream_pos",
+    )?
+    .execute(params![room_id, user_id, membership, event_id, position])?;
+    // Joining again un-forgets the room.
+    if membership == "join" || membership == "invite" {
+        conn.execute(
+            "DELETE FROM forgotten_rooms WHERE user_id = ?1 AND room_id = ?2",
+            [user_id, room_id],
+        )?;
+    }
+    Ok(())
+}
+
+/// Stores a snapshot once; events with the same state share it.
+fn save_snapshot(conn: &Connection, room_id: &str, snapshot: &StateSnapshot) -> Result<()> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO state_snapshots (snapshot_id, room_id) VALUES (?1, ?2)",
+        )?
+        .execute(params![snapshot.id, room_id])?;
+    if inserted == 1 {
+        let mut entry = conn.prepare_cached(
+            "INSERT INTO state_snapshot_entries (snapshot_id, event_type, state_key, event_id)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (kind, key, event_id) in &snapshot.entries {
+            entry.execute(params![snapshot.id, kind, key, event_id])?;
+        }
+    }
+    Ok(())
+}
+
 fn append_accepted(conn: &Connection, accepted: &AcceptedPdu) -> Result<Option<i64>> {
     let pdu = &accepted.pdu;
     // A timeline event whose parent never made it to the store (its commit failed) would
     // leave a hole in the room's history: refuse it.
-    let mut known = conn.prepare_cached("SELECT 1 FROM events WHERE event_id = ?1")?;
-    for prev in &pdu.prev_events {
-        if !known.exists([prev])? {
-            return Err(StoreError::NotFound("prev event"));
+    if !accepted.prev_may_be_missing {
+        let mut known = conn.prepare_cached("SELECT 1 FROM events WHERE event_id = ?1")?;
+        for prev in &pdu.prev_events {
+            if !known.exists([prev])? {
+                return Err(StoreError::NotFound("prev event"));
+            }
         }
     }
     let position = append_pdu(conn, pdu)?;
+    if let Some(snapshot) = &accepted.state_before {
+        save_snapshot(conn, &pdu.room_id, snapshot)?;
+        let after = match &accepted.state_after {
+            Some(after) => {
+                save_snapshot(conn, &pdu.room_id, after)?;
+                Some(after.id)
+            }
+            None => None,
+        };
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO event_state (event_id, snapshot_id, current_after)
+             VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![pdu.event_id, snapshot.id, after])?;
+    }
     let Some(position) = position else {
         return Ok(None);
     };
-    if let Some(state_key) = &pdu.state_key {
+    let mut outbox = conn.prepare_cached(
+        "INSERT INTO outbox (destination, kind, payload, created_ms) VALUES (?1, 'pdu', ?2, ?3)",
+    )?;
+    for destination in &accepted.destinations {
+        outbox.execute(params![destination, pdu.event_id, now_ms()])?;
+    }
+    if let Some(resolved) = &accepted.resolved_state {
+        conn.prepare_cached("DELETE FROM current_state WHERE room_id = ?1")?
+            .execute([&pdu.room_id])?;
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO current_state (room_id, event_type, state_key, event_id)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (kind, key, event_id) in &resolved.snapshot.entries {
+            insert.execute(params![pdu.room_id, kind, key, event_id])?;
+        }
+        for (user_id, membership, event_id) in &resolved.memberships {
+            set_membership(conn, &pdu.room_id, user_id, membership, event_id, position)?;
+        }
+    } else if let Some(state_key) = &pdu.state_key {
         conn.prepare_cached(
             "INSERT INTO current_state (room_id, event_type, state_key, event_id)
              VALUES (?1, ?2, ?3, ?4)
@@ -521,26 +790,14 @@ fn append_accepted(conn: &Connection, accepted: &AcceptedPdu) -> Result<Option<i
         )?
         .execute(params![pdu.room_id, pdu.event_type, state_key, pdu.event_id])?;
         if let Some(membership) = &accepted.membership {
-            conn.prepare_cached(
-                "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_pos)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
-                     event_id = excluded.event_id, stream_pos = excluded.stream_pos",
-            )?
-            .execute(params![
-                pdu.room_id,
+            set_membership(
+                conn,
+                &pdu.room_id,
                 state_key,
                 membership,
-                pdu.event_id,
-                position
-            ])?;
-            // Joining again un-forgets the room.
-            if membership == "join" || membership == "invite" {
-                conn.execute(
-                    "DELETE FROM forgotten_rooms WHERE user_id = ?1 AND room_id = ?2",
-                    [state_key, &pdu.room_id],
-                )?;
-            }
+                &pdu.event_id,
+                position,
+            )?;
         }
     }
     if let Some((localpart, device_id, txn_id)) = &accepted.transaction {

@@ -58,6 +58,35 @@ impl Store {
         .await
     }
 
+    /// Like [`Store::queue_to_device_once`], for messages another server sent as an
+    /// `m.direct_to_device` EDU: once per (`origin`, `message_id`), so an EDU repeated by a
+    /// retried transaction is not delivered twice. Returns false if it was delivered before.
+    pub async fn queue_remote_to_device_once(
+        &self,
+        origin: String,
+        message_id: String,
+        messages: Vec<ToDeviceMessage>,
+    ) -> Result<bool> {
+        self.write(move |conn| {
+            let now = now_ms();
+            conn.prepare_cached("DELETE FROM remote_to_device_ids WHERE created_ms < ?1")?
+                .execute([now - TXN_ID_KEPT_MS])?;
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO remote_to_device_ids (origin, message_id, created_ms)
+                     VALUES (?1, ?2, ?3)
+                     ON CONFLICT (origin, message_id) DO NOTHING",
+                )?
+                .execute(params![origin, message_id, now])?;
+            if inserted == 0 {
+                return Ok(false);
+            }
+            queue(conn, &messages)?;
+            Ok(true)
+        })
+        .await
+    }
+
     /// Up to `limit` messages of a device's inbox at stream positions in (`after`, `upto`],
     /// oldest first, as (stream position, event type, sender, content JSON).
     pub async fn to_device_messages(
@@ -225,5 +254,25 @@ mod tests {
         assert!(!send().await.unwrap());
         let inbox = store.to_device_messages("bob".into(), "P".into(), 0, i64::MAX, 10);
         assert_eq!(inbox.await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_remote_message_id_delivers_once_per_origin() {
+        let (_dir, store) = store_with_devices(&["P"]).await;
+        let send = |origin: &str| {
+            store.queue_remote_to_device_once(
+                origin.into(),
+                "m1".into(),
+                vec![message("P", "hello")],
+            )
+        };
+        assert!(send("a.example").await.unwrap());
+        assert!(!send("a.example").await.unwrap(), "a repeated EDU");
+        assert!(
+            send("b.example").await.unwrap(),
+            "another server's id space"
+        );
+        let inbox = store.to_device_messages("bob".into(), "P".into(), 0, i64::MAX, 10);
+        assert_eq!(inbox.await.unwrap().len(), 2);
     }
 }

@@ -12,10 +12,11 @@ use ruma::api::client::session::get_login_types::v3::{
 use ruma::api::client::session::{get_login_types, login, logout, logout_all};
 use ruma::api::client::uiaa::{AuthData, AuthType, UserIdentifier};
 use ruma::api::error::ErrorKind;
-use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 
 use super::Ruma;
 use super::error::{ApiResult, MatrixError};
+use super::remote_keys;
 use super::request::{Req, User};
 use super::uia;
 use crate::config::Registration;
@@ -236,10 +237,13 @@ pub(crate) async fn logout(
     State(state): State<AppState>,
     user: User,
 ) -> ApiResult<logout::v3::Response> {
-    state
+    let found = state
         .store
         .delete_device(user.user_id.to_string(), user.device_id.to_string())
         .await?;
+    if found {
+        remote_keys::announce_device(&state, &user.user_id, &user.device_id).await;
+    }
     Ok(Ruma(logout::v3::Response::new()))
 }
 
@@ -247,10 +251,7 @@ pub(crate) async fn logout_all(
     State(state): State<AppState>,
     user: User,
 ) -> ApiResult<logout_all::v3::Response> {
-    state
-        .store
-        .delete_devices_except(user.user_id.to_string(), None)
-        .await?;
+    delete_devices_except(&state, &user, None).await?;
     Ok(Ruma(logout_all::v3::Response::new()))
 }
 
@@ -275,12 +276,30 @@ pub(crate) async fn change_password(
         .set_password_hash(user.localpart.clone(), hash)
         .await?;
     if request.logout_devices {
-        state
-            .store
-            .delete_devices_except(user.user_id.to_string(), Some(user.device_id.to_string()))
-            .await?;
+        delete_devices_except(&state, &user, Some(&user.device_id)).await?;
     }
     Ok(Ruma(change_password::v3::Response::new()))
+}
+
+/// Deletes all of the user's devices but `keep`, and tells the servers that share a room with
+/// the user that they are gone.
+async fn delete_devices_except(
+    state: &AppState,
+    user: &User,
+    keep: Option<&DeviceId>,
+) -> Result<(), MatrixError> {
+    let devices = state.store.devices(user.localpart.clone()).await?;
+    state
+        .store
+        .delete_devices_except(user.user_id.to_string(), keep.map(ToString::to_string))
+        .await?;
+    for device in devices {
+        let device_id = OwnedDeviceId::from(device.device_id);
+        if Some(&*device_id) != keep {
+            remote_keys::announce_device(state, &user.user_id, &device_id).await;
+        }
+    }
+    Ok(())
 }
 
 /// Creates the device (or re-logs-in an existing device id) with a fresh access token.

@@ -11,6 +11,7 @@ use ruma::{MilliSecondsSinceUnixEpoch, UInt};
 use super::Ruma;
 use super::account::rate_limit;
 use super::error::{ApiResult, MatrixError};
+use super::remote_keys;
 use super::request::{Req, User};
 use super::uia;
 use crate::node::AppState;
@@ -89,6 +90,7 @@ pub(crate) async fn delete(
     if !found {
         return Err(MatrixError::not_found("No such device"));
     }
+    remote_keys::announce_device(&state, &user.user_id, &request.device_id).await;
     Ok(Ruma(delete_device::v3::Response::new()))
 }
 
@@ -101,10 +103,13 @@ pub(crate) async fn delete_many(
     rate_limit(&state, peer)?;
     uia::require_password(&state, &user, request.auth).await?;
     for device_id in request.devices {
-        state
+        let found = state
             .store
             .delete_device(user.user_id.to_string(), device_id.to_string())
             .await?;
+        if found {
+            remote_keys::announce_device(&state, &user.user_id, &device_id).await;
+        }
     }
     Ok(Ruma(delete_devices::v3::Response::new()))
 }

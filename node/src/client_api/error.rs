@@ -118,6 +118,10 @@ impl From<RoomError> for MatrixError {
                 format!("Room version {version} is not supported here"),
             ),
             RoomError::BadRequest(message) => MatrixError::invalid_param(message),
+            // Another server could not be reached or answered badly: the spec's 502.
+            RoomError::Unreachable(message) => {
+                MatrixError::new(StatusCode::BAD_GATEWAY, ErrorKind::Unknown, message)
+            }
             RoomError::Store(e) => e.into(),
             RoomError::Credentials(e) => e.into(),
             RoomError::Internal(message) => {

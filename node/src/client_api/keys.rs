@@ -1,8 +1,9 @@
 //! End-to-end encryption keys: devices upload their identity, one-time and fallback keys; others
-//! query and claim them; cross-signing keys and signatures on them. Only local users for now:
-//! other servers' keys come with federation.
+//! query and claim them; cross-signing keys and signatures on them. Other servers' users' keys
+//! are asked of their servers (`remote_keys`); the federation API serves ours with the same
+//! functions (`user_keys`, `local_keys`, `claim_local`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
@@ -15,13 +16,14 @@ use ruma::serde::{Base64, Raw};
 use ruma::signatures::{to_canonical_json_string_for_signing, verify_canonical_json_bytes};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId,
-    OwnedUserId, SigningKeyAlgorithm, UInt, UserId,
+    OwnedServerName, OwnedUserId, SigningKeyAlgorithm, UInt, UserId,
 };
 use serde_json::value::RawValue as RawJsonValue;
 
 use super::Ruma;
 use super::account::rate_limit;
 use super::error::{ApiResult, MatrixError};
+use super::remote_keys;
 use super::request::{Req, User};
 use super::rooms::parse_stream_token;
 use super::uia;
@@ -40,6 +42,17 @@ pub(crate) async fn upload(
         Some(raw) => Some(own_device_keys(&user, &raw)?),
         None => None,
     };
+    // Whether the device keys change, to tell other servers only then (a client uploads the
+    // same keys again when it is unsure they arrived).
+    let keys_changed = match &device_keys {
+        Some(keys) => state
+            .store
+            .device_keys(user.user_id.to_string(), vec![user.device_id.to_string()])
+            .await?
+            .pop()
+            .is_none_or(|(_, stored)| stored != *keys),
+        None => false,
+    };
     let upload = KeyUpload {
         user_id: user.user_id.to_string(),
         device_id: user.device_id.to_string(),
@@ -57,6 +70,9 @@ pub(crate) async fn upload(
         }
         Err(e) => return Err(e.into()),
     };
+    if keys_changed {
+        remote_keys::announce_device(&state, &user.user_id, &user.device_id).await;
+    }
     Ok(Ruma(upload_keys::v3::Response::new(counts_to_ruma(counts))))
 }
 
@@ -65,64 +81,9 @@ pub(crate) async fn query(
     user: User,
     Req(request): Req<get_keys::v3::Request>,
 ) -> ApiResult<get_keys::v3::Response> {
-    let mut response = get_keys::v3::Response::new();
-    for (user_id, device_ids) in request.device_keys {
-        if user_id.server_name() != state.server_name {
-            tracing::debug!(%user_id, "keys of other servers' users wait for federation");
-            continue;
-        }
-        let localpart = user_id.localpart().to_owned();
-        if state.store.account(localpart.clone()).await?.is_none() {
-            continue;
-        }
-        let signatures = state
-            .store
-            .key_signatures(
-                user_id.to_string(),
-                vec![user_id.to_string(), user.user_id.to_string()],
-            )
-            .await?;
-        let names: BTreeMap<String, Option<String>> = state
-            .store
-            .devices(localpart)
-            .await?
-            .into_iter()
-            .map(|device| (device.device_id, device.display_name))
-            .collect();
-        let stored = state
-            .store
-            .device_keys(
-                user_id.to_string(),
-                device_ids.iter().map(ToString::to_string).collect(),
-            )
-            .await?;
-        let mut devices = BTreeMap::new();
-        for (device_id, json) in stored {
-            let mut object = parse_object(&json)?;
-            add_signatures(&mut object, &signatures, &device_id);
-            if let Some(Some(name)) = names.get(&device_id) {
-                let mut unsigned = CanonicalJsonObject::new();
-                unsigned.insert("device_display_name".into(), name.clone().into());
-                object.insert("unsigned".into(), CanonicalJsonValue::Object(unsigned));
-            }
-            devices.insert(OwnedDeviceId::from(device_id), to_raw(object)?);
-        }
-        for key in state.store.cross_signing_keys(user_id.to_string()).await? {
-            let mut object = parse_object(&key.json)?;
-            add_signatures(&mut object, &signatures, &key.public_key);
-            let raw = to_raw(object)?;
-            match key.usage.as_str() {
-                MASTER => response.master_keys.insert(user_id.clone(), raw),
-                SELF_SIGNING => response.self_signing_keys.insert(user_id.clone(), raw),
-                // Only its owner sees a user-signing key.
-                USER_SIGNING if user_id == user.user_id => {
-                    response.user_signing_keys.insert(user_id.clone(), raw)
-                }
-                _ => None,
-            };
-        }
-        response.device_keys.insert(user_id, devices);
-    }
+    let (local, remote) = split_by_server(&state, request.device_keys);
+    let mut response = local_keys(&state, Some(&user.user_id), local).await?;
+    remote_keys::query(&state, remote, request.timeout, &mut response).await;
     Ok(Ruma(response))
 }
 
@@ -131,14 +92,162 @@ pub(crate) async fn claim(
     _user: User,
     Req(request): Req<claim_keys::v3::Request>,
 ) -> ApiResult<claim_keys::v3::Response> {
-    let mut claims = Vec::new();
-    for (user_id, devices) in request.one_time_keys {
+    let (local, remote) = split_by_server(&state, request.one_time_keys);
+    let mut response = claim_keys::v3::Response::new(claim_local(&state, local).await?);
+    remote_keys::claim(&state, remote, request.timeout, &mut response).await;
+    Ok(Ruma(response))
+}
+
+/// A request's users split into this server's and, by server, other servers'.
+pub(super) type ByServer<T> = BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, T>>;
+
+fn split_by_server<T>(
+    state: &AppState,
+    users: BTreeMap<OwnedUserId, T>,
+) -> (BTreeMap<OwnedUserId, T>, ByServer<T>) {
+    let mut local = BTreeMap::new();
+    let mut remote: ByServer<T> = BTreeMap::new();
+    for (user_id, wanted) in users {
+        if user_id.server_name() == state.server_name {
+            local.insert(user_id, wanted);
+        } else {
+            remote
+                .entry(user_id.server_name().to_owned())
+                .or_default()
+                .insert(user_id, wanted);
+        }
+    }
+    (local, remote)
+}
+
+/// One local user's keys as others see them.
+pub(crate) struct UserKeys {
+    /// Device keys with the server's `unsigned.device_display_name`, and the display name.
+    pub(crate) devices: BTreeMap<OwnedDeviceId, (Raw<DeviceKeys>, Option<String>)>,
+    pub(crate) master: Option<Raw<CrossSigningKey>>,
+    pub(crate) self_signing: Option<Raw<CrossSigningKey>>,
+    /// Only when the viewer is the user themselves.
+    pub(crate) user_signing: Option<Raw<CrossSigningKey>>,
+}
+
+/// The keys of a local user (`None` if there is no such account): the devices among
+/// `device_ids` (all when empty) and the cross-signing keys, with the signatures the user and
+/// `viewer` uploaded merged in. `viewer` is a local user asking, or `None` for another server.
+pub(crate) async fn user_keys(
+    state: &AppState,
+    user_id: &UserId,
+    device_ids: &[OwnedDeviceId],
+    viewer: Option<&UserId>,
+) -> Result<Option<UserKeys>, MatrixError> {
+    if user_id.server_name() != state.server_name {
+        return Ok(None);
+    }
+    let localpart = user_id.localpart().to_owned();
+    if state.store.account(localpart.clone()).await?.is_none() {
+        return Ok(None);
+    }
+    let mut signers = vec![user_id.to_string()];
+    signers.extend(viewer.map(ToString::to_string));
+    let signatures = state
+        .store
+        .key_signatures(user_id.to_string(), signers)
+        .await?;
+    let names: BTreeMap<String, Option<String>> = state
+        .store
+        .devices(localpart)
+        .await?
+        .into_iter()
+        .map(|device| (device.device_id, device.display_name))
+        .collect();
+    let stored = state
+        .store
+        .device_keys(
+            user_id.to_string(),
+            device_ids.iter().map(ToString::to_string).collect(),
+        )
+        .await?;
+    let mut keys = UserKeys {
+        devices: BTreeMap::new(),
+        master: None,
+        self_signing: None,
+        user_signing: None,
+    };
+    for (device_id, json) in stored {
+        let mut object = parse_object(&json)?;
+        add_signatures(&mut object, &signatures, &device_id);
+        let name = names.get(&device_id).cloned().flatten();
+        if let Some(name) = &name {
+            let mut unsigned = CanonicalJsonObject::new();
+            unsigned.insert("device_display_name".into(), name.clone().into());
+            object.insert("unsigned".into(), CanonicalJsonValue::Object(unsigned));
+        }
+        keys.devices
+            .insert(OwnedDeviceId::from(device_id), (to_raw(object)?, name));
+    }
+    for key in state.store.cross_signing_keys(user_id.to_string()).await? {
+        let mut object = parse_object(&key.json)?;
+        add_signatures(&mut object, &signatures, &key.public_key);
+        let raw = Some(to_raw(object)?);
+        match key.usage.as_str() {
+            MASTER => keys.master = raw,
+            SELF_SIGNING => keys.self_signing = raw,
+            // Only its owner sees a user-signing key.
+            USER_SIGNING if viewer == Some(user_id) => keys.user_signing = raw,
+            _ => {}
+        }
+    }
+    Ok(Some(keys))
+}
+
+/// The keys of the local users in `wanted` (user id -> device ids, all when empty) as `viewer`
+/// sees them (see [`user_keys`]); unknown users and other servers' are left out.
+pub(crate) async fn local_keys(
+    state: &AppState,
+    viewer: Option<&UserId>,
+    wanted: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+) -> Result<get_keys::v3::Response, MatrixError> {
+    let mut response = get_keys::v3::Response::new();
+    for (user_id, device_ids) in wanted {
+        let Some(keys) = user_keys(state, &user_id, &device_ids, viewer).await? else {
+            continue;
+        };
+        if let Some(master) = keys.master {
+            response.master_keys.insert(user_id.clone(), master);
+        }
+        if let Some(self_signing) = keys.self_signing {
+            response
+                .self_signing_keys
+                .insert(user_id.clone(), self_signing);
+        }
+        if let Some(user_signing) = keys.user_signing {
+            response
+                .user_signing_keys
+                .insert(user_id.clone(), user_signing);
+        }
+        let devices = keys
+            .devices
+            .into_iter()
+            .map(|(device_id, (raw, _))| (device_id, raw))
+            .collect();
+        response.device_keys.insert(user_id, devices);
+    }
+    Ok(response)
+}
+
+/// Claims a key of each local device in `claims` for the algorithm given: a one-time key, or
+/// the fallback key once they are gone. Devices with neither, unknown users and other
+/// servers' users are left out.
+pub(crate) async fn claim_local(
+    state: &AppState,
+    claims: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
+) -> Result<BTreeMap<OwnedUserId, claim_keys::v3::OneTimeKeys>, MatrixError> {
+    let mut wanted = Vec::new();
+    for (user_id, devices) in claims {
         if user_id.server_name() != state.server_name {
-            tracing::debug!(%user_id, "claiming other servers' keys waits for federation");
             continue;
         }
         for (device_id, algorithm) in devices {
-            claims.push((
+            wanted.push((
                 user_id.to_string(),
                 device_id.to_string(),
                 algorithm.to_string(),
@@ -151,7 +260,7 @@ pub(crate) async fn claim(
         device_id,
         key,
         ..
-    } in state.store.claim_keys(claims).await?
+    } in state.store.claim_keys(wanted).await?
     {
         let (Ok(user_id), Ok(key_id)) = (
             OwnedUserId::try_from(user_id),
@@ -166,7 +275,7 @@ pub(crate) async fn claim(
             .or_default()
             .insert(key_id, Raw::from_json(raw_json(key.key)?));
     }
-    Ok(Ruma(claim_keys::v3::Response::new(one_time_keys)))
+    Ok(one_time_keys)
 }
 
 pub(crate) async fn changes(
@@ -236,10 +345,13 @@ pub(crate) async fn upload_signing_keys(
             )));
         }
     }
-    state
+    let changed = state
         .store
         .set_cross_signing_keys(user.user_id.to_string(), keys)
         .await?;
+    if changed {
+        remote_keys::announce_cross_signing(&state, &user.user_id).await;
+    }
     Ok(Ruma(upload_signing_keys::v3::Response::new()))
 }
 
@@ -277,7 +389,25 @@ pub(crate) async fn upload_signatures(
             }
         }
     }
+    // Others see the new signatures on this user's own devices and master key; signatures on
+    // other users' keys are the signer's own business.
+    let own_targets: BTreeSet<String> = accepted
+        .iter()
+        .filter(|s| s.target_user_id == user.user_id.as_str())
+        .map(|s| s.target_key_id.clone())
+        .collect();
     state.store.add_key_signatures(accepted).await?;
+    let mut master_signed = false;
+    for target in own_targets {
+        if own_key(MASTER).as_ref() == Some(&target) {
+            master_signed = true;
+        } else {
+            remote_keys::announce_device(&state, &user.user_id, &OwnedDeviceId::from(target)).await;
+        }
+    }
+    if master_signed {
+        remote_keys::announce_cross_signing(&state, &user.user_id).await;
+    }
     Ok(Ruma(response))
 }
 
@@ -548,7 +678,7 @@ fn add_signatures(object: &mut CanonicalJsonObject, signatures: &[KeySignature],
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use ruma::CanonicalJsonObject;
     use ruma::serde::Base64;
     use ruma::serde::base64::Standard;
@@ -558,13 +688,13 @@ mod tests {
     use super::super::test_support::Api;
 
     /// An ed25519 key and its unpadded base64 public key.
-    struct Key {
-        pair: Ed25519KeyPair,
-        public: String,
+    pub(crate) struct Key {
+        pub(crate) pair: Ed25519KeyPair,
+        pub(crate) public: String,
     }
 
     /// A new key whose key id is `ed25519:<version>`, or `ed25519:<public key>` (cross-signing).
-    fn new_key(version: Option<&str>) -> Key {
+    pub(crate) fn new_key(version: Option<&str>) -> Key {
         let der = Ed25519KeyPair::generate();
         let probe = Ed25519KeyPair::from_der(&der, "probe".into()).unwrap();
         let public = Base64::<Standard>::new(probe.public_key().to_vec()).encode();
@@ -575,13 +705,13 @@ mod tests {
         }
     }
 
-    fn signed(signer: &str, key: &impl KeyPair, value: Value) -> Value {
+    pub(crate) fn signed(signer: &str, key: &impl KeyPair, value: Value) -> Value {
         let mut object: CanonicalJsonObject = serde_json::from_value(value).unwrap();
         sign_json(signer, key, &mut object).unwrap();
         serde_json::to_value(object).unwrap()
     }
 
-    fn device_keys(user_id: &str, device_id: &str, ed25519: &str) -> Value {
+    pub(crate) fn device_keys(user_id: &str, device_id: &str, ed25519: &str) -> Value {
         json!({
             "user_id": user_id,
             "device_id": device_id,
@@ -594,11 +724,11 @@ mod tests {
         })
     }
 
-    fn one_time_key(user_id: &str, device_id: &str, key: &str) -> Value {
+    pub(crate) fn one_time_key(user_id: &str, device_id: &str, key: &str) -> Value {
         json!({"key": key, "signatures": {user_id: {format!("ed25519:{device_id}"): "c2ln"}}})
     }
 
-    fn cross_signing_key(user_id: &str, usage: &str, key: &Key) -> Value {
+    pub(crate) fn cross_signing_key(user_id: &str, usage: &str, key: &Key) -> Value {
         json!({
             "user_id": user_id,
             "usage": [usage],

@@ -10,6 +10,7 @@ mod error;
 mod keys;
 mod profile;
 mod rate_limit;
+mod remote_keys;
 mod request;
 mod rooms;
 mod sync;
@@ -35,7 +36,11 @@ use ruma::api::{OutgoingResponse, OutgoingResponseExt};
 use crate::node::AppState;
 
 pub(crate) use error::{MatrixError, unrecognized};
+pub(crate) use keys::{claim_local, local_keys, user_keys};
+pub(crate) use profile::profile_of;
 pub(crate) use rate_limit::RateLimiter;
+pub(crate) use request::Req;
+pub(crate) use to_device::sort_messages;
 
 pub(crate) fn router(state: AppState) -> Router {
     let client = Router::new()

@@ -14,7 +14,7 @@ use ruma::api::client::redact::redact_event;
 use ruma::api::client::room::{create_room, get_room_event};
 use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
 use ruma::events::{StateEventType, TimelineEventType};
-use ruma::{OwnedRoomId, RoomAliasId, RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedServerName, RoomAliasId, RoomId, UserId};
 use serde_json::{Value, json};
 
 use super::Ruma;
@@ -277,19 +277,26 @@ async fn join(
     user: &User,
     room_id: &RoomId,
     reason: Option<String>,
+    via: &[OwnedServerName],
 ) -> Result<(), MatrixError> {
-    if state
-        .store
-        .room_version(room_id.to_string())
-        .await?
-        .is_none()
-    {
-        // Joining rooms held by other servers arrives with federation.
+    if state.rooms.participating(room_id).await? {
+        return set_membership(state, room_id, &user.user_id, &user.user_id, "join", reason).await;
+    }
+    // A room held by other servers: join through the inviter's server (clients join by room id
+    // alone), then any the client or an alias named.
+    let mut servers = state.rooms.invite_servers(room_id, &user.user_id).await?;
+    servers.extend(via.iter().cloned());
+    servers.retain(|s| *s != state.server_name);
+    if servers.is_empty() {
         return Err(MatrixError::not_found(format!(
-            "Room {room_id} is not known to this server"
+            "Room {room_id} is not known to this server, and no server to join it through is"
         )));
     }
-    set_membership(state, room_id, &user.user_id, &user.user_id, "join", reason).await
+    state
+        .rooms
+        .join_remote(room_id, &user.user_id, &servers)
+        .await?;
+    Ok(())
 }
 
 pub(crate) async fn join_by_id(
@@ -297,7 +304,7 @@ pub(crate) async fn join_by_id(
     user: User,
     Req(request): Req<join_room_by_id::v3::Request>,
 ) -> ApiResult<join_room_by_id::v3::Response> {
-    join(&state, &user, &request.room_id, request.reason).await?;
+    join(&state, &user, &request.room_id, request.reason, &[]).await?;
     Ok(Ruma(join_room_by_id::v3::Response::new(request.room_id)))
 }
 
@@ -306,12 +313,55 @@ pub(crate) async fn join_by_id_or_alias(
     user: User,
     Req(request): Req<join_room_by_id_or_alias::v3::Request>,
 ) -> ApiResult<join_room_by_id_or_alias::v3::Response> {
+    let mut via = request.via.clone();
     let room_id: OwnedRoomId = match <&RoomId>::try_from(&*request.room_id_or_alias) {
         Ok(room_id) => room_id.to_owned(),
-        Err(alias) => resolve_alias(&state, alias).await?,
+        Err(alias) => {
+            let (room_id, servers) = resolve_alias_anywhere(&state, alias).await?;
+            via.extend(servers);
+            room_id
+        }
     };
-    join(&state, &user, &room_id, request.reason).await?;
+    join(&state, &user, &room_id, request.reason, &via).await?;
     Ok(Ruma(join_room_by_id_or_alias::v3::Response::new(room_id)))
+}
+
+/// A room alias of this server or, asked over federation, of the server it names; with the
+/// servers to join through.
+async fn resolve_alias_anywhere(
+    state: &AppState,
+    alias: &RoomAliasId,
+) -> Result<(OwnedRoomId, Vec<OwnedServerName>), MatrixError> {
+    if alias.server_name() == state.server_name {
+        return Ok((resolve_alias(state, alias).await?, Vec::new()));
+    }
+    #[derive(serde::Deserialize)]
+    struct Directory {
+        room_id: OwnedRoomId,
+        #[serde(default)]
+        servers: Vec<OwnedServerName>,
+    }
+    let path = format!(
+        "/_matrix/federation/v1/query/directory?room_alias={}",
+        crate::rooms::urlencode(alias.as_str())
+    );
+    let answer: Directory = state
+        .federation
+        .request(alias.server_name(), axum::http::Method::GET, &path, None)
+        .await
+        .map_err(|e| match e {
+            crate::federation::FederationError::Refused { status, .. } if status == 404 => {
+                MatrixError::not_found(format!("Room alias {alias} not found"))
+            }
+            e => MatrixError::new(
+                axum::http::StatusCode::BAD_GATEWAY,
+                ruma::api::error::ErrorKind::Unknown,
+                format!("Could not ask {} about {alias}: {e}", alias.server_name()),
+            ),
+        })?;
+    let mut servers = answer.servers;
+    servers.insert(0, alias.server_name().to_owned());
+    Ok((answer.room_id, servers))
 }
 
 async fn resolve_alias(state: &AppState, alias: &RoomAliasId) -> Result<OwnedRoomId, MatrixError> {

@@ -28,16 +28,6 @@ const TO_DEVICE_LIMIT: u32 = 100;
 /// Clients ask for 30 s; nobody gets more than this.
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// State event types shown to invitees (the spec's recommended stripped state).
-const INVITE_STATE: [&str; 6] = [
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-];
-
 pub(crate) async fn sync(
     State(state): State<AppState>,
     user: User,
@@ -288,11 +278,30 @@ async fn build(
             }
             "invite" if changed_now => {
                 let mut events = Vec::new();
+                // An invite from another server comes with the state it chose to show.
+                if let Some(stripped_state) = store
+                    .invite_state(room_id.to_string(), user_id.clone())
+                    .await?
+                {
+                    let shown: Vec<Raw<ruma::events::AnyStrippedStateEvent>> =
+                        serde_json::from_str(&stripped_state).unwrap_or_default();
+                    events.extend(shown);
+                    if let Some(invite) =
+                        state
+                            .rooms
+                            .event(&ruma::EventId::parse(&room.event_id).map_err(|e| {
+                                MatrixError::unknown(format!("stored event id: {e}"))
+                            })?)
+                            .await?
+                    {
+                        events.push(stripped(&invite));
+                    }
+                }
                 for pdu in state.rooms.state(&room_id).await?.values() {
                     let kind = pdu.kind.to_string();
                     let mine =
                         kind == "m.room.member" && pdu.state_key.as_deref() == Some(&user_id);
-                    if INVITE_STATE.contains(&kind.as_str()) || mine {
+                    if crate::rooms::INVITE_STATE.contains(&kind.as_str()) || mine {
                         events.push(stripped(pdu));
                     }
                 }
@@ -455,12 +464,7 @@ async fn timeline_of(
 }
 
 fn stripped(pdu: &Pdu) -> Raw<ruma::events::AnyStrippedStateEvent> {
-    let event = json!({
-        "type": pdu.kind.to_string(),
-        "state_key": pdu.state_key.clone().unwrap_or_default(),
-        "sender": pdu.sender.as_str(),
-        "content": serde_json::from_str::<Value>(pdu.content.get()).unwrap_or_default(),
-    });
+    let event = crate::rooms::stripped(pdu);
     Raw::from_json(serde_json::value::to_raw_value(&event).unwrap_or_default())
 }
 

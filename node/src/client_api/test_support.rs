@@ -31,6 +31,52 @@ impl Api {
         }
     }
 
+    /// A node with the libp2p overlay on loopback (no mDNS), for federation tests.
+    pub(crate) async fn start_federated() -> Api {
+        Api::start_with(|config| config.p2p = Some(crate::TransportConfig::loopback())).await
+    }
+
+    /// Connects this node's overlay to `other`'s, so they can federate.
+    pub(crate) async fn connect(&self, other: &Api) {
+        let theirs = other.node.transport().expect("a federated test node");
+        let addrs = theirs.listen_addrs().await.unwrap();
+        self.node
+            .transport()
+            .expect("a federated test node")
+            .dial(theirs.local_peer_id(), addrs)
+            .await
+            .unwrap();
+    }
+
+    /// Sends a federation request to `other` as this node, over the overlay.
+    pub(crate) async fn federation(
+        &self,
+        other: &Api,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let transport = self.node.transport().expect("a federated test node");
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let request = axum::http::Request::builder()
+            .method(method.as_str())
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(axum::body::Bytes::from(body))
+            .unwrap();
+        let response = transport
+            .request(other.node.server_name(), request)
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body();
+        (
+            status,
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into())),
+        )
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}/_matrix/client{path}", self.node.client_addr())
     }
@@ -92,6 +138,37 @@ impl Api {
             body["access_token"].as_str().unwrap().to_owned(),
             body["device_id"].as_str().unwrap().to_owned(),
         )
+    }
+
+    /// Creates a public room as the user of `token`; returns its id.
+    pub(crate) async fn create_public_room(&self, token: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/v3/createRoom",
+                Some(token),
+                json!({"preset": "public_chat"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["room_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Makes `user_id` a joined member of `room_id` in this node's store, as if their join had
+    /// come over federation: for tests of what other servers' members see.
+    pub(crate) async fn add_joined_member(&self, room_id: &str, user_id: &str) {
+        let (room_id, user_id) = (room_id.to_owned(), user_id.to_owned());
+        self.node
+            .store()
+            .write(move |conn| {
+                conn.execute(
+                    "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_pos)
+                     VALUES (?1, ?2, 'join', '$test', 0)",
+                    [room_id, user_id],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
     }
 
     pub(crate) async fn login(&self, user: &str, password: &str) -> (u16, Value) {

@@ -1,10 +1,17 @@
 //! sendToDevice: messages straight to other devices (key sharing, verification), delivered by
-//! their `/sync`. Only local users for now: other servers' wait for federation.
+//! their `/sync`. Other servers' users' messages go to their servers as `m.direct_to_device`
+//! EDUs, through the durable outbox; what other servers send us comes in through the same
+//! inboxes (see `federation::edus`).
+
+use std::collections::BTreeMap;
 
 use axum::extract::State;
 use hyphae_store::ToDeviceMessage;
 use ruma::api::client::to_device::send_event_to_device;
+use ruma::api::federation::transactions::edu::{DirectDeviceContent, DirectDeviceMessages, Edu};
 use ruma::to_device::DeviceIdOrAllDevices;
+use ruma::{OwnedServerName, OwnedTransactionId, OwnedUserId, ServerName, UserId};
+use sha2::{Digest, Sha256};
 
 use super::Ruma;
 use super::error::{ApiResult, MatrixError};
@@ -17,34 +24,35 @@ pub(crate) async fn send(
     Req(request): Req<send_event_to_device::v3::Request>,
 ) -> ApiResult<send_event_to_device::v3::Response> {
     let event_type = request.event_type.to_string();
-    let mut messages = Vec::new();
-    for (target, devices) in &request.messages {
-        if target.server_name() != state.server_name {
-            // TODO(federation): send as an m.direct_to_device EDU.
-            tracing::debug!(%target, %event_type, "to-device messages for other servers wait for federation");
-            continue;
-        }
-        for (device, content) in devices {
-            if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(
-                content.json().get(),
-            )
-            .is_err()
-            {
-                return Err(MatrixError::bad_json(format!(
-                    "The message for {target} is not a JSON object"
-                )));
-            }
-            messages.push(ToDeviceMessage {
-                localpart: target.localpart().to_owned(),
-                device_id: match device {
-                    DeviceIdOrAllDevices::DeviceId(device_id) => device_id.to_string(),
-                    DeviceIdOrAllDevices::AllDevices => "*".to_owned(),
-                },
-                sender: user.user_id.to_string(),
-                event_type: event_type.clone(),
-                content: content.json().get().to_owned(),
-            });
-        }
+    let (local, remote) = sort_messages(
+        &state.server_name,
+        &user.user_id,
+        &event_type,
+        request.messages,
+    )
+    .map_err(|target| {
+        MatrixError::bad_json(format!("The message for {target} is not a JSON object"))
+    })?;
+    // Other servers' first: the message id is the same on a retry, so their servers drop a
+    // repeat, while a failure here leaves the transaction undelivered for the client to retry.
+    let message_id = message_id(&user, request.txn_id.as_str());
+    for (server, messages) in remote {
+        let mut content = DirectDeviceContent::new(
+            user.user_id.clone(),
+            request.event_type.clone(),
+            message_id.clone(),
+        );
+        content.messages = messages;
+        let edu = serde_json::to_value(Edu::DirectToDevice(content))
+            .map_err(|e| MatrixError::unknown(format!("Cannot encode the EDU: {e}")))?;
+        state
+            .federation
+            .queue_edu(vec![server.clone()], edu)
+            .await
+            .map_err(|e| {
+                tracing::error!(%server, error = %e, "could not queue to-device messages");
+                MatrixError::unknown("Could not queue the messages for other servers")
+            })?;
     }
     let delivered = state
         .store
@@ -52,13 +60,73 @@ pub(crate) async fn send(
             user.localpart,
             user.device_id.to_string(),
             request.txn_id.to_string(),
-            messages,
+            local,
         )
         .await?;
     if !delivered {
         tracing::debug!(txn_id = %request.txn_id, "sendToDevice retried; delivered before");
     }
     Ok(Ruma(send_event_to_device::v3::Response::new()))
+}
+
+/// The `m.direct_to_device` message id of a client's transaction: the same for a retry.
+fn message_id(user: &User, txn_id: &str) -> OwnedTransactionId {
+    let mut hash = Sha256::new();
+    for part in [user.user_id.as_str(), user.device_id.as_str(), txn_id] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hex::encode(&hash.finalize()[..16]).into()
+}
+
+/// Sorts `messages` from `sender` into inbox entries for the users of `server_name` (this
+/// server) and, by server, the messages for other servers' users. A message that is not a JSON
+/// object fails the lot: the error is its recipient.
+pub(crate) fn sort_messages(
+    server_name: &ServerName,
+    sender: &UserId,
+    event_type: &str,
+    messages: DirectDeviceMessages,
+) -> Result<
+    (
+        Vec<ToDeviceMessage>,
+        BTreeMap<OwnedServerName, DirectDeviceMessages>,
+    ),
+    OwnedUserId,
+> {
+    let mut local = Vec::new();
+    let mut remote: BTreeMap<OwnedServerName, DirectDeviceMessages> = BTreeMap::new();
+    for (target, devices) in messages {
+        for content in devices.values() {
+            if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(
+                content.json().get(),
+            )
+            .is_err()
+            {
+                return Err(target);
+            }
+        }
+        if target.server_name() != server_name {
+            remote
+                .entry(target.server_name().to_owned())
+                .or_default()
+                .insert(target, devices);
+            continue;
+        }
+        for (device, content) in devices {
+            local.push(ToDeviceMessage {
+                localpart: target.localpart().to_owned(),
+                device_id: match device {
+                    DeviceIdOrAllDevices::DeviceId(device_id) => device_id.to_string(),
+                    DeviceIdOrAllDevices::AllDevices => "*".to_owned(),
+                },
+                sender: sender.to_string(),
+                event_type: event_type.to_owned(),
+                content: content.json().get().to_owned(),
+            });
+        }
+    }
+    Ok((local, remote))
 }
 
 #[cfg(test)]

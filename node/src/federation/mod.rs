@@ -1,18 +1,89 @@
-//! The Server-Server API as an axum Router. It travels as HTTP/1.1 over libp2p streams, where
-//! the transport attaches the noise-authenticated peer to each request.
+//! The Server-Server API: the axum Router other servers call (served over libp2p, where the
+//! transport attaches the noise-authenticated peer to each request), and the `Federation`
+//! handle this node uses to call them and to send its outbox.
 
+mod client;
+mod edus;
+mod events;
 mod keys;
+mod membership;
+mod origin;
+#[cfg(test)]
+pub(crate) mod room_tests;
+mod send;
+mod sender;
+mod user_keys;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post, put};
 
 use crate::node::AppState;
+
+pub(crate) use client::{Federation, FederationError};
+pub(crate) use origin::Origin;
 
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/_matrix/federation/v1/version", get(keys::version))
         .route("/_matrix/key/v2/server", get(keys::server_keys))
+        .route(
+            "/_matrix/federation/v1/send/{txn_id}",
+            put(send::send_transaction),
+        )
+        .route(
+            "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
+            get(membership::make_join),
+        )
+        .route(
+            "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
+            put(membership::send_join),
+        )
+        .route(
+            "/_matrix/federation/v2/invite/{room_id}/{event_id}",
+            put(membership::invite),
+        )
+        .route(
+            "/_matrix/federation/v1/query/directory",
+            get(membership::query_directory),
+        )
+        .route(
+            "/_matrix/federation/v1/user/keys/query",
+            post(user_keys::query),
+        )
+        .route(
+            "/_matrix/federation/v1/user/keys/claim",
+            post(user_keys::claim),
+        )
+        .route(
+            "/_matrix/federation/v1/user/devices/{user_id}",
+            get(user_keys::devices),
+        )
+        .route(
+            "/_matrix/federation/v1/query/profile",
+            get(user_keys::profile),
+        )
+        .route(
+            "/_matrix/federation/v1/event/{event_id}",
+            get(events::event),
+        )
+        .route("/_matrix/federation/v1/state/{room_id}", get(events::state))
+        .route(
+            "/_matrix/federation/v1/state_ids/{room_id}",
+            get(events::state_ids),
+        )
+        .route(
+            "/_matrix/federation/v1/backfill/{room_id}",
+            get(events::backfill),
+        )
+        .route(
+            "/_matrix/federation/v1/get_missing_events/{room_id}",
+            post(events::missing_events),
+        )
+        .route(
+            "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
+            get(events::event_auth),
+        )
         .fallback(crate::client_api::unrecognized)
         // The transport caps bodies itself (a /send of 50 PDUs is over axum's 2 MiB default).
         .layer(DefaultBodyLimit::disable())

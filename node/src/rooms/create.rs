@@ -80,15 +80,16 @@ impl Rooms {
         };
         self.authorise(&room.version, &create, &empty)?;
 
-        let mut entry = RoomEntry {
-            version: room.version.clone(),
-            state: RoomState::new(),
-            extremities: Vec::new(),
-            depth: 0,
-            pending_transactions: Default::default(),
-        };
-        entry.apply(&create);
-        let mut events = vec![create];
+        let own = self.server_name().clone();
+        let mut entry = RoomEntry::new(
+            room_id.clone(),
+            room.version.clone(),
+            RoomState::new(),
+            &own,
+        );
+        let before = entry.snapshot.clone();
+        entry.apply(&create, &own);
+        let mut events = vec![(create.clone(), before, entry.snapshot.clone())];
         let mut add = |entry: &mut RoomEntry, draft: EventDraft| -> Result<(), RoomError> {
             let pdu = self.build(
                 &entry.version,
@@ -99,8 +100,9 @@ impl Rooms {
                 (entry.extremities.clone(), entry.depth + 1),
             )?;
             self.authorise(&entry.version, &pdu, &entry.state)?;
-            entry.apply(&pdu);
-            events.push(pdu);
+            let before = entry.snapshot.clone();
+            entry.apply(&pdu, &own);
+            events.push((pdu.clone(), before, entry.snapshot.clone()));
             Ok(())
         };
         let state = EventDraft::state;
@@ -198,7 +200,12 @@ impl Rooms {
                 state(StateEventType::RoomTopic, "", json!({"topic": topic})),
             )?;
         }
-        for invitee in &room.invite {
+        // Another server's users are invited once the room exists: their server countersigns.
+        let (local_invites, remote_invites): (Vec<_>, Vec<_>) = room
+            .invite
+            .iter()
+            .partition(|invitee| invitee.server_name() == own);
+        for invitee in local_invites {
             let mut content = self.member_content(invitee, "invite").await?;
             if room.is_direct {
                 content["is_direct"] = true.into();
@@ -211,8 +218,10 @@ impl Rooms {
 
         // Everything was allowed: now the room, its events and its alias exist at once.
         let mut accepted = Vec::with_capacity(events.len());
-        for pdu in &events {
-            accepted.push(self.accepted(pdu, None)?);
+        for (pdu, before, after) in &events {
+            let mut pdu = self.accepted(pdu, None, Some(before.clone()), Vec::new())?;
+            pdu.state_after = Some(after.clone());
+            accepted.push(pdu);
         }
         self.store()
             .create_room_with(room_id.to_string(), room.version.to_string(), accepted)
@@ -227,6 +236,17 @@ impl Rooms {
                     }
                     e => e.into(),
                 })?;
+        }
+        for invitee in remote_invites {
+            let mut content = self.member_content(invitee, "invite").await?;
+            if room.is_direct {
+                content["is_direct"] = true.into();
+            }
+            let draft = EventDraft::state(StateEventType::RoomMember, invitee.as_str(), content);
+            if let Err(e) = self.send(&room_id, creator, draft).await {
+                // The room exists either way; the creator can invite again.
+                tracing::warn!(%room_id, %invitee, error = %e, "could not invite a user of another server");
+            }
         }
         tracing::info!(%room_id, %creator, version = %room.version, events = events.len(), "room created");
         Ok(room_id)

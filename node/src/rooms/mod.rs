@@ -2,24 +2,29 @@
 //! has one lock, so events built here always extend the room's latest extremities.
 
 mod create;
+mod incoming;
 mod pdu;
+mod remote;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use hyphae_store::{AcceptedPdu, NewPdu, Store, StoreError};
+use hyphae_store::{AcceptedPdu, NewPdu, StateSnapshot, Store, StoreError};
 use ruma::events::{StateEventType, TimelineEventType};
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::state_res;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
-    OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId,
+    OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
 };
 use serde_json::value::RawValue;
 
+use crate::federation::Federation;
 use crate::signing::SigningKey;
 pub(crate) use create::NewRoom;
+pub(crate) use incoming::{Received, urlencode, verify_pdu};
 pub(crate) use pdu::Pdu;
+pub(crate) use remote::{INVITE_STATE, stripped};
 
 /// The room versions this node creates and joins; the first is the default (12: matrix-sdk,
 /// the real client in the tests, handles it; see tests/tests/e2ee_matrix_sdk.rs).
@@ -42,6 +47,9 @@ pub(crate) enum RoomError {
     UnsupportedVersion(String),
     #[error("{0}")]
     BadRequest(String),
+    /// Another server was needed and could not be reached, or answered badly.
+    #[error("{0}")]
+    Unreachable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -63,6 +71,7 @@ struct Inner {
     store: Store,
     server_name: OwnedServerName,
     signing_key: SigningKey,
+    federation: Federation,
     /// One slot per room this node sends into: its lock, and what is cached of the room.
     rooms: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomEntry>>>>>,
 }
@@ -70,8 +79,13 @@ struct Inner {
 /// What the node keeps in memory of a room it sends into: enough to build and authorise the
 /// next event without reading the store, so sending does not wait for the previous commit.
 struct RoomEntry {
+    room_id: OwnedRoomId,
     version: RoomVersionId,
     state: RoomState,
+    /// The state above as the store keeps it: the state before the next event.
+    snapshot: Arc<StateSnapshot>,
+    /// The other servers with members joined: where the room's new events go.
+    servers: Vec<String>,
     extremities: Vec<String>,
     depth: i64,
     /// Client transactions built here whose commit may still be pending.
@@ -79,14 +93,69 @@ struct RoomEntry {
 }
 
 impl RoomEntry {
-    fn apply(&mut self, pdu: &Pdu) {
+    fn new(
+        room_id: OwnedRoomId,
+        version: RoomVersionId,
+        state: RoomState,
+        own: &ServerName,
+    ) -> RoomEntry {
+        let mut entry = RoomEntry {
+            snapshot: Arc::new(StateSnapshot::new(room_id.as_str(), Vec::new())),
+            room_id,
+            version,
+            state,
+            servers: Vec::new(),
+            extremities: Vec::new(),
+            depth: 0,
+            pending_transactions: HashMap::new(),
+        };
+        entry.state_changed(own);
+        entry
+    }
+
+    fn apply(&mut self, pdu: &Pdu, own: &ServerName) {
         if let Some(state_key) = &pdu.state_key {
             let key = (pdu.kind.to_string().into(), state_key.clone());
             self.state.insert(key, pdu.clone());
+            self.state_changed(own);
         }
         self.extremities = vec![pdu.event_id.to_string()];
         self.depth = i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX);
     }
+
+    fn state_changed(&mut self, own: &ServerName) {
+        self.snapshot = Arc::new(snapshot_of(&self.room_id, &self.state));
+        self.servers = joined_servers(&self.state, own);
+    }
+}
+
+/// The state as the store keeps it.
+pub(crate) fn snapshot_of(room_id: &RoomId, state: &RoomState) -> StateSnapshot {
+    StateSnapshot::new(
+        room_id.as_str(),
+        state
+            .iter()
+            .map(|((kind, key), pdu)| (kind.to_string(), key.clone(), pdu.event_id.to_string()))
+            .collect(),
+    )
+}
+
+/// The servers other than `own` with a member joined in `state`.
+pub(crate) fn joined_servers(state: &RoomState, own: &ServerName) -> Vec<String> {
+    let mut servers: Vec<String> = state
+        .iter()
+        .filter(|((kind, _), pdu)| {
+            *kind == StateEventType::RoomMember
+                && membership_of(&pdu.content).as_deref() == Some("join")
+        })
+        .filter_map(|((_, key), _)| UserId::parse(key.as_str()).ok())
+        .map(|user| user.server_name().to_owned())
+        .filter(|server| server != own)
+        .map(|server| server.to_string())
+        .collect();
+    servers.sort();
+    servers.dedup();
+    servers
 }
 
 /// An event this node is about to create.
@@ -112,12 +181,13 @@ impl EventDraft {
 }
 
 impl Rooms {
-    pub(crate) fn new(store: Store, signing_key: SigningKey) -> Self {
+    pub(crate) fn new(store: Store, signing_key: SigningKey, federation: Federation) -> Self {
         Rooms {
             inner: Arc::new(Inner {
                 store,
                 server_name: signing_key.server_name().clone(),
                 signing_key,
+                federation,
                 rooms: Mutex::new(HashMap::new()),
             }),
         }
@@ -163,6 +233,15 @@ impl Rooms {
         Ok(Some(rooms.entry(room_id.to_owned()).or_default().clone()))
     }
 
+    /// Drops what is cached of a room, so it is read afresh from the store.
+    fn forget_cached(&self, room_id: &RoomId) {
+        self.inner
+            .rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(room_id);
+    }
+
     async fn load_entry(&self, room_id: &RoomId) -> Result<RoomEntry, RoomError> {
         let version = self.version(room_id).await?;
         let state = self.state(room_id).await?;
@@ -181,13 +260,10 @@ impl Rooms {
             .map(|p| p.depth)
             .max()
             .unwrap_or(0);
-        Ok(RoomEntry {
-            version,
-            state,
-            extremities,
-            depth,
-            pending_transactions: HashMap::new(),
-        })
+        let mut entry = RoomEntry::new(room_id.to_owned(), version, state, &self.inner.server_name);
+        entry.extremities = extremities;
+        entry.depth = depth;
+        Ok(entry)
     }
 
     pub(crate) async fn version(&self, room_id: &RoomId) -> Result<RoomVersionId, RoomError> {
@@ -233,7 +309,7 @@ impl Rooms {
         let Some(slot) = self.slot(room_id).await? else {
             return Err(RoomError::NotFound(format!("Unknown room {room_id}")));
         };
-        let (pdu, redaction, commit) = {
+        let (pdu, redaction, commit, destinations) = {
             let mut guard = slot.lock().await;
             if guard.is_none() {
                 *guard = Some(self.load_entry(room_id).await?);
@@ -267,14 +343,51 @@ impl Rooms {
                 (entry.extremities.clone(), entry.depth + 1),
             )?;
             self.authorise(&entry.version, &pdu, &entry.state)?;
+            // An invite to another server's user needs that server's signature first. The room
+            // stays locked meanwhile, so the invite is built on what is still the latest state.
+            let pdu = if pdu.kind == TimelineEventType::RoomMember
+                && membership_of(&pdu.content).as_deref() == Some("invite")
+                && pdu
+                    .state_key
+                    .as_deref()
+                    .and_then(|k| UserId::parse(k).ok())
+                    .is_some_and(|invitee| invitee.server_name() != self.inner.server_name)
+            {
+                self.countersign_invite(&entry.version, &pdu, &entry.state)
+                    .await?
+            } else {
+                pdu
+            };
             let redaction = match &draft.redacts {
                 Some(target) if pdu.kind == TimelineEventType::RoomRedaction => {
                     Some(self.check_redaction(entry, room_id, sender, target).await?)
                 }
                 _ => None,
             };
-            let commit = self.queue_pdu(&pdu, draft.transaction.clone())?;
-            entry.apply(&pdu);
+            // Where it goes: the servers in the room before it and after it (a member who is
+            // kicked or banned learns of it too).
+            let mut destinations = entry.servers.clone();
+            if pdu.kind == TimelineEventType::RoomMember
+                && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+                && target.server_name() != self.inner.server_name
+            {
+                destinations.push(target.server_name().to_string());
+            }
+            let accepted = self.accepted(
+                &pdu,
+                draft.transaction.clone(),
+                Some(entry.snapshot.clone()),
+                Vec::new(),
+            )?;
+            entry.apply(&pdu, &self.inner.server_name);
+            destinations.extend(entry.servers.iter().cloned());
+            destinations.sort();
+            destinations.dedup();
+            let commit = self.inner.store.append_accepted(vec![AcceptedPdu {
+                destinations: destinations.clone(),
+                state_after: Some(entry.snapshot.clone()),
+                ..accepted
+            }]);
             if let Some(transaction) = draft.transaction {
                 if entry.pending_transactions.len() >= 1024 {
                     // Older ones are committed by now and found in the store.
@@ -284,7 +397,7 @@ impl Rooms {
                     .pending_transactions
                     .insert(transaction, pdu.event_id.clone());
             }
-            (pdu, redaction, commit)
+            (pdu, redaction, commit, destinations)
         };
         if let Err(e) = commit.await {
             // What is cached may be ahead of the store: read the room afresh next time. Events
@@ -293,6 +406,7 @@ impl Rooms {
             slot.lock().await.take();
             return Err(e.into());
         }
+        self.wake(&destinations);
         if let Some((target, version)) = redaction {
             self.apply_redaction(&version, target, &pdu).await?;
         }
@@ -444,16 +558,13 @@ impl Rooms {
         Ok(())
     }
 
-    /// Queues the PDU's write now; the returned future says when it is committed.
-    fn queue_pdu(
-        &self,
-        pdu: &Pdu,
-        transaction: Option<(String, String, String)>,
-    ) -> Result<impl Future<Output = Result<Vec<Option<i64>>, StoreError>> + use<>, RoomError> {
-        Ok(self
-            .inner
-            .store
-            .append_accepted(vec![self.accepted(pdu, transaction)?]))
+    /// Tells the senders of these servers that the outbox has something for them.
+    fn wake(&self, destinations: &[String]) {
+        for destination in destinations {
+            if let Ok(destination) = <&ServerName>::try_from(destination.as_str()) {
+                self.inner.federation.wake(destination);
+            }
+        }
     }
 
     /// The PDU as the store takes it.
@@ -461,6 +572,8 @@ impl Rooms {
         &self,
         pdu: &Pdu,
         transaction: Option<(String, String, String)>,
+        state_before: Option<Arc<StateSnapshot>>,
+        destinations: Vec<String>,
     ) -> Result<AcceptedPdu, RoomError> {
         let room_id = pdu
             .room_id()
@@ -487,6 +600,11 @@ impl Rooms {
             },
             membership,
             transaction,
+            destinations,
+            state_before,
+            state_after: None,
+            resolved_state: None,
+            prev_may_be_missing: false,
         })
     }
 

@@ -1,0 +1,427 @@
+//! Inbound EDUs: to-device messages for local devices (`m.direct_to_device`), other servers'
+//! device-list and cross-signing changes (`m.device_list_update`, `m.signing_key_update`),
+//! typing notifications and read receipts. An EDU speaks for users of its origin server only;
+//! one that is malformed or speaks for anyone else is dropped with a logged reason, never
+//! failing the transaction that carried it.
+
+use std::time::Duration;
+
+use hyphae_store::StoreError;
+use ruma::api::federation::transactions::edu::{
+    DeviceListUpdateContent, DirectDeviceContent, Edu, ReceiptContent, SigningKeyUpdateContent,
+    TypingContent,
+};
+use ruma::{OwnedUserId, RoomId, ServerName, UserId};
+
+use crate::client_api::sort_messages;
+use crate::node::AppState;
+
+/// How long a remote user shows as typing: the EDU carries no timeout, and their server sends
+/// another while they go on typing.
+const REMOTE_TYPING: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+enum EduError {
+    #[error("malformed: {0}")]
+    Malformed(String),
+    #[error("{user} is not a user of the origin server")]
+    NotFromOrigin { user: OwnedUserId },
+    #[error("{user} is not joined to {room}")]
+    NotInRoom { user: OwnedUserId, room: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Handles one EDU of a transaction from `origin` (the authenticated peer).
+pub(super) async fn receive(state: &AppState, origin: &ServerName, edu: &serde_json::Value) {
+    let edu_type = edu
+        .get("edu_type")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    let result = match serde_json::from_str::<Edu>(&edu.to_string()) {
+        Ok(Edu::DirectToDevice(content)) => direct_to_device(state, origin, content).await,
+        Ok(Edu::DeviceListUpdate(content)) => device_list_update(state, origin, content).await,
+        Ok(Edu::SigningKeyUpdate(content)) => signing_key_update(state, origin, content).await,
+        Ok(Edu::Typing(content)) => typing(state, origin, content).await,
+        Ok(Edu::Receipt(content)) => receipt(state, origin, content).await,
+        Ok(_) => {
+            tracing::debug!(%origin, edu_type, "EDU type not handled; ignored");
+            Ok(())
+        }
+        Err(e) => Err(EduError::Malformed(e.to_string())),
+    };
+    if let Err(reason) = result {
+        tracing::warn!(%origin, edu_type, %reason, "EDU dropped");
+    }
+}
+
+fn from_origin(user: &UserId, origin: &ServerName) -> Result<(), EduError> {
+    if user.server_name() == origin {
+        Ok(())
+    } else {
+        Err(EduError::NotFromOrigin {
+            user: user.to_owned(),
+        })
+    }
+}
+
+/// Delivers to local devices' inboxes, as a local sendToDevice does (device `*`: all of the
+/// user's devices), once per (origin, message id).
+async fn direct_to_device(
+    state: &AppState,
+    origin: &ServerName,
+    content: DirectDeviceContent,
+) -> Result<(), EduError> {
+    from_origin(&content.sender, origin)?;
+    let (local, others) = sort_messages(
+        &state.server_name,
+        &content.sender,
+        &content.ev_type.to_string(),
+        content.messages,
+    )
+    .map_err(|target| EduError::Malformed(format!("the message for {target} is not an object")))?;
+    if !others.is_empty() {
+        // Not ours to forward: the sender's server sends to each server itself.
+        tracing::debug!(%origin, servers = others.len(), "to-device messages for other servers ignored");
+    }
+    let new = state
+        .store
+        .queue_remote_to_device_once(origin.to_string(), content.message_id.to_string(), local)
+        .await?;
+    if !new {
+        tracing::debug!(%origin, message_id = %content.message_id, "to-device EDU repeated; delivered before");
+    }
+    Ok(())
+}
+
+/// Records the change, so that local users who share a room with the user see them in
+/// `device_lists.changed` and query their keys again (from their server: nothing is cached).
+async fn device_list_update(
+    state: &AppState,
+    origin: &ServerName,
+    content: DeviceListUpdateContent,
+) -> Result<(), EduError> {
+    from_origin(&content.user_id, origin)?;
+    let stream_id = i64::try_from(u64::from(content.stream_id))
+        .map_err(|_| EduError::Malformed("stream_id out of range".into()))?;
+    state
+        .store
+        .note_remote_device_list_change(content.user_id.to_string(), Some(stream_id))
+        .await?;
+    Ok(())
+}
+
+/// A cross-signing change shows to clients as a device-list change too.
+async fn signing_key_update(
+    state: &AppState,
+    origin: &ServerName,
+    content: SigningKeyUpdateContent,
+) -> Result<(), EduError> {
+    from_origin(&content.user_id, origin)?;
+    state
+        .store
+        .note_remote_device_list_change(content.user_id.to_string(), None)
+        .await?;
+    Ok(())
+}
+
+async fn require_joined(state: &AppState, room: &RoomId, user: &UserId) -> Result<(), EduError> {
+    let membership = state
+        .store
+        .membership(room.to_string(), user.to_string())
+        .await?;
+    if membership.is_some_and(|m| m.membership == "join") {
+        Ok(())
+    } else {
+        Err(EduError::NotInRoom {
+            user: user.to_owned(),
+            room: room.to_string(),
+        })
+    }
+}
+
+async fn typing(
+    state: &AppState,
+    origin: &ServerName,
+    content: TypingContent,
+) -> Result<(), EduError> {
+    from_origin(&content.user_id, origin)?;
+    require_joined(state, &content.room_id, &content.user_id).await?;
+    let timeout = content.typing.then_some(REMOTE_TYPING);
+    state
+        .typing
+        .set(&content.room_id, &content.user_id, timeout);
+    Ok(())
+}
+
+/// Read receipts of the origin's users for events this server has in the room; the others in
+/// the EDU still count when one is refused.
+async fn receipt(
+    state: &AppState,
+    origin: &ServerName,
+    content: ReceiptContent,
+) -> Result<(), EduError> {
+    let mut refused = None;
+    for (room_id, receipts) in content.receipts {
+        for (user_id, data) in receipts.read {
+            let checked = async {
+                from_origin(&user_id, origin)?;
+                require_joined(state, &room_id, &user_id).await?;
+                Ok::<_, EduError>(())
+            };
+            if let Err(e) = checked.await {
+                refused = Some(e);
+                continue;
+            }
+            let thread = data.data.thread.as_str().unwrap_or_default().to_owned();
+            // Several event ids mean the same: the user has read up to there. Keep the last
+            // one this server knows in the room.
+            let mut known = None;
+            for event_id in data.event_ids.iter().rev() {
+                let in_room = state
+                    .rooms
+                    .event(event_id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|pdu| pdu.room_id().as_deref() == Some(&*room_id));
+                if in_room {
+                    known = Some(event_id);
+                    break;
+                }
+            }
+            let Some(event_id) = known else {
+                tracing::debug!(%origin, %room_id, %user_id, "receipt for events not known here; ignored");
+                continue;
+            };
+            state
+                .store
+                .set_receipt(
+                    room_id.to_string(),
+                    user_id.to_string(),
+                    "m.read".to_owned(),
+                    thread,
+                    event_id.to_string(),
+                )
+                .await?;
+        }
+    }
+    refused.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::Request;
+    use hyphae_p2p::Identity;
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    use crate::client_api::test_support::Api;
+
+    /// A server that never runs: its key authenticates the requests it makes in these tests.
+    struct Peer {
+        identity: Identity,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Peer {
+        fn new() -> Peer {
+            let dir = tempfile::tempdir().unwrap();
+            Peer {
+                identity: Identity::load_or_create(dir.path()).unwrap(),
+                _dir: dir,
+            }
+        }
+
+        fn name(&self) -> &str {
+            self.identity.server_name()
+        }
+
+        /// Sends a transaction of `edus` to `api`, as the transport would hand it over: with
+        /// this peer as the authenticated remote.
+        async fn send(&self, api: &Api, edus: Vec<Value>) {
+            static TXN: AtomicU32 = AtomicU32::new(0);
+            let txn = TXN.fetch_add(1, Ordering::Relaxed);
+            let body = json!({
+                "origin": self.name(), "origin_server_ts": 0, "pdus": [], "edus": edus,
+            });
+            let mut request = Request::put(format!("/_matrix/federation/v1/send/t{txn}"))
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(self.identity.peer_id()));
+            let response = api.node.federation_router().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    }
+
+    fn to_device(sender: &str, message_id: &str, messages: Value) -> Value {
+        json!({"edu_type": "m.direct_to_device", "content": {
+            "sender": sender, "type": "m.room_key_request", "message_id": message_id,
+            "messages": messages,
+        }})
+    }
+
+    async fn inbox(api: &Api, device: &str) -> Vec<(String, String)> {
+        api.node
+            .store()
+            .to_device_messages("bob".into(), device.into(), 0, i64::MAX, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, _, sender, content)| (sender, content))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn to_device_edus_reach_local_inboxes_once_and_only_from_their_senders_server() {
+        let api = Api::start().await;
+        let (bob, _, phone) = api.register("bob", "password").await;
+        let (_, laptop) = api.login("bob", "password").await;
+        let laptop = laptop["device_id"].as_str().unwrap().to_owned();
+        let peer = Peer::new();
+        let alice = format!("@alice:{}", peer.name());
+
+        let to_phone = json!({bob.as_str(): {phone.as_str(): {"request_id": "1"}}});
+        let edu = to_device(&alice, "m1", to_phone.clone());
+        peer.send(&api, vec![edu.clone(), edu]).await;
+        peer.send(
+            &api,
+            vec![to_device(
+                &alice,
+                "m2",
+                json!({bob.as_str(): {"*": {"n": 2}}}),
+            )],
+        )
+        .await;
+        let phone_inbox = inbox(&api, &phone).await;
+        assert_eq!(
+            phone_inbox.len(),
+            2,
+            "a repeated message id is delivered once"
+        );
+        assert_eq!(phone_inbox[0].0, alice);
+        assert_eq!(
+            serde_json::from_str::<Value>(&phone_inbox[0].1).unwrap(),
+            json!({"request_id": "1"})
+        );
+        assert_eq!(
+            inbox(&api, &laptop).await.len(),
+            1,
+            "\"*\" reaches every device"
+        );
+
+        // Sent for a user of another server, not a JSON object, or malformed: dropped, and the
+        // transaction is still taken.
+        let mallory = format!("@mallory:{}", Peer::new().name());
+        peer.send(
+            &api,
+            vec![
+                to_device(&mallory, "m3", to_phone.clone()),
+                to_device(
+                    &alice,
+                    "m4",
+                    json!({bob.as_str(): {phone.as_str(): "not an object"}}),
+                ),
+                json!({"edu_type": "m.direct_to_device", "content": {"sender": alice}}),
+            ],
+        )
+        .await;
+        assert_eq!(inbox(&api, &phone).await.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn device_list_updates_show_in_sync_for_users_sharing_a_room() {
+        let api = Api::start().await;
+        let (_, token, _) = api.register("bob", "password").await;
+        let peer = Peer::new();
+        let alice = format!("@alice:{}", peer.name());
+        let stranger = format!("@stranger:{}", peer.name());
+        let room_id = api.create_public_room(&token).await;
+        api.add_joined_member(&room_id, &alice).await;
+        let (_, body) = api.get("/v3/sync", Some(&token)).await;
+        let since = body["next_batch"].as_str().unwrap().to_owned();
+
+        let update = |user: &str, stream_id: u64| {
+            json!({"edu_type": "m.device_list_update", "content": {
+                "user_id": user, "device_id": "PHONE", "stream_id": stream_id, "prev_id": [],
+                "deleted": false,
+            }})
+        };
+        // A server speaks only for its own users.
+        let other = format!("@carol:{}", Peer::new().name());
+        peer.send(
+            &api,
+            vec![update(&other, 1), update(&stranger, 1), update(&alice, 1)],
+        )
+        .await;
+        let (status, body) = api
+            .get(&format!("/v3/sync?since={since}&timeout=0"), Some(&token))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["device_lists"]["changed"],
+            json!([alice]),
+            "only users sharing a room, and only the origin's"
+        );
+        let since = body["next_batch"].as_str().unwrap().to_owned();
+
+        // A repeat changes nothing; a cross-signing change does.
+        peer.send(&api, vec![update(&alice, 1)]).await;
+        let (_, body) = api
+            .get(&format!("/v3/sync?since={since}&timeout=0"), Some(&token))
+            .await;
+        assert!(
+            body["device_lists"]["changed"]
+                .as_array()
+                .is_none_or(Vec::is_empty),
+            "{body}"
+        );
+        peer.send(
+            &api,
+            vec![json!({"edu_type": "m.signing_key_update", "content": {"user_id": alice}})],
+        )
+        .await;
+        let (_, body) = api
+            .get(&format!("/v3/sync?since={since}&timeout=0"), Some(&token))
+            .await;
+        assert_eq!(body["device_lists"]["changed"], json!([alice]));
+    }
+
+    #[tokio::test]
+    async fn typing_of_remote_members_shows_and_of_others_does_not() {
+        let api = Api::start().await;
+        let (_, token, _) = api.register("bob", "password").await;
+        let peer = Peer::new();
+        let alice = format!("@alice:{}", peer.name());
+        let room_id = api.create_public_room(&token).await;
+        api.add_joined_member(&room_id, &alice).await;
+        let typing = |user: &str, typing: bool| {
+            json!({"edu_type": "m.typing", "content": {
+                "room_id": room_id, "user_id": user, "typing": typing,
+            }})
+        };
+        let outsider = format!("@outsider:{}", peer.name());
+        peer.send(&api, vec![typing(&outsider, true), typing(&alice, true)])
+            .await;
+        let typing_users = || async {
+            let (_, body) = api.get("/v3/sync", Some(&token)).await;
+            body["rooms"]["join"][&room_id]["ephemeral"]["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["type"] == "m.typing")
+                .map(|e| e["content"]["user_ids"].clone())
+                .unwrap_or(json!([]))
+        };
+        assert_eq!(typing_users().await, json!([alice]));
+        peer.send(&api, vec![typing(&alice, false)]).await;
+        assert_eq!(typing_users().await, json!([]));
+    }
+}

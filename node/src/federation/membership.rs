@@ -1,0 +1,197 @@
+//! Membership asked of this server by others: join templates and joins (`make_join`,
+//! `send_join` v2), invites of this server's users (`invite` v2), and room alias lookups.
+
+use axum::Json;
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::StatusCode;
+use ruma::api::error::ErrorKind;
+use ruma::events::TimelineEventType;
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedRoomAliasId, OwnedRoomId, OwnedUserId,
+    RoomVersionId,
+};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use super::Origin;
+use crate::client_api::MatrixError;
+use crate::node::AppState;
+use crate::rooms::{ROOM_VERSIONS, Received, membership_of, rules, verify_pdu};
+
+pub(crate) async fn make_join(
+    State(state): State<AppState>,
+    Origin(origin): Origin,
+    Path((room_id, user_id)): Path<(OwnedRoomId, OwnedUserId)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, MatrixError> {
+    if user_id.server_name() != origin {
+        return Err(MatrixError::forbidden(
+            "A server may only make joins for its own users",
+        ));
+    }
+    if !state.rooms.participating(&room_id).await? {
+        return Err(MatrixError::not_found(format!(
+            "This server is not in {room_id}"
+        )));
+    }
+    let version = state.rooms.version(&room_id).await?;
+    // The joining server lists the versions it supports; none means version 1 only.
+    let supported = query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("ver="))
+        .any(|v| v == version.as_str());
+    if !supported {
+        return Err(incompatible(&version));
+    }
+    let template = state.rooms.join_template(&room_id, &user_id).await?;
+    Ok(Json(json!({"event": template, "room_version": version})))
+}
+
+fn incompatible(version: &RoomVersionId) -> MatrixError {
+    MatrixError::new(
+        StatusCode::BAD_REQUEST,
+        ErrorKind::IncompatibleRoomVersion(
+            ruma::api::error::IncompatibleRoomVersionErrorData::new(version.clone()),
+        ),
+        format!("The room is version {version}, which the joining server does not support"),
+    )
+}
+
+pub(crate) async fn send_join(
+    State(state): State<AppState>,
+    Origin(origin): Origin,
+    Path((room_id, event_id)): Path<(OwnedRoomId, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, MatrixError> {
+    let raw: Box<RawValue> = serde_json::from_slice(&body)
+        .map_err(|e| MatrixError::bad_json(format!("The join is not JSON: {e}")))?;
+    let version = state.rooms.version(&room_id).await?;
+    let json: CanonicalJsonObject = serde_json::from_str(raw.get())
+        .map_err(|e| MatrixError::bad_json(format!("The join is not canonical JSON: {e}")))?;
+    let join = verify_pdu(&version, json)?;
+    let sender_is_origin = join.sender.server_name() == origin;
+    let is_join = join.kind == TimelineEventType::RoomMember
+        && join.state_key.as_deref() == Some(join.sender.as_str())
+        && membership_of(&join.content).as_deref() == Some("join");
+    if join.event_id.as_str() != event_id
+        || join.room_id().as_deref() != Some(&*room_id)
+        || !is_join
+        || !sender_is_origin
+    {
+        tracing::warn!(%origin, %room_id, "refused a send_join that is not the origin's own join");
+        return Err(MatrixError::bad_json(
+            "Not a join of one of the sending server's users to this room",
+        ));
+    }
+    match state.rooms.receive_pdu(&origin, &raw).await? {
+        (_, Received::Accepted | Received::Duplicate) => {}
+        (_, Received::Rejected(reason) | Received::SoftFailed(reason)) => {
+            return Err(MatrixError::forbidden(format!(
+                "The join is not allowed: {reason}"
+            )));
+        }
+    }
+    let (room_state, auth_chain) = state.rooms.state_for_join(&room_id, &join.event_id).await?;
+    let servers = state.rooms.servers_in_room(&room_id).await?;
+    Ok(Json(json!({
+        "state": room_state,
+        "auth_chain": auth_chain,
+        "event": join.json,
+        "members_omitted": false,
+        "servers_in_room": servers,
+    })))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct InviteRequest {
+    room_version: RoomVersionId,
+    event: CanonicalJsonObject,
+    #[serde(default)]
+    invite_room_state: Vec<Value>,
+}
+
+pub(crate) async fn invite(
+    State(state): State<AppState>,
+    Origin(origin): Origin,
+    Path((room_id, event_id)): Path<(OwnedRoomId, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, MatrixError> {
+    let request: InviteRequest = serde_json::from_slice(&body)
+        .map_err(|e| MatrixError::bad_json(format!("Malformed invite: {e}")))?;
+    if !ROOM_VERSIONS.contains(&request.room_version) {
+        return Err(incompatible(&request.room_version));
+    }
+    let invite = verify_pdu(&request.room_version, request.event)?;
+    let invitee = invite
+        .state_key
+        .as_deref()
+        .and_then(|k| ruma::UserId::parse(k).ok());
+    let well_formed = invite.event_id.as_str() == event_id
+        && invite.room_id().as_deref() == Some(&*room_id)
+        && invite.kind == TimelineEventType::RoomMember
+        && membership_of(&invite.content).as_deref() == Some("invite")
+        && invite.sender.server_name() == origin;
+    let Some(invitee) = invitee.filter(|_| well_formed) else {
+        tracing::warn!(%origin, %room_id, "refused a malformed invite");
+        return Err(MatrixError::bad_json(
+            "Not an invite from the sending server to this room",
+        ));
+    };
+    if invitee.server_name() != state.server_name
+        || state
+            .store
+            .account(invitee.localpart().to_owned())
+            .await?
+            .is_none()
+    {
+        return Err(MatrixError::not_found(format!("No user {invitee} here")));
+    }
+    let mut signed = invite.json.clone();
+    let rules = rules(&request.room_version)?;
+    state
+        .signing_key
+        .hash_and_sign_event(&mut signed, &rules.redaction)
+        .map_err(|e| MatrixError::unknown(format!("signing the invite: {e}")))?;
+    // A room this node is in gets the invite through the room like any event; otherwise it is
+    // kept with the state the inviter showed, until the invitee joins or declines.
+    if !state.rooms.participating(&room_id).await? {
+        state
+            .rooms
+            .record_remote_invite(
+                &request.room_version,
+                &invite,
+                &signed,
+                &request.invite_room_state,
+            )
+            .await?;
+    }
+    tracing::info!(%origin, %room_id, %invitee, "invited by another server");
+    Ok(Json(json!({ "event": CanonicalJsonValue::Object(signed) })))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DirectoryQuery {
+    room_alias: OwnedRoomAliasId,
+}
+
+/// `query/directory`: which room a local alias names, and servers to join it through.
+pub(crate) async fn query_directory(
+    State(state): State<AppState>,
+    Origin(_): Origin,
+    Query(query): Query<DirectoryQuery>,
+) -> Result<Json<Value>, MatrixError> {
+    let Some(room_id) = state.store.alias_room(query.room_alias.to_string()).await? else {
+        return Err(MatrixError::not_found(format!(
+            "Room alias {} not found",
+            query.room_alias
+        )));
+    };
+    let mut servers = vec![state.server_name.to_string()];
+    if let Ok(room_id) = ruma::RoomId::parse(&room_id) {
+        servers.extend(state.rooms.servers_in_room(&room_id).await?);
+    }
+    servers.dedup();
+    Ok(Json(json!({"room_id": room_id, "servers": servers})))
+}

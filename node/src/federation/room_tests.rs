@@ -1,0 +1,189 @@
+//! Rooms across servers over real libp2p connections: invites, joins, messages both ways, what
+//! each side's users see, and what happens to hostile input.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::client_api::test_support::Api;
+
+pub(crate) struct Person {
+    pub(crate) user_id: String,
+    pub(crate) token: String,
+}
+
+pub(crate) async fn person(api: &Api, name: &str) -> Person {
+    let (user_id, token, _) = api.register(name, "password").await;
+    Person { user_id, token }
+}
+
+pub(crate) async fn send_text(api: &Api, who: &Person, room: &str, text: &str) -> String {
+    let txn = format!("t{}", rand_suffix());
+    let (status, body) = api
+        .put(
+            &format!("/v3/rooms/{room}/send/m.room.message/{txn}"),
+            Some(&who.token),
+            json!({"msgtype": "m.text", "body": text}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+fn rand_suffix() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).unwrap();
+    u64::from_le_bytes(bytes)
+}
+
+/// The texts of the room's messages as `who` reads them with /messages, oldest first.
+pub(crate) async fn texts(api: &Api, who: &Person, room: &str) -> Vec<String> {
+    let (status, body) = api
+        .get(
+            &format!("/v3/rooms/{room}/messages?dir=b&limit=1000"),
+            Some(&who.token),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut texts: Vec<String> = body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect();
+    texts.reverse();
+    texts
+}
+
+/// Polls until `check` holds (or fails the test after `within`).
+pub(crate) async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < within, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two nodes connected over loopback libp2p, Alice on the first and Bob on the second, in a
+/// room Alice created and Bob joined by invite.
+pub(crate) async fn two_nodes_in_a_room() -> (Api, Api, Person, Person, String) {
+    log_to_test_output();
+    let a = Api::start_federated().await;
+    let b = Api::start_federated().await;
+    a.connect(&b).await;
+    let alice = person(&a, "alice").await;
+    let bob = person(&b, "bob").await;
+    let (status, body) = a
+        .post(
+            "/v3/createRoom",
+            Some(&alice.token),
+            json!({"preset": "private_chat", "name": "Across", "invite": [bob.user_id]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room = body["room_id"].as_str().unwrap().to_owned();
+
+    // Bob's client sees the invite with the room's name, then joins by room id alone.
+    let (_, synced) = b.get("/v3/sync", Some(&bob.token)).await;
+    let invite = &synced["rooms"]["invite"][&room]["invite_state"]["events"];
+    assert!(
+        invite.as_array().is_some_and(|events| events
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Across")),
+        "Bob sees the invite with the room's name: {synced}"
+    );
+    let (status, body) = b
+        .post(&format!("/v3/join/{room}"), Some(&bob.token), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    (a, b, alice, bob, room)
+}
+
+/// Shows the nodes' logs in a failing test's output (RUST_LOG picks the level).
+pub(crate) fn log_to_test_output() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "hyphae_node=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+async fn members(api: &Api, who: &Person, room: &str) -> Vec<String> {
+    let (status, body) = api
+        .get(
+            &format!("/v3/rooms/{room}/joined_members"),
+            Some(&who.token),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut members: Vec<String> = body["joined"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    members.sort();
+    members
+}
+
+#[tokio::test]
+async fn users_on_two_servers_invite_join_and_chat_both_ways() {
+    let (a, b, alice, bob, room) = two_nodes_in_a_room().await;
+    let both = {
+        let mut both = vec![alice.user_id.clone(), bob.user_id.clone()];
+        both.sort();
+        both
+    };
+    assert_eq!(members(&b, &bob, &room).await, both);
+    eventually(
+        Duration::from_secs(10),
+        "Alice's server to see Bob join",
+        || async { members(&a, &alice, &room).await == both },
+    )
+    .await;
+
+    send_text(&a, &alice, &room, "hello Bob").await;
+    eventually(
+        Duration::from_secs(10),
+        "Alice's message on Bob's server",
+        || async { texts(&b, &bob, &room).await == ["hello Bob"] },
+    )
+    .await;
+    send_text(&b, &bob, &room, "hi Alice").await;
+    eventually(
+        Duration::from_secs(10),
+        "Bob's reply on Alice's server",
+        || async { texts(&a, &alice, &room).await == ["hello Bob", "hi Alice"] },
+    )
+    .await;
+
+    // Both servers hold the same room state.
+    let (_, state_a) = a
+        .get(&format!("/v3/rooms/{room}/state"), Some(&alice.token))
+        .await;
+    let (_, state_b) = b
+        .get(&format!("/v3/rooms/{room}/state"), Some(&bob.token))
+        .await;
+    assert_eq!(event_ids(&state_a), event_ids(&state_b));
+}
+
+pub(crate) fn event_ids(events: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = events
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}

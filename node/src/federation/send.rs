@@ -1,0 +1,92 @@
+//! `PUT /_matrix/federation/v1/send/{txnId}`: transactions of PDUs and EDUs from other servers.
+//! Each PDU is checked on its own (whoever relays it), so one bad PDU does not cost the others.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use super::Origin;
+use crate::client_api::MatrixError;
+use crate::node::AppState;
+use crate::rooms::{Received, RoomError};
+
+/// The spec's limits for one transaction.
+const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
+
+#[derive(Deserialize)]
+pub(crate) struct Transaction {
+    origin: String,
+    #[serde(default)]
+    pdus: Vec<Box<RawValue>>,
+    #[serde(default)]
+    edus: Vec<Value>,
+}
+
+pub(crate) async fn send_transaction(
+    State(state): State<AppState>,
+    Origin(origin): Origin,
+    Path(txn_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, MatrixError> {
+    let transaction: Transaction = serde_json::from_slice(&body).map_err(|e| {
+        tracing::warn!(%origin, %txn_id, error = %e, "malformed transaction");
+        MatrixError::bad_json(format!("Malformed transaction: {e}"))
+    })?;
+    if transaction.origin != origin.as_str() {
+        tracing::warn!(%origin, claimed = %transaction.origin, "transaction from another origin");
+        return Err(MatrixError::forbidden(
+            "The transaction's origin is not the sending server",
+        ));
+    }
+    if transaction.pdus.len() > MAX_PDUS || transaction.edus.len() > MAX_EDUS {
+        tracing::warn!(%origin, pdus = transaction.pdus.len(), edus = transaction.edus.len(), "transaction too large");
+        return Err(MatrixError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            ruma::api::error::ErrorKind::TooLarge,
+            format!("At most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs per transaction"),
+        ));
+    }
+    let mut results = BTreeMap::new();
+    for raw in &transaction.pdus {
+        match state.rooms.receive_pdu(&origin, raw).await {
+            Ok((event_id, received)) => {
+                let result = match received {
+                    Received::Accepted | Received::Duplicate => json!({}),
+                    Received::SoftFailed(_) => json!({}),
+                    Received::Rejected(reason) => json!({"error": reason}),
+                };
+                results.insert(event_id.to_string(), result);
+            }
+            Err(e) => {
+                // Without a valid event there may be no event id to answer under.
+                let level_worthy = !matches!(e, RoomError::NotFound(_));
+                if level_worthy {
+                    tracing::warn!(%origin, error = %e, "refused a PDU");
+                } else {
+                    tracing::debug!(%origin, error = %e, "PDU for a room this server is not in");
+                }
+                if let Some(event_id) = event_id_hint(raw) {
+                    results.insert(event_id, json!({"error": e.to_string()}));
+                }
+            }
+        }
+    }
+    for edu in &transaction.edus {
+        super::edus::receive(&state, &origin, edu).await;
+    }
+    Ok(Json(json!({ "pdus": results })))
+}
+
+/// The event id a refused PDU is answered under: its reference hash when it parses at all.
+fn event_id_hint(raw: &RawValue) -> Option<String> {
+    let json: ruma::CanonicalJsonObject = serde_json::from_str(raw.get()).ok()?;
+    let version = ruma::RoomVersionId::V12.rules()?;
+    ruma::signatures::reference_hash(&json, &version)
+        .ok()
+        .map(|hash| format!("${hash}"))
+}

@@ -1,0 +1,207 @@
+//! One outbox sender per destination: it sends what the outbox holds for that server as
+//! `/send` transactions (at most 50 PDUs and 100 EDUs each), removes what the server
+//! acknowledged, and backs off while the server cannot be reached.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::Method;
+use hyphae_store::{OutboxEntry, OutboxKind, Store};
+use ruma::{MilliSecondsSinceUnixEpoch, OwnedServerName};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use hyphae_p2p::WeakTransport;
+
+const MAX_PDUS: u32 = 50;
+const MAX_EDUS: u32 = 100;
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The handle on a destination's sender task; dropping it stops the task.
+pub(super) struct SenderHandle {
+    /// Something new is in the outbox.
+    pub(super) more: Arc<Notify>,
+    /// The destination's peer just showed up: retry now, whatever the back-off says.
+    pub(super) reachable: Arc<Notify>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for SenderHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub(super) fn spawn(
+    store: Store,
+    origin: OwnedServerName,
+    destination: OwnedServerName,
+    transport: WeakTransport,
+) -> SenderHandle {
+    let more = Arc::new(Notify::new());
+    let reachable = Arc::new(Notify::new());
+    let sender = Sender {
+        store,
+        origin,
+        destination,
+        transport,
+        more: more.clone(),
+        reachable: reachable.clone(),
+    };
+    let task = tokio::spawn(sender.run()).abort_handle();
+    SenderHandle {
+        more,
+        reachable,
+        task,
+    }
+}
+
+struct Sender {
+    store: Store,
+    origin: OwnedServerName,
+    destination: OwnedServerName,
+    transport: WeakTransport,
+    more: Arc<Notify>,
+    reachable: Arc<Notify>,
+}
+
+enum Outcome {
+    Sent,
+    /// Worth trying again later: the server is away or busy.
+    Retry(String),
+}
+
+impl Sender {
+    async fn run(self) {
+        let mut backoff: Option<Duration> = None;
+        loop {
+            let batch = match self
+                .store
+                .outbox_batch(self.destination.to_string(), MAX_PDUS, MAX_EDUS)
+                .await
+            {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::warn!(destination = %self.destination, error = %e, "outbox unreadable");
+                    tokio::time::sleep(MAX_BACKOFF).await;
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                // Notify keeps one permit, so a wake between the read and here is not lost.
+                tokio::select! {
+                    _ = self.more.notified() => {}
+                    _ = self.reachable.notified() => {}
+                }
+                continue;
+            }
+            match self.send(&batch).await {
+                Outcome::Sent => {
+                    backoff = None;
+                    let ids = batch.iter().map(|e| e.id).collect();
+                    if let Err(e) = self
+                        .store
+                        .outbox_ack(self.destination.to_string(), ids)
+                        .await
+                    {
+                        tracing::warn!(destination = %self.destination, error = %e, "could not clear the outbox");
+                    }
+                }
+                Outcome::Retry(reason) => {
+                    let wait = backoff.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
+                    backoff = Some(wait);
+                    tracing::debug!(destination = %self.destination, ?wait, %reason, "transaction not delivered; backing off");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.reachable.notified() => backoff = None,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, batch: &[OutboxEntry]) -> Outcome {
+        let Some(transport) = self.transport.upgrade() else {
+            // The transport is gone, so is the node; the entries wait in the store.
+            std::future::pending::<()>().await;
+            return Outcome::Retry("stopped".into());
+        };
+        let (pdus, edus) = match self.transaction_body(batch).await {
+            Ok(body) => body,
+            Err(e) => return Outcome::Retry(e),
+        };
+        let body = serde_json::json!({
+            "origin": self.origin,
+            "origin_server_ts": MilliSecondsSinceUnixEpoch::now(),
+            "pdus": pdus,
+            "edus": edus,
+        });
+        // The same entries get the same transaction id on every retry, so a server that took
+        // a transaction whose answer was lost can tell it is a repeat.
+        let mut hash = Sha256::new();
+        for entry in batch {
+            hash.update(entry.id.to_be_bytes());
+        }
+        let txn_id = hex::encode(&hash.finalize()[..12]);
+        let request = axum::http::Request::builder()
+            .method(Method::PUT)
+            .uri(format!("/_matrix/federation/v1/send/{txn_id}"))
+            .header(axum::http::header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Bytes::from(body.to_string()));
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => return Outcome::Retry(e.to_string()),
+        };
+        match transport.request(self.destination.as_str(), request).await {
+            Ok(response) if response.status().is_success() => Outcome::Sent,
+            Ok(response)
+                if response.status().is_server_error()
+                    || response.status() == axum::http::StatusCode::TOO_MANY_REQUESTS =>
+            {
+                Outcome::Retry(format!("status {}", response.status()))
+            }
+            Ok(response) => {
+                // The server refuses this transaction as such (malformed, too large): sending
+                // it again would be refused again and hold up everything behind it.
+                tracing::warn!(
+                    destination = %self.destination,
+                    status = %response.status(),
+                    body = %String::from_utf8_lossy(response.body()),
+                    "transaction refused; dropping it"
+                );
+                Outcome::Sent
+            }
+            Err(e) => Outcome::Retry(e.to_string()),
+        }
+    }
+
+    /// The PDUs (read from the store, as they are now: redacted if redacted since) and EDUs of
+    /// a batch.
+    async fn transaction_body(
+        &self,
+        batch: &[OutboxEntry],
+    ) -> Result<(Vec<Box<RawValue>>, Vec<Box<RawValue>>), String> {
+        let event_ids: Vec<String> = batch
+            .iter()
+            .filter(|e| e.kind == OutboxKind::Pdu)
+            .map(|e| e.payload.clone())
+            .collect();
+        let stored = self
+            .store
+            .pdus(event_ids)
+            .await
+            .map_err(|e| e.to_string())?;
+        let pdus = stored
+            .iter()
+            .filter_map(|p| RawValue::from_string(p.json.clone()).ok())
+            .collect();
+        let edus = batch
+            .iter()
+            .filter(|e| e.kind == OutboxKind::Edu)
+            .filter_map(|e| RawValue::from_string(e.payload.clone()).ok())
+            .collect();
+        Ok((pdus, edus))
+    }
+}

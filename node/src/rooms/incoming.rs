@@ -1,0 +1,738 @@
+//! Events from other servers: checked (hashes; signatures with the key read off each server's
+//! name; the auth rules against the event's auth events, the state before it and the current
+//! state), gaps behind them filled from the sending server, then applied, resolving the room
+//! state with state resolution v2 where branches of the room meet.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use axum::http::Method;
+use hyphae_store::{ResolvedState, StateSnapshot};
+use ruma::events::{StateEventType, TimelineEventType};
+use ruma::room_version_rules::StateResolutionVersion;
+use ruma::serde::Base64;
+use ruma::signatures::{PublicKeyMap, Verified};
+use ruma::state_res::{self, StateMap};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId, RoomVersionId,
+    ServerName,
+};
+use serde_json::value::RawValue;
+
+use super::{Pdu, RoomEntry, RoomError, RoomState, Rooms, membership_of, rules, snapshot_of};
+use crate::signing::KEY_ID;
+
+/// get_missing_events rounds for one incoming event before the rest counts as a gap.
+const MISSING_ROUNDS: usize = 10;
+/// Events asked for per get_missing_events round.
+const MISSING_LIMIT: usize = 100;
+/// Auth events fetched one by one for one incoming event, at most.
+const MAX_AUTH_FETCHES: usize = 200;
+
+/// What became of an incoming PDU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Received {
+    Accepted,
+    /// Already here.
+    Duplicate,
+    /// Allowed by the state before it but not by the room's current state: kept, not shown.
+    SoftFailed(String),
+    /// Failed the auth rules: kept as rejected, never shown or built on.
+    Rejected(String),
+}
+
+impl Rooms {
+    /// Takes one PDU from `origin` (which may be relaying another server's event).
+    pub(crate) async fn receive_pdu(
+        &self,
+        origin: &ServerName,
+        raw: &RawValue,
+    ) -> Result<(OwnedEventId, Received), RoomError> {
+        let json: CanonicalJsonObject = serde_json::from_str(raw.get())
+            .map_err(|e| RoomError::BadRequest(format!("PDU is not canonical JSON: {e}")))?;
+        let room_id = match json.get("room_id") {
+            Some(CanonicalJsonValue::String(s)) => {
+                RoomId::parse(s).map_err(|e| RoomError::BadRequest(format!("room_id: {e}")))?
+            }
+            _ => return Err(RoomError::BadRequest("PDU without a room_id".into())),
+        };
+        let Some(slot) = self.slot(&room_id).await? else {
+            return Err(RoomError::NotFound(format!(
+                "This server is not in {room_id}"
+            )));
+        };
+        let version = self.version(&room_id).await?;
+        let pdu = verify_pdu(&version, json)?;
+        if pdu.room_id().as_deref() != Some(&*room_id) {
+            return Err(RoomError::BadRequest("PDU for another room".into()));
+        }
+        let event_id = pdu.event_id.clone();
+        if self.settled(&event_id).await? {
+            return Ok((event_id, Received::Duplicate));
+        }
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load_entry(&room_id).await?);
+        }
+        let Some(entry) = guard.as_mut() else {
+            return Err(RoomError::Internal("room cache vanished".into()));
+        };
+        if !entry
+            .state
+            .contains_key(&(StateEventType::RoomCreate, String::new()))
+        {
+            return Err(RoomError::NotFound(format!(
+                "This server has no state for {room_id} yet"
+            )));
+        }
+        let result = self.process(entry, origin, pdu, true).await;
+        if result.is_err() {
+            // The cache may be ahead of the store now.
+            guard.take();
+        }
+        Ok((event_id, result?))
+    }
+
+    /// Checks and applies one PDU to a room whose lock the caller holds. With `fill_gaps`, missing
+    /// prev events are first fetched from `origin` and applied, oldest first.
+    async fn process(
+        &self,
+        entry: &mut RoomEntry,
+        origin: &ServerName,
+        pdu: Pdu,
+        fill_gaps: bool,
+    ) -> Result<Received, RoomError> {
+        if self.settled(&pdu.event_id).await? {
+            return Ok(Received::Duplicate);
+        }
+        let mut missing = self.unknown(&pdu.prev_events).await?;
+        if !missing.is_empty() && fill_gaps {
+            self.fill_gap(entry, origin, &pdu).await;
+            missing = self.unknown(&pdu.prev_events).await?;
+        }
+
+        let auth_events = self.auth_events_of(entry, origin, &pdu).await?;
+        if let Err(reason) = check_auth(&entry.version, &pdu, &auth_events, None) {
+            return self.reject(entry, pdu, reason).await;
+        }
+
+        let state_before = if missing.is_empty() {
+            self.state_from_prev_events(entry, &pdu).await?
+        } else {
+            None
+        };
+        let state_before = match state_before {
+            Some(state) => state,
+            None => self.fetch_state_before(entry, origin, &pdu).await?,
+        };
+        if let Err(reason) = check_auth(&entry.version, &pdu, &auth_events, Some(&state_before)) {
+            return self.reject(entry, pdu, reason).await;
+        }
+        if let Err(reason) = check_auth(&entry.version, &pdu, &auth_events, Some(&entry.state)) {
+            tracing::info!(event_id = %pdu.event_id, %reason, "soft-failing an event");
+            let mut accepted = self.accepted(&pdu, None, None, Vec::new())?;
+            // Kept, but out of the timeline and never a prev event here.
+            accepted.pdu.outlier = true;
+            accepted.prev_may_be_missing = true;
+            self.inner.store.append_accepted(vec![accepted]).await?;
+            return Ok(Received::SoftFailed(reason));
+        }
+
+        let mut state_after = state_before.clone();
+        if let Some(key) = &pdu.state_key {
+            state_after.insert((pdu.kind.to_string().into(), key.clone()), pdu.clone());
+        }
+        // An event on top of everything this server has makes the state after it current; one
+        // on another branch is resolved against the current state.
+        let extends_all = entry
+            .extremities
+            .iter()
+            .all(|e| pdu.prev_events.iter().any(|p| p.as_str() == e));
+        let new_state = if extends_all {
+            state_after
+        } else {
+            self.resolve(&entry.version, vec![entry.state.clone(), state_after])
+                .await?
+        };
+
+        let room_id = entry.room_id.clone();
+        let mut memberships = Vec::new();
+        for (key, event) in &new_state {
+            if key.0 == StateEventType::RoomMember
+                && entry.state.get(key).map(|e| &e.event_id) != Some(&event.event_id)
+                && let Some(membership) = membership_of(&event.content)
+            {
+                memberships.push((key.1.clone(), membership, event.event_id.to_string()));
+            }
+        }
+        // Passed on to the room's other servers: the origin may not reach them all (a mesh at
+        // an offline event), and a join through this server must reach the rest of the room.
+        // Servers that have it already answer the repeat cheaply.
+        let forward_to: Vec<String> = super::joined_servers(&new_state, &self.inner.server_name)
+            .into_iter()
+            .filter(|s| s != origin.as_str() && s != pdu.sender.server_name().as_str())
+            .collect();
+        let mut accepted = self.accepted(
+            &pdu,
+            None,
+            Some(Arc::new(snapshot_of(&room_id, &state_before))),
+            forward_to.clone(),
+        )?;
+        let after = Arc::new(snapshot_of(&room_id, &new_state));
+        accepted.state_after = Some(after.clone());
+        accepted.resolved_state = Some(ResolvedState {
+            snapshot: after,
+            memberships,
+        });
+        accepted.prev_may_be_missing = !missing.is_empty();
+        self.inner.store.append_accepted(vec![accepted]).await?;
+        self.wake(&forward_to);
+
+        entry.state = new_state;
+        entry.state_changed(&self.inner.server_name);
+        entry
+            .extremities
+            .retain(|e| !pdu.prev_events.iter().any(|p| p.as_str() == e));
+        entry.extremities.push(pdu.event_id.to_string());
+        entry.depth = entry
+            .depth
+            .max(i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX));
+        if pdu.kind == TimelineEventType::RoomRedaction
+            && let Some(target) = &pdu.redacts
+            && let Some(target) = self.event(target).await?
+            && target.room_id() == pdu.room_id()
+            && (target.sender.server_name() == pdu.sender.server_name()
+                || super::has_power(entry, &pdu.sender, "redact", 50))
+        {
+            self.apply_redaction(&entry.version, target, &pdu).await?;
+        }
+        Ok(Received::Accepted)
+    }
+
+    /// Whether the event is here already, in the timeline or rejected (an outlier may still
+    /// take its place in the timeline).
+    async fn settled(&self, event_id: &EventId) -> Result<bool, RoomError> {
+        Ok(self
+            .inner
+            .store
+            .pdu(event_id.to_string())
+            .await?
+            .is_some_and(|p| p.stream_pos.is_some() || p.rejection_reason.is_some()))
+    }
+
+    async fn reject(
+        &self,
+        entry: &RoomEntry,
+        pdu: Pdu,
+        reason: String,
+    ) -> Result<Received, RoomError> {
+        tracing::info!(event_id = %pdu.event_id, room_id = %entry.room_id, %reason, "rejecting an event");
+        let mut accepted = self.accepted(&pdu, None, None, Vec::new())?;
+        accepted.pdu.rejection_reason = Some(reason.clone());
+        accepted.prev_may_be_missing = true;
+        self.inner.store.append_accepted(vec![accepted]).await?;
+        Ok(Received::Rejected(reason))
+    }
+
+    /// The ids among `ids` this server does not hold.
+    async fn unknown(&self, ids: &[OwnedEventId]) -> Result<Vec<OwnedEventId>, RoomError> {
+        let known: HashSet<String> = self
+            .inner
+            .store
+            .pdus(ids.iter().map(ToString::to_string).collect())
+            .await?
+            .into_iter()
+            .map(|p| p.event_id)
+            .collect();
+        Ok(ids
+            .iter()
+            .filter(|id| !known.contains(id.as_str()))
+            .cloned()
+            .collect())
+    }
+
+    /// Asks `origin` for the events between what this server has and `pdu`, and applies them
+    /// oldest first. What cannot be fetched stays a gap; the event is still taken.
+    async fn fill_gap(&self, entry: &mut RoomEntry, origin: &ServerName, pdu: &Pdu) {
+        for _ in 0..MISSING_ROUNDS {
+            let body = serde_json::json!({
+                "earliest_events": entry.extremities,
+                "latest_events": [pdu.event_id],
+                "limit": MISSING_LIMIT,
+                "min_depth": 0,
+            });
+            let path = format!(
+                "/_matrix/federation/v1/get_missing_events/{}",
+                urlencode(entry.room_id.as_str())
+            );
+            let response: Result<MissingEvents, _> = self
+                .inner
+                .federation
+                .request(origin, Method::POST, &path, Some(&body))
+                .await;
+            let events = match response {
+                Ok(response) => response.events,
+                Err(e) => {
+                    tracing::info!(%origin, error = %e, "could not fetch missing events");
+                    return;
+                }
+            };
+            if events.is_empty() {
+                return;
+            }
+            let mut progress = false;
+            for raw in events {
+                let Ok(missing) = parse_and_verify(&entry.version, &raw) else {
+                    continue;
+                };
+                if missing.room_id() != Some(entry.room_id.clone()) {
+                    continue;
+                }
+                match Box::pin(self.process(entry, origin, missing, false)).await {
+                    Ok(Received::Duplicate) => {}
+                    Ok(_) => progress = true,
+                    Err(e) => tracing::info!(%origin, error = %e, "a fetched missing event failed"),
+                }
+            }
+            match self.unknown(&pdu.prev_events).await {
+                Ok(missing) if missing.is_empty() => return,
+                Ok(_) if progress => continue,
+                _ => return,
+            }
+        }
+    }
+
+    /// The PDU's auth events, fetched from `origin` (and checked in turn) when not held here.
+    async fn auth_events_of(
+        &self,
+        entry: &RoomEntry,
+        origin: &ServerName,
+        pdu: &Pdu,
+    ) -> Result<HashMap<OwnedEventId, Pdu>, RoomError> {
+        let mut budget = MAX_AUTH_FETCHES;
+        let mut events = with_create(&entry.state);
+        for id in &pdu.auth_events {
+            if let Some(event) = self.auth_event(entry, origin, id, &mut budget).await? {
+                events.insert(id.clone(), event);
+            }
+        }
+        Ok(events)
+    }
+
+    /// One auth event: from the store, or fetched, verified, checked against its own auth
+    /// events, and kept as an outlier. `None` when it cannot be had or was rejected.
+    async fn auth_event(
+        &self,
+        entry: &RoomEntry,
+        origin: &ServerName,
+        id: &EventId,
+        budget: &mut usize,
+    ) -> Result<Option<Pdu>, RoomError> {
+        if let Some(stored) = self.inner.store.pdu(id.to_string()).await? {
+            let pdu = Pdu::from_stored(&stored).map_err(|e| RoomError::Internal(e.to_string()))?;
+            return Ok((!pdu.rejected).then_some(pdu));
+        }
+        if *budget == 0 {
+            return Ok(None);
+        }
+        *budget -= 1;
+        let path = format!("/_matrix/federation/v1/event/{}", urlencode(id.as_str()));
+        let response: EventResponse = match self
+            .inner
+            .federation
+            .request(origin, Method::GET, &path, None)
+            .await
+        {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::info!(%origin, event_id = %id, error = %e, "could not fetch an auth event");
+                return Ok(None);
+            }
+        };
+        let Some(raw) = response.pdus.first() else {
+            return Ok(None);
+        };
+        let Ok(event) = parse_and_verify(&entry.version, raw) else {
+            return Ok(None);
+        };
+        if event.event_id != id || event.room_id() != Some(entry.room_id.clone()) {
+            return Ok(None);
+        }
+        let mut its_auth = with_create(&entry.state);
+        for auth_id in &event.auth_events {
+            if let Some(auth) = Box::pin(self.auth_event(entry, origin, auth_id, budget)).await? {
+                its_auth.insert(auth_id.clone(), auth);
+            }
+        }
+        let mut accepted = self.accepted(&event, None, None, Vec::new())?;
+        accepted.pdu.outlier = true;
+        accepted.prev_may_be_missing = true;
+        let verdict = check_auth(&entry.version, &event, &its_auth, None);
+        if let Err(reason) = &verdict {
+            accepted.pdu.rejection_reason = Some(reason.clone());
+        }
+        self.inner.store.append_accepted(vec![accepted]).await?;
+        Ok(verdict.is_ok().then_some(event))
+    }
+
+    /// The state before `pdu` from the state this server kept at its prev events (resolved
+    /// when there are several); `None` when some prev event's state is not known here.
+    async fn state_from_prev_events(
+        &self,
+        entry: &RoomEntry,
+        pdu: &Pdu,
+    ) -> Result<Option<RoomState>, RoomError> {
+        let mut states = Vec::new();
+        for prev in &pdu.prev_events {
+            let Some(stored) = self.inner.store.pdu(prev.to_string()).await? else {
+                return Ok(None);
+            };
+            let prev_pdu =
+                Pdu::from_stored(&stored).map_err(|e| RoomError::Internal(e.to_string()))?;
+            let mut state = match self.inner.store.state_at(prev.to_string()).await? {
+                Some(snapshot) => self.load_state(&snapshot).await?,
+                // Events stored before states were kept per event: the current state is the
+                // state after the only extremity.
+                None if entry.extremities == [prev.to_string()] => {
+                    states.push(entry.state.clone());
+                    continue;
+                }
+                None => return Ok(None),
+            };
+            if let Some(key) = &prev_pdu.state_key
+                && !prev_pdu.rejected
+            {
+                state.insert((prev_pdu.kind.to_string().into(), key.clone()), prev_pdu);
+            }
+            states.push(state);
+        }
+        match states.len() {
+            0 => Ok(None),
+            1 => Ok(states.pop()),
+            _ => Ok(Some(self.resolve(&entry.version, states).await?)),
+        }
+    }
+
+    /// The state before `pdu` as `origin` says it is, for an event with a gap behind it: every
+    /// event of it verified and checked against its own auth events.
+    async fn fetch_state_before(
+        &self,
+        entry: &RoomEntry,
+        origin: &ServerName,
+        pdu: &Pdu,
+    ) -> Result<RoomState, RoomError> {
+        let path = format!(
+            "/_matrix/federation/v1/state_ids/{}?event_id={}",
+            urlencode(entry.room_id.as_str()),
+            urlencode(pdu.event_id.as_str())
+        );
+        let response: StateIds = self
+            .inner
+            .federation
+            .request(origin, Method::GET, &path, None)
+            .await
+            .map_err(|e| RoomError::Forbidden(format!("the state before the event: {e}")))?;
+        let mut budget = MAX_AUTH_FETCHES;
+        let mut state = RoomState::new();
+        for id in &response.pdu_ids {
+            if let Some(event) = self.auth_event(entry, origin, id, &mut budget).await?
+                && let Some(key) = &event.state_key
+            {
+                state.insert((event.kind.to_string().into(), key.clone()), event);
+            }
+        }
+        Ok(state)
+    }
+
+    /// The events of a stored snapshot.
+    pub(super) async fn load_state(
+        &self,
+        snapshot: &StateSnapshot,
+    ) -> Result<RoomState, RoomError> {
+        let ids = snapshot
+            .entries
+            .iter()
+            .map(|(_, _, id)| id.clone())
+            .collect();
+        let mut state = RoomState::new();
+        for stored in self.inner.store.pdus(ids).await? {
+            let pdu = Pdu::from_stored(&stored).map_err(|e| RoomError::Internal(e.to_string()))?;
+            if let Some(key) = &pdu.state_key {
+                state.insert((pdu.kind.to_string().into(), key.clone()), pdu);
+            }
+        }
+        Ok(state)
+    }
+
+    /// State resolution v2 (v2.1 from room version 12) over the given states.
+    pub(super) async fn resolve(
+        &self,
+        version: &RoomVersionId,
+        states: Vec<RoomState>,
+    ) -> Result<RoomState, RoomError> {
+        let rules = rules(version)?;
+        let StateResolutionVersion::V2(res_rules) = rules.state_res else {
+            return Err(RoomError::UnsupportedVersion(version.to_string()));
+        };
+        let mut events: HashMap<OwnedEventId, Pdu> = HashMap::new();
+        for state in &states {
+            for pdu in state.values() {
+                events.insert(pdu.event_id.clone(), pdu.clone());
+            }
+        }
+        // Everything reachable through auth events, read from the store a level at a time.
+        let mut frontier: Vec<OwnedEventId> = events
+            .values()
+            .flat_map(|p| p.auth_events.iter().cloned())
+            .collect();
+        while !frontier.is_empty() {
+            frontier.retain(|id| !events.contains_key(id));
+            frontier.sort();
+            frontier.dedup();
+            if frontier.is_empty() {
+                break;
+            }
+            let stored = self
+                .inner
+                .store
+                .pdus(frontier.iter().map(ToString::to_string).collect())
+                .await?;
+            frontier.clear();
+            for stored in &stored {
+                let pdu =
+                    Pdu::from_stored(stored).map_err(|e| RoomError::Internal(e.to_string()))?;
+                frontier.extend(pdu.auth_events.iter().cloned());
+                events.insert(pdu.event_id.clone(), pdu);
+            }
+        }
+        let auth_chain = |start: &mut dyn Iterator<Item = &OwnedEventId>| {
+            let mut seen: HashSet<OwnedEventId> = HashSet::new();
+            let mut stack: Vec<OwnedEventId> = start
+                .filter_map(|id| events.get(id))
+                .flat_map(|p| p.auth_events.iter().cloned())
+                .collect();
+            while let Some(id) = stack.pop() {
+                if seen.insert(id.clone())
+                    && let Some(pdu) = events.get(&id)
+                {
+                    stack.extend(pdu.auth_events.iter().cloned());
+                }
+            }
+            seen
+        };
+        let maps: Vec<StateMap<OwnedEventId>> = states
+            .iter()
+            .map(|state| {
+                state
+                    .iter()
+                    .map(|(key, pdu)| (key.clone(), pdu.event_id.clone()))
+                    .collect()
+            })
+            .collect();
+        let auth_chains = maps
+            .iter()
+            .map(|map| auth_chain(&mut map.values()).into_iter().collect())
+            .collect();
+        let resolved = state_res::resolve(
+            &rules.authorization,
+            &res_rules,
+            maps.iter(),
+            auth_chains,
+            |id| events.get(id).cloned(),
+            |conflicted| {
+                Some(
+                    conflicted_subgraph(conflicted, &events)
+                        .into_iter()
+                        .collect(),
+                )
+            },
+        )
+        .map_err(|e| RoomError::Internal(format!("state resolution: {e}")))?;
+        Ok(resolved
+            .into_iter()
+            .filter_map(|(key, id)| events.get(&id).cloned().map(|pdu| (key, pdu)))
+            .collect())
+    }
+}
+
+/// The events that are both descendants of one conflicted event and ancestors of another
+/// through auth events (the conflicted events included), as room version 12 asks.
+fn conflicted_subgraph(
+    conflicted: &StateMap<Vec<OwnedEventId>>,
+    events: &HashMap<OwnedEventId, Pdu>,
+) -> HashSet<OwnedEventId> {
+    let starts: HashSet<&OwnedEventId> = conflicted.values().flatten().collect();
+    // Ancestors of conflicted events: candidates.
+    let mut candidates: HashSet<OwnedEventId> = HashSet::new();
+    let mut stack: Vec<OwnedEventId> = starts.iter().map(|id| (*id).clone()).collect();
+    while let Some(id) = stack.pop() {
+        if candidates.insert(id.clone())
+            && let Some(pdu) = events.get(&id)
+        {
+            stack.extend(pdu.auth_events.iter().cloned());
+        }
+    }
+    // Of those, the ones from which a conflicted event is reachable.
+    let mut reaches: HashMap<OwnedEventId, bool> = HashMap::new();
+    fn reaches_conflicted(
+        id: &OwnedEventId,
+        starts: &HashSet<&OwnedEventId>,
+        events: &HashMap<OwnedEventId, Pdu>,
+        memo: &mut HashMap<OwnedEventId, bool>,
+    ) -> bool {
+        if let Some(known) = memo.get(id) {
+            return *known;
+        }
+        // Marked false first: auth events form a DAG, but a malicious one must not loop us.
+        memo.insert(id.clone(), false);
+        let result = starts.contains(id)
+            || events.get(id).is_some_and(|pdu| {
+                pdu.auth_events
+                    .iter()
+                    .any(|a| reaches_conflicted(a, starts, events, memo))
+            });
+        memo.insert(id.clone(), result);
+        result
+    }
+    candidates
+        .into_iter()
+        .filter(|id| reaches_conflicted(id, &starts, events, &mut reaches))
+        .collect()
+}
+
+/// A map of auth events holding the room's create event, which from room version 12 events
+/// do not list but the auth rules still read.
+pub(super) fn with_create(state: &RoomState) -> HashMap<OwnedEventId, Pdu> {
+    state
+        .get(&(StateEventType::RoomCreate, String::new()))
+        .map(|create| (create.event_id.clone(), create.clone()))
+        .into_iter()
+        .collect()
+}
+
+/// The auth rules: state-independent ones against the event's own auth events, and the
+/// state-dependent ones against `state` (the auth events themselves when `None`).
+pub(crate) fn check_auth(
+    version: &RoomVersionId,
+    pdu: &Pdu,
+    auth_events: &HashMap<OwnedEventId, Pdu>,
+    state: Option<&RoomState>,
+) -> Result<(), String> {
+    let rules = rules(version).map_err(|e| e.to_string())?;
+    state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id| {
+        auth_events.get(id).cloned()
+    })?;
+    match state {
+        Some(state) => {
+            state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |kind, key| {
+                state.get(&(kind.clone(), key.to_owned())).cloned()
+            })
+        }
+        None => {
+            let by_key: HashMap<(StateEventType, String), &Pdu> = auth_events
+                .values()
+                .filter_map(|p| {
+                    p.state_key
+                        .clone()
+                        .map(|k| ((p.kind.to_string().into(), k), p))
+                })
+                .collect();
+            state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |kind, key| {
+                by_key
+                    .get(&(kind.clone(), key.to_owned()))
+                    .map(|p| (*p).clone())
+            })
+        }
+    }
+}
+
+fn parse_and_verify(version: &RoomVersionId, raw: &RawValue) -> Result<Pdu, RoomError> {
+    let json: CanonicalJsonObject = serde_json::from_str(raw.get())
+        .map_err(|e| RoomError::BadRequest(format!("PDU is not canonical JSON: {e}")))?;
+    verify_pdu(version, json)
+}
+
+/// Checks a PDU's format, its signatures (each server's key is its name) and its content hash;
+/// a PDU whose content does not match its hash is redacted, as the spec says. Returns it with
+/// its event id (the reference hash).
+pub(crate) fn verify_pdu(
+    version: &RoomVersionId,
+    mut json: CanonicalJsonObject,
+) -> Result<Pdu, RoomError> {
+    let rules = rules(version)?;
+    // Fields a sender must not set on the wire.
+    json.remove("unsigned");
+    json.remove("event_id");
+    state_res::check_pdu_format(&json, &rules.event_format).map_err(RoomError::BadRequest)?;
+    let keys = public_keys(&json);
+    match ruma::signatures::verify_event(&keys, &json, &rules) {
+        Ok(Verified::All) => {}
+        Ok(Verified::Signatures) => {
+            json = ruma::canonical_json::redact(json, &rules.redaction, None)
+                .map_err(|e| RoomError::BadRequest(format!("redacting: {e}")))?;
+        }
+        Err(e) => return Err(RoomError::Forbidden(format!("bad signature: {e}"))),
+    }
+    let hash = ruma::signatures::reference_hash(&json, &rules)
+        .map_err(|e| RoomError::BadRequest(format!("cannot hash the event: {e}")))?;
+    let event_id = EventId::parse(format!("${hash}"))
+        .map_err(|e| RoomError::BadRequest(format!("event id: {e}")))?;
+    Pdu::from_json(event_id, json, false).map_err(|e| RoomError::BadRequest(e.to_string()))
+}
+
+/// The verify key of every server that signed the PDU, read off its name; names that are not
+/// a key are left out, so a signature required from such a server fails.
+pub(super) fn public_keys(json: &CanonicalJsonObject) -> PublicKeyMap {
+    let mut keys = PublicKeyMap::new();
+    let Some(CanonicalJsonValue::Object(signatures)) = json.get("signatures") else {
+        return keys;
+    };
+    for server in signatures.keys() {
+        if let Some(key) = verify_key_of(server) {
+            keys.insert(
+                server.clone(),
+                BTreeMap::from([(KEY_ID.to_owned(), Base64::new(key.to_vec()))]),
+            );
+        }
+    }
+    keys
+}
+
+/// A Hyphae server's ed25519 key: its name, when the name is 64 lowercase hex characters of a
+/// valid key.
+pub(crate) fn verify_key_of(server: &str) -> Option<[u8; 32]> {
+    hyphae_p2p::peer_id_for_server_name(server).ok()?;
+    let bytes = hex::decode(server).ok()?;
+    bytes.try_into().ok()
+}
+
+pub(crate) fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for byte in s.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+#[derive(serde::Deserialize)]
+struct MissingEvents {
+    #[serde(default)]
+    events: Vec<Box<RawValue>>,
+}
+
+#[derive(serde::Deserialize)]
+struct EventResponse {
+    #[serde(default)]
+    pdus: Vec<Box<RawValue>>,
+}
+
+#[derive(serde::Deserialize)]
+struct StateIds {
+    #[serde(default)]
+    pdu_ids: Vec<OwnedEventId>,
+}

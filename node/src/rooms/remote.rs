@@ -1,0 +1,493 @@
+//! Membership that needs another server: inviting its users (it countersigns the invite) and
+//! joining rooms this node is not in yet (make_join / send_join through a resident server).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::Method;
+use hyphae_store::ResolvedState;
+use ruma::events::{StateEventType, TimelineEventType};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
+    OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
+};
+use serde_json::value::RawValue;
+
+use super::incoming::{check_auth, urlencode, verify_pdu};
+use super::{Pdu, ROOM_VERSIONS, RoomError, RoomState, Rooms, membership_of, rules, snapshot_of};
+
+/// State event types an invitee is shown before joining (the spec's recommended set).
+pub(crate) const INVITE_STATE: [&str; 6] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+];
+
+#[derive(serde::Deserialize)]
+struct SignedEvent {
+    event: Box<RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct MakeJoin {
+    event: CanonicalJsonObject,
+    room_version: Option<RoomVersionId>,
+}
+
+#[derive(serde::Deserialize)]
+struct SendJoin {
+    #[serde(default)]
+    state: Vec<Box<RawValue>>,
+    #[serde(default)]
+    auth_chain: Vec<Box<RawValue>>,
+}
+
+impl Rooms {
+    /// Whether this node holds the room's state (it is in the room, not merely invited).
+    pub(crate) async fn participating(&self, room_id: &RoomId) -> Result<bool, RoomError> {
+        Ok(self
+            .inner
+            .store
+            .current_state(room_id.to_string())
+            .await?
+            .iter()
+            .any(|(kind, key, _)| kind == "m.room.create" && key.is_empty()))
+    }
+
+    /// Has the invitee's server countersign an invite this node built, and returns the event as
+    /// it came back (checked: same event, signed by the invitee's server).
+    pub(super) async fn countersign_invite(
+        &self,
+        version: &RoomVersionId,
+        pdu: &Pdu,
+        state: &RoomState,
+    ) -> Result<Pdu, RoomError> {
+        let Some(invitee) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) else {
+            return Err(RoomError::BadRequest("invite without an invitee".into()));
+        };
+        let server = invitee.server_name();
+        let room_id = pdu
+            .room_id()
+            .ok_or_else(|| RoomError::Internal("invite without a room".into()))?;
+        let stripped: Vec<serde_json::Value> = state
+            .values()
+            .filter(|p| {
+                INVITE_STATE.contains(&p.kind.to_string().as_str())
+                    || (p.kind == TimelineEventType::RoomMember
+                        && p.state_key.as_deref() == Some(pdu.sender.as_str()))
+            })
+            .map(stripped)
+            .collect();
+        let body = serde_json::json!({
+            "room_version": version,
+            "event": pdu.json,
+            "invite_room_state": stripped,
+        });
+        let path = format!(
+            "/_matrix/federation/v2/invite/{}/{}",
+            urlencode(room_id.as_str()),
+            urlencode(pdu.event_id.as_str())
+        );
+        let response: SignedEvent = self
+            .inner
+            .federation
+            .request(server, Method::PUT, &path, Some(&body))
+            .await
+            .map_err(|e| {
+                RoomError::Unreachable(format!("{server} did not take the invite: {e}"))
+            })?;
+        let signed: CanonicalJsonObject = serde_json::from_str(response.event.get())
+            .map_err(|e| RoomError::Unreachable(format!("{server} sent back a bad invite: {e}")))?;
+        let signed_by_invitee = matches!(
+            signed.get("signatures"),
+            Some(CanonicalJsonValue::Object(s)) if s.contains_key(server.as_str())
+        );
+        let checked = verify_pdu(version, signed)?;
+        if checked.event_id != pdu.event_id || !signed_by_invitee {
+            return Err(RoomError::Unreachable(format!(
+                "{server} sent back a different or unsigned invite"
+            )));
+        }
+        // Every signature on it is checked here, the invitee server's included, which the
+        // event checks do not ask for.
+        let keys = super::incoming::public_keys(&checked.json);
+        ruma::signatures::verify_json(
+            &keys,
+            &ruma::canonical_json::redact(checked.json.clone(), &rules(version)?.redaction, None)
+                .map_err(|e| RoomError::BadRequest(e.to_string()))?,
+        )
+        .map_err(|e| RoomError::Forbidden(format!("{server}'s signature on the invite: {e}")))?;
+        Ok(checked)
+    }
+
+    /// Joins `user` to a room this node is not in, through the first of `servers` that lets
+    /// them in: asks it for a join template, signs the join, and takes the room's state from its
+    /// answer (every event checked, as from any server).
+    pub(crate) async fn join_remote(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        servers: &[OwnedServerName],
+    ) -> Result<OwnedEventId, RoomError> {
+        let mut last_error =
+            RoomError::NotFound(format!("No server to join {room_id} through is known"));
+        for server in servers {
+            if *server == self.inner.server_name {
+                continue;
+            }
+            match self.join_through(room_id, user, server).await {
+                Ok(event_id) => return Ok(event_id),
+                Err(e) => {
+                    tracing::info!(%room_id, %server, error = %e, "could not join through a server");
+                    last_error = e;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn join_through(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        server: &ServerName,
+    ) -> Result<OwnedEventId, RoomError> {
+        let versions: String = ROOM_VERSIONS.iter().map(|v| format!("&ver={v}")).collect();
+        let path = format!(
+            "/_matrix/federation/v1/make_join/{}/{}?{}",
+            urlencode(room_id.as_str()),
+            urlencode(user.as_str()),
+            &versions[1..]
+        );
+        let template: MakeJoin = self
+            .inner
+            .federation
+            .request(server, Method::GET, &path, None)
+            .await
+            .map_err(|e| match e {
+                crate::federation::FederationError::Refused { errcode, error, .. }
+                    if errcode == "M_FORBIDDEN" =>
+                {
+                    RoomError::Forbidden(error)
+                }
+                e => RoomError::Unreachable(e.to_string()),
+            })?;
+        let version = template.room_version.unwrap_or(RoomVersionId::V12);
+        if !ROOM_VERSIONS.contains(&version) {
+            return Err(RoomError::UnsupportedVersion(version.to_string()));
+        }
+        let rules = rules(&version)?;
+
+        // The template decides the DAG position; the content and signature are ours.
+        let mut json = CanonicalJsonObject::new();
+        for field in [
+            "room_id",
+            "type",
+            "state_key",
+            "prev_events",
+            "auth_events",
+            "depth",
+        ] {
+            if let Some(value) = template.event.get(field) {
+                json.insert(field.into(), value.clone());
+            }
+        }
+        json.insert(
+            "sender".into(),
+            CanonicalJsonValue::String(user.to_string()),
+        );
+        json.insert(
+            "state_key".into(),
+            CanonicalJsonValue::String(user.to_string()),
+        );
+        json.insert(
+            "type".into(),
+            CanonicalJsonValue::String("m.room.member".into()),
+        );
+        let mut content = self.member_content(user, "join").await?;
+        if let Some(CanonicalJsonValue::Object(theirs)) = template.event.get("content")
+            && let Some(CanonicalJsonValue::String(via)) =
+                theirs.get("join_authorised_via_users_server")
+        {
+            content["join_authorised_via_users_server"] = via.clone().into();
+        }
+        json.insert(
+            "content".into(),
+            serde_json::from_value(content)
+                .map_err(|e| RoomError::Internal(format!("content: {e}")))?,
+        );
+        json.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(
+                i64::from(MilliSecondsSinceUnixEpoch::now().0)
+                    .try_into()
+                    .unwrap_or_default(),
+            ),
+        );
+        self.inner
+            .signing_key
+            .hash_and_sign_event(&mut json, &rules.redaction)
+            .map_err(|e| RoomError::BadRequest(format!("cannot sign the join: {e}")))?;
+        let join = verify_pdu(&version, json)?;
+        if join.room_id().as_deref() != Some(room_id) {
+            return Err(RoomError::BadRequest(format!(
+                "{server} offered a join to another room"
+            )));
+        }
+
+        let path = format!(
+            "/_matrix/federation/v2/send_join/{}/{}",
+            urlencode(room_id.as_str()),
+            urlencode(join.event_id.as_str())
+        );
+        let body = serde_json::to_value(&join.json)
+            .map_err(|e| RoomError::Internal(format!("join: {e}")))?;
+        let answer: SendJoin = self
+            .inner
+            .federation
+            .request(server, Method::PUT, &path, Some(&body))
+            .await
+            .map_err(|e| match e {
+                crate::federation::FederationError::Refused { errcode, error, .. }
+                    if errcode == "M_FORBIDDEN" =>
+                {
+                    RoomError::Forbidden(error)
+                }
+                e => RoomError::Unreachable(e.to_string()),
+            })?;
+
+        // Every event of the state and auth chain is checked like any other: signatures, and
+        // the auth rules against its own auth events, oldest first.
+        let mut events: HashMap<OwnedEventId, Pdu> = HashMap::new();
+        for raw in answer.auth_chain.iter().chain(&answer.state) {
+            match serde_json::from_str::<CanonicalJsonObject>(raw.get())
+                .map_err(|e| RoomError::BadRequest(e.to_string()))
+                .and_then(|json| verify_pdu(&version, json))
+            {
+                Ok(pdu) if pdu.room_id().as_deref() == Some(room_id) => {
+                    events.insert(pdu.event_id.clone(), pdu);
+                }
+                Ok(_) => tracing::warn!(%server, "send_join answer holds another room's event"),
+                Err(e) => tracing::warn!(%server, error = %e, "send_join answer holds a bad event"),
+            }
+        }
+        let mut ordered: Vec<&Pdu> = events.values().collect();
+        ordered.sort_by_key(|p| (p.depth, p.origin_server_ts));
+        let mut valid: HashMap<OwnedEventId, Pdu> = HashMap::new();
+        let mut outliers = Vec::new();
+        let mut create: Option<Pdu> = None;
+        for pdu in ordered {
+            let mut auth: HashMap<OwnedEventId, Pdu> = pdu
+                .auth_events
+                .iter()
+                .filter_map(|id| valid.get(id).map(|p| (id.clone(), p.clone())))
+                .collect();
+            if let Some(create) = &create {
+                auth.insert(create.event_id.clone(), create.clone());
+            }
+            let mut stored = self.accepted(pdu, None, None, Vec::new())?.pdu;
+            stored.outlier = true;
+            match check_auth(&version, pdu, &auth, None) {
+                Ok(()) => {
+                    if pdu.kind == TimelineEventType::RoomCreate {
+                        create = Some(pdu.clone());
+                    }
+                    valid.insert(pdu.event_id.clone(), pdu.clone());
+                }
+                Err(reason) => {
+                    tracing::warn!(%server, event_id = %pdu.event_id, %reason, "send_join state event fails auth");
+                    stored.rejection_reason = Some(reason);
+                }
+            }
+            outliers.push(stored);
+        }
+        let mut state = RoomState::new();
+        for raw in &answer.state {
+            let Some(pdu) = serde_json::from_str::<CanonicalJsonObject>(raw.get())
+                .ok()
+                .and_then(|json| verify_pdu(&version, json).ok())
+                .and_then(|pdu| valid.get(&pdu.event_id).cloned())
+            else {
+                continue;
+            };
+            if let Some(key) = &pdu.state_key {
+                state.insert((pdu.kind.to_string().into(), key.clone()), pdu);
+            }
+        }
+        if !state.contains_key(&(StateEventType::RoomCreate, String::new())) {
+            return Err(RoomError::Unreachable(format!(
+                "{server} sent a room state without its create event"
+            )));
+        }
+        let mut join_auth = super::incoming::with_create(&state);
+        join_auth.extend(
+            join.auth_events
+                .iter()
+                .filter_map(|id| valid.get(id).map(|p| (id.clone(), p.clone()))),
+        );
+        check_auth(&version, &join, &join_auth, Some(&state)).map_err(RoomError::Forbidden)?;
+
+        let mut after = state.clone();
+        after.insert((StateEventType::RoomMember, user.to_string()), join.clone());
+        let memberships = after
+            .iter()
+            .filter(|((kind, _), _)| *kind == StateEventType::RoomMember)
+            .filter_map(|((_, key), pdu)| {
+                membership_of(&pdu.content).map(|m| (key.clone(), m, pdu.event_id.to_string()))
+            })
+            .collect();
+        let mut accepted = self.accepted(
+            &join,
+            None,
+            Some(Arc::new(snapshot_of(room_id, &state))),
+            Vec::new(),
+        )?;
+        let after_snapshot = Arc::new(snapshot_of(room_id, &after));
+        accepted.state_after = Some(after_snapshot.clone());
+        accepted.resolved_state = Some(ResolvedState {
+            snapshot: after_snapshot,
+            memberships,
+        });
+        accepted.prev_may_be_missing = true;
+        self.inner
+            .store
+            .join_remote_room(version.to_string(), outliers, accepted)
+            .await?;
+        // Whatever was cached of the room (an invite only) is stale now.
+        self.forget_cached(room_id);
+        tracing::info!(%room_id, %server, %user, "joined a room through another server");
+        Ok(join.event_id)
+    }
+
+    /// A join event for `user` that this room would allow now, unsigned, for the joining
+    /// server to complete and sign (`make_join`).
+    pub(crate) async fn join_template(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<CanonicalJsonObject, RoomError> {
+        let Some(slot) = self.slot(room_id).await? else {
+            return Err(RoomError::NotFound(format!("Unknown room {room_id}")));
+        };
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load_entry(room_id).await?);
+        }
+        let Some(entry) = guard.as_ref() else {
+            return Err(RoomError::Internal("room cache vanished".into()));
+        };
+        let kind = TimelineEventType::RoomMember;
+        let content = serde_json::json!({"membership": "join"});
+        let pdu = self.build(
+            &entry.version,
+            Some(room_id),
+            user,
+            super::DraftRef {
+                kind: &kind,
+                state_key: Some(user.as_str()),
+                content: &content,
+                redacts: None,
+            },
+            &entry.state,
+            (entry.extremities.clone(), entry.depth + 1),
+        )?;
+        self.authorise(&entry.version, &pdu, &entry.state)?;
+        let mut template = pdu.json;
+        template.remove("signatures");
+        template.remove("hashes");
+        Ok(template)
+    }
+
+    /// What a server that just joined through this one needs: the room state before its join,
+    /// and the auth chain of that state, as PDUs.
+    pub(crate) async fn state_for_join(
+        &self,
+        room_id: &RoomId,
+        join: &EventId,
+    ) -> Result<(Vec<Box<RawValue>>, Vec<Box<RawValue>>), RoomError> {
+        let Some(snapshot) = self.inner.store.state_at(join.to_string()).await? else {
+            return Err(RoomError::Internal("the join's state was not kept".into()));
+        };
+        let ids: Vec<String> = snapshot.entries.into_iter().map(|(_, _, id)| id).collect();
+        let state = self.inner.store.pdus(ids.clone()).await?;
+        let auth_chain = self
+            .inner
+            .store
+            .auth_chain(room_id.to_string(), ids)
+            .await?;
+        let raw = |pdus: Vec<hyphae_store::StoredPdu>| {
+            pdus.into_iter()
+                .filter(|p| p.rejection_reason.is_none())
+                .filter_map(|p| RawValue::from_string(p.json).ok())
+                .collect::<Vec<_>>()
+        };
+        Ok((raw(state), raw(auth_chain)))
+    }
+
+    /// Every server with a member joined to the room, this one included.
+    pub(crate) async fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<String>, RoomError> {
+        let state = self.state(room_id).await?;
+        let mut servers = super::joined_servers(&state, &self.inner.server_name);
+        servers.push(self.inner.server_name.to_string());
+        servers.sort();
+        Ok(servers)
+    }
+
+    /// Keeps an invite of a local user to a room on another server, countersigned by this
+    /// server, with the stripped state the inviter sent.
+    pub(crate) async fn record_remote_invite(
+        &self,
+        version: &RoomVersionId,
+        invite: &Pdu,
+        signed: &CanonicalJsonObject,
+        stripped_state: &[serde_json::Value],
+    ) -> Result<(), RoomError> {
+        let mut pdu = self.accepted(invite, None, None, Vec::new())?.pdu;
+        pdu.json = serde_json::to_string(signed).map_err(|e| RoomError::Internal(e.to_string()))?;
+        let stripped = serde_json::to_string(stripped_state)
+            .map_err(|e| RoomError::Internal(e.to_string()))?;
+        self.inner
+            .store
+            .record_remote_invite(version.to_string(), pdu, stripped)
+            .await?;
+        Ok(())
+    }
+
+    /// The servers that may let `user` into a room they were invited to: the inviter's.
+    pub(crate) async fn invite_servers(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<Vec<OwnedServerName>, RoomError> {
+        let Some(membership) = self
+            .inner
+            .store
+            .membership(room_id.to_string(), user.to_string())
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let Ok(event_id) = EventId::parse(&membership.event_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(match self.inner.store.pdu(event_id.to_string()).await? {
+            Some(stored) => Pdu::from_stored(&stored)
+                .map(|pdu| vec![pdu.sender.server_name().to_owned()])
+                .unwrap_or_default(),
+            None => Vec::new(),
+        })
+    }
+}
+
+/// A state event as an invitee sees it before joining.
+pub(crate) fn stripped(pdu: &Pdu) -> serde_json::Value {
+    serde_json::json!({
+        "type": pdu.kind.to_string(),
+        "state_key": pdu.state_key.clone().unwrap_or_default(),
+        "content": serde_json::from_str::<serde_json::Value>(pdu.content.get()).unwrap_or_default(),
+        "sender": pdu.sender,
+    })
+}
