@@ -482,6 +482,92 @@ impl Store {
         .await
     }
 
+    /// Where this node's copy of a room's history ends: prev events of timeline events that
+    /// are not in the timeline here (at most `limit`).
+    pub async fn backfill_frontier(&self, room_id: String, limit: u32) -> Result<Vec<String>> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT DISTINCT g.prev_event_id FROM event_edges g
+                 JOIN events e ON e.event_id = g.event_id
+                 WHERE e.room_id = ?1 AND e.stream_pos IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM events p WHERE p.event_id = g.prev_event_id
+                                   AND (p.stream_pos IS NOT NULL OR p.rejection_reason IS NOT NULL))
+                 LIMIT ?2",
+            )?;
+            let ids = statement
+                .query_map(params![room_id, limit], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+
+    /// Stores history fetched from other servers, newest first, before everything the room's
+    /// timeline holds here: at negative stream positions, so sync never shows it as new and
+    /// /messages finds it in order. It changes no state and no extremity.
+    pub async fn append_backfilled(&self, pdus: Vec<NewPdu>) -> Result<usize> {
+        self.write(move |conn| {
+            let mut added = 0;
+            for pdu in &pdus {
+                let known: Option<Option<i64>> = conn
+                    .query_row(
+                        "SELECT stream_pos FROM events WHERE event_id = ?1",
+                        [&pdu.event_id],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                if matches!(known, Some(Some(_))) {
+                    continue;
+                }
+                let lowest: i64 = conn.query_row(
+                    "SELECT coalesce(min(stream_pos), 0) FROM events",
+                    [],
+                    |row| row.get(0),
+                )?;
+                let position = lowest.min(0) - 1;
+                if known.is_some() {
+                    conn.prepare_cached(
+                        "UPDATE events SET stream_pos = ?2, outlier = 0
+                         WHERE event_id = ?1 AND rejection_reason IS NULL",
+                    )?
+                    .execute(params![pdu.event_id, position])?;
+                } else {
+                    conn.prepare_cached(
+                        "INSERT INTO events (event_id, room_id, stream_pos, depth, sender,
+                             event_type, state_key, origin_server_ts, pdu, rejection_reason, outlier)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, 0)",
+                    )?
+                    .execute(params![
+                        pdu.event_id,
+                        pdu.room_id,
+                        position,
+                        pdu.depth,
+                        pdu.sender,
+                        pdu.event_type,
+                        pdu.state_key,
+                        pdu.origin_server_ts,
+                        pdu.json,
+                    ])?;
+                }
+                let mut edge = conn.prepare_cached(
+                    "INSERT OR IGNORE INTO event_edges (event_id, prev_event_id) VALUES (?1, ?2)",
+                )?;
+                for prev in &pdu.prev_events {
+                    edge.execute(params![pdu.event_id, prev])?;
+                }
+                let mut auth = conn.prepare_cached(
+                    "INSERT OR IGNORE INTO event_auth (event_id, auth_event_id) VALUES (?1, ?2)",
+                )?;
+                for auth_event in &pdu.auth_events {
+                    auth.execute(params![pdu.event_id, auth_event])?;
+                }
+                added += 1;
+            }
+            Ok(added)
+        })
+        .await
+    }
+
     /// The stripped state another server sent with an invite, if the invite came that way.
     pub async fn invite_state(&self, room_id: String, user_id: String) -> Result<Option<String>> {
         self.read(move |conn| {

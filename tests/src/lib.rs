@@ -50,6 +50,19 @@ impl TestNode {
         self.node.transport().expect("test nodes run the overlay")
     }
 
+    /// Connects this node's overlay to `other`'s (loopback, so without mDNS), so they federate.
+    pub async fn connect(&self, other: &TestNode) {
+        let addrs = other
+            .transport()
+            .listen_addrs()
+            .await
+            .expect("listen addresses");
+        self.transport()
+            .dial(other.transport().local_peer_id(), addrs)
+            .await
+            .expect("dial");
+    }
+
     pub fn client_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.node.client_addr())
     }

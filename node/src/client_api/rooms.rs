@@ -36,6 +36,15 @@ pub(crate) fn parse_stream_token(token: &str) -> Result<i64, MatrixError> {
         .ok_or_else(|| MatrixError::invalid_param(format!("Unknown stream token {token:?}")))
 }
 
+/// A /messages token: also history fetched from other servers, which sits at negative
+/// positions before everything this node saw live.
+fn parse_page_token(token: &str) -> Result<i64, MatrixError> {
+    token
+        .strip_prefix('s')
+        .and_then(|n| n.parse::<i64>().ok())
+        .ok_or_else(|| MatrixError::invalid_param(format!("Unknown pagination token {token:?}")))
+}
+
 /// The first stream position of a room that `user` may read, by the room's history
 /// visibility: everything for "shared" and "world_readable", from their invite or join for
 /// "invited", from their join for "joined".
@@ -66,7 +75,8 @@ pub(crate) async fn history_start(
     let from_invite = match visibility.as_str() {
         "joined" => false,
         "invited" => true,
-        _ => return Ok(0),
+        // All of it, history fetched from other servers (at negative positions) included.
+        _ => return Ok(i64::MIN),
     };
     Ok(state
         .store
@@ -743,11 +753,11 @@ pub(crate) async fn messages(
     require_joined(&state, &request.room_id, &user).await?;
     let backwards = request.dir == Direction::Backward;
     let from = match &request.from {
-        Some(token) => parse_stream_token(token)?,
+        Some(token) => parse_page_token(token)?,
         None if backwards => *state.store.stream_position().borrow(),
-        None => 0,
+        None => i64::MIN,
     };
-    let to = request.to.as_deref().map(parse_stream_token).transpose()?;
+    let to = request.to.as_deref().map(parse_page_token).transpose()?;
     let limit = u32::try_from(u64::from(request.limit))
         .unwrap_or(100)
         .clamp(1, 1000);
@@ -755,6 +765,20 @@ pub(crate) async fn messages(
         .store
         .room_page(request.room_id.to_string(), from, backwards, limit)
         .await?;
+    // Short of a page going back: history older than what this node holds may be had from
+    // the room's other servers.
+    if backwards && (pdus.len() as u32) < limit {
+        match state.rooms.backfill(&request.room_id).await {
+            Ok(0) => {}
+            Ok(_) => {
+                pdus = state
+                    .store
+                    .room_page(request.room_id.to_string(), from, backwards, limit)
+                    .await?;
+            }
+            Err(e) => tracing::info!(room_id = %request.room_id, error = %e, "backfill failed"),
+        }
+    }
     let start = history_start(&state, &request.room_id, &user.user_id).await?;
     let reached_start = pdus
         .iter()

@@ -205,7 +205,10 @@ async fn build(
                 let newly_joined =
                     since.is_some() && changed_now && previous.as_deref() != Some("join");
                 let from = if since.is_none() || newly_joined {
-                    (history_start(state, &room_id, &user.user_id).await? - 1).max(0)
+                    history_start(state, &room_id, &user.user_id)
+                        .await?
+                        .saturating_sub(1)
+                        .max(0)
                 } else {
                     after
                 };

@@ -36,6 +36,43 @@ impl Api {
         Api::start_with(|config| config.p2p = Some(crate::TransportConfig::loopback())).await
     }
 
+    /// The node's data folder (its store and its identity key).
+    pub(crate) fn data_dir(&self) -> &std::path::Path {
+        self._data.path()
+    }
+
+    /// Stops the node and starts it again on the same data folder, as a new process would:
+    /// everything it knows comes from the folder. `configure` sets up the new start (the
+    /// overlay listens on new ports either way).
+    pub(crate) async fn restart_with(self, configure: impl FnOnce(&mut Config)) -> Api {
+        let Api { node, http, _data } = self;
+        node.shutdown().await;
+        drop(node);
+        let mut config = Config {
+            client_listen: "127.0.0.1:0".parse().unwrap(),
+            p2p: None,
+            ..Config::new(_data.path())
+        };
+        configure(&mut config);
+        Api {
+            node: Node::start(config).await.unwrap(),
+            http,
+            _data,
+        }
+    }
+
+    /// Restarts the node with the overlay on loopback.
+    pub(crate) async fn restart_federated(self) -> Api {
+        self.restart_with(|config| config.p2p = Some(crate::TransportConfig::loopback()))
+            .await
+    }
+
+    /// Restarts the node without the overlay: its users keep using it, but it reaches no other
+    /// server and none reaches it (a node cut off from the others).
+    pub(crate) async fn restart_offline(self) -> Api {
+        self.restart_with(|_| {}).await
+    }
+
     /// Connects this node's overlay to `other`'s, so they can federate.
     pub(crate) async fn connect(&self, other: &Api) {
         let theirs = other.node.transport().expect("a federated test node");
@@ -56,25 +93,38 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let transport = self.node.transport().expect("a federated test node");
         let body = body.map(|b| b.to_string()).unwrap_or_default();
+        self.federation_bytes(other, method, path, body.into())
+            .await
+            .unwrap()
+    }
+
+    /// Sends a federation request with any body (not necessarily JSON) to `other`; the
+    /// transport's error when the request does not get an answer.
+    pub(crate) async fn federation_bytes(
+        &self,
+        other: &Api,
+        method: reqwest::Method,
+        path: &str,
+        body: axum::body::Bytes,
+    ) -> Result<(u16, Value), hyphae_p2p::HttpError> {
+        let transport = self.node.transport().expect("a federated test node");
         let request = axum::http::Request::builder()
             .method(method.as_str())
             .uri(path)
             .header("content-type", "application/json")
-            .body(axum::body::Bytes::from(body))
+            .body(body)
             .unwrap();
         let response = transport
             .request(other.node.server_name(), request)
-            .await
-            .unwrap();
+            .await?;
         let status = response.status().as_u16();
         let body = response.into_body();
-        (
+        Ok((
             status,
             serde_json::from_slice(&body)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into())),
-        )
+        ))
     }
 
     pub(crate) fn url(&self, path: &str) -> String {

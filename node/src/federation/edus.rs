@@ -395,7 +395,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn typing_of_remote_members_shows_and_of_others_does_not() {
+    async fn typing_and_receipts_of_remote_members_show_and_of_others_do_not() {
         let api = Api::start().await;
         let (_, token, _) = api.register("bob", "password").await;
         let peer = Peer::new();
@@ -410,18 +410,38 @@ mod tests {
         let outsider = format!("@outsider:{}", peer.name());
         peer.send(&api, vec![typing(&outsider, true), typing(&alice, true)])
             .await;
-        let typing_users = || async {
-            let (_, body) = api.get("/v3/sync", Some(&token)).await;
-            body["rooms"]["join"][&room_id]["ephemeral"]["events"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|e| e["type"] == "m.typing")
-                .map(|e| e["content"]["user_ids"].clone())
-                .unwrap_or(json!([]))
+        let ephemeral = |event_type: &'static str| {
+            let (api, token, room_id) = (&api, &token, &room_id);
+            async move {
+                let (_, body) = api.get("/v3/sync", Some(token)).await;
+                body["rooms"]["join"][room_id]["ephemeral"]["events"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|e| e["type"] == event_type)
+                    .map(|e| e["content"].clone())
+                    .unwrap_or(json!({}))
+            }
         };
-        assert_eq!(typing_users().await, json!([alice]));
+        assert_eq!(ephemeral("m.typing").await["user_ids"], json!([alice]));
         peer.send(&api, vec![typing(&alice, false)]).await;
-        assert_eq!(typing_users().await, json!([]));
+        assert_eq!(ephemeral("m.typing").await["user_ids"], json!([]));
+
+        // Receipts: a member's for an event of the room counts; an outsider's does not.
+        let (_, body) = api.get("/v3/sync", Some(&token)).await;
+        let event_id = body["rooms"]["join"][&room_id]["timeline"]["events"][0]["event_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let receipt = |user: &str| {
+            json!({"edu_type": "m.receipt", "content": {room_id.as_str(): {"m.read": {
+                user: {"event_ids": [event_id], "data": {"ts": 1}},
+            }}}})
+        };
+        peer.send(&api, vec![receipt(&outsider), receipt(&alice)])
+            .await;
+        let receipts = ephemeral("m.receipt").await;
+        let readers = receipts[&event_id]["m.read"].as_object().unwrap();
+        assert_eq!(readers.keys().collect::<Vec<_>>(), [&alice], "{receipts}");
     }
 }

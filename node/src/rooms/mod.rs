@@ -1,6 +1,7 @@
 //! Rooms: building, signing and authorising this node's own events, and applying them. Each room
 //! has one lock, so events built here always extend the room's latest extremities.
 
+mod backfill;
 mod create;
 mod incoming;
 mod pdu;
