@@ -439,44 +439,57 @@ impl Store {
         .await
     }
 
-    /// Records an invite to a room on another server: the invite event, the invitee's
-    /// membership, and the stripped state to show them. Returns the stream position.
-    pub async fn record_remote_invite(
+    /// Records a membership of a local user in a room on another server that this node is not
+    /// in (an invite, or the refusal of one): the member event, the membership, and for an
+    /// invite the stripped state to show them; queues the event for `destinations`. Returns
+    /// the stream position.
+    pub async fn record_remote_membership(
         &self,
         room_version: String,
-        invite: NewPdu,
-        stripped_state: String,
+        event: NewPdu,
+        membership: String,
+        stripped_state: Option<String>,
+        destinations: Vec<String>,
     ) -> Result<i64> {
         self.write(move |conn| {
-            let Some(user_id) = invite.state_key.clone() else {
-                return Err(StoreError::NotFound("invitee"));
+            let Some(user_id) = event.state_key.clone() else {
+                return Err(StoreError::NotFound("member"));
             };
             conn.execute(
                 "INSERT INTO rooms (room_id, room_version, created_ms) VALUES (?1, ?2, ?3)
                  ON CONFLICT (room_id) DO NOTHING",
-                params![invite.room_id, room_version, now_ms()],
+                params![event.room_id, room_version, now_ms()],
             )?;
             // In the timeline (so sync finds the membership at its position), though none of
             // the room is here yet.
-            let mut invite = invite;
-            invite.outlier = false;
-            let position = match append_pdu(conn, &invite)? {
+            let mut event = event;
+            event.outlier = false;
+            let position = match append_pdu(conn, &event)? {
                 Some(position) => position,
                 None => next_stream_pos(conn)?,
             };
-            conn.execute(
-                "INSERT INTO invite_state (room_id, user_id, state) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (room_id, user_id) DO UPDATE SET state = excluded.state",
-                params![invite.room_id, user_id, stripped_state],
-            )?;
+            if let Some(stripped_state) = stripped_state {
+                conn.execute(
+                    "INSERT INTO invite_state (room_id, user_id, state) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (room_id, user_id) DO UPDATE SET state = excluded.state",
+                    params![event.room_id, user_id, stripped_state],
+                )?;
+            }
             set_membership(
                 conn,
-                &invite.room_id,
+                &event.room_id,
                 &user_id,
-                "invite",
-                &invite.event_id,
+                &membership,
+                &event.event_id,
                 position,
             )?;
+            let mut outbox = conn.prepare_cached(
+                "INSERT INTO outbox (destination, kind, payload, created_ms)
+                 VALUES (?1, 'pdu', ?2, ?3)",
+            )?;
+            for destination in &destinations {
+                outbox.execute(params![destination, event.event_id, now_ms()])?;
+            }
             Ok(position)
         })
         .await

@@ -50,10 +50,20 @@ async fn mark(
                     room_id.to_string(),
                     user.user_id.to_string(),
                     receipt_type.to_owned(),
-                    thread_id,
+                    thread_id.clone(),
                     event_id.to_string(),
                 )
-                .await?
+                .await?;
+            if receipt_type == "m.read" {
+                let mut data = json!({"ts": ruma::MilliSecondsSinceUnixEpoch::now()});
+                if !thread_id.is_empty() {
+                    data["thread_id"] = thread_id.into();
+                }
+                let edu = json!({"edu_type": "m.receipt", "content": {room_id.as_str(): {
+                    "m.read": {user.user_id.as_str(): {"event_ids": [event_id], "data": data}}
+                }}});
+                tell_room_servers(state, room_id, edu).await;
+            }
         }
         other => {
             return Err(MatrixError::invalid_param(format!(
@@ -125,7 +135,30 @@ pub(crate) async fn typing(
         _ => None,
     };
     state.typing.set(&request.room_id, &user.user_id, timeout);
+    let edu = json!({"edu_type": "m.typing", "content": {
+        "room_id": request.room_id, "user_id": user.user_id, "typing": timeout.is_some(),
+    }});
+    tell_room_servers(&state, &request.room_id, edu).await;
     Ok(Ruma(create_typing_event::v3::Response::new()))
+}
+
+/// Sends an EDU to the room's other servers. What a user sees locally does not wait on them,
+/// and a failure to queue costs only the others' view of a receipt or of typing.
+async fn tell_room_servers(state: &AppState, room_id: &RoomId, edu: serde_json::Value) {
+    let servers = match state.rooms.servers_in_room(room_id).await {
+        Ok(servers) => servers,
+        Err(e) => {
+            tracing::warn!(%room_id, error = %e, "could not list the room's servers");
+            return;
+        }
+    };
+    let servers = servers
+        .into_iter()
+        .filter_map(|s| ruma::OwnedServerName::try_from(s).ok())
+        .collect();
+    if let Err(e) = state.federation.queue_edu(servers, edu).await {
+        tracing::warn!(%room_id, error = %e, "could not queue an EDU for the room's servers");
+    }
 }
 
 /// The ephemeral events of a joined room for `viewer`: receipts changed in `(after, upto]`

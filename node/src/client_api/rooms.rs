@@ -388,6 +388,14 @@ pub(crate) async fn leave(
     user: User,
     Req(request): Req<leave_room::v3::Request>,
 ) -> ApiResult<leave_room::v3::Response> {
+    if !state.rooms.participating(&request.room_id).await? {
+        // Only invited, to a room held by other servers.
+        state
+            .rooms
+            .decline_remote_invite(&request.room_id, &user.user_id, request.reason)
+            .await?;
+        return Ok(Ruma(leave_room::v3::Response::new()));
+    }
     set_membership(
         &state,
         &request.room_id,

@@ -187,3 +187,116 @@ pub(crate) fn event_ids(events: &Value) -> Vec<String> {
     ids.sort();
     ids
 }
+
+#[tokio::test]
+async fn an_invite_from_another_server_can_be_declined() {
+    log_to_test_output();
+    let a = Api::start_federated().await;
+    let b = Api::start_federated().await;
+    a.connect(&b).await;
+    let alice = person(&a, "alice").await;
+    let bob = person(&b, "bob").await;
+    let (status, body) = a
+        .post(
+            "/v3/createRoom",
+            Some(&alice.token),
+            json!({"preset": "private_chat", "invite": [bob.user_id]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room = body["room_id"].as_str().unwrap().to_owned();
+    let (_, synced) = b.get("/v3/sync", Some(&bob.token)).await;
+    assert!(synced["rooms"]["invite"][&room].is_object(), "{synced}");
+    let since = synced["next_batch"].as_str().unwrap().to_owned();
+
+    let (status, body) = b
+        .post(
+            &format!("/v3/rooms/{room}/leave"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, synced) = b
+        .get(&format!("/v3/sync?since={since}"), Some(&bob.token))
+        .await;
+    assert!(synced["rooms"]["leave"][&room].is_object(), "{synced}");
+    assert!(synced["rooms"]["invite"].get(&room).is_none(), "{synced}");
+
+    // Alice's server learns of the refusal.
+    let bob_id = bob.user_id.clone();
+    eventually(
+        Duration::from_secs(10),
+        "Bob's refusal on Alice's server",
+        || async {
+            let (_, member) = a
+                .get(
+                    &format!("/v3/rooms/{room}/state/m.room.member/{bob_id}"),
+                    Some(&alice.token),
+                )
+                .await;
+            member["membership"] == "leave"
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn typing_and_read_receipts_reach_the_other_server() {
+    let (a, b, alice, bob, room) = two_nodes_in_a_room().await;
+    let event_id = send_text(&a, &alice, &room, "read me").await;
+    eventually(
+        Duration::from_secs(10),
+        "the message on Bob's server",
+        || async { texts(&b, &bob, &room).await == ["read me"] },
+    )
+    .await;
+    let (status, body) = b
+        .put(
+            &format!("/v3/rooms/{room}/typing/{}", bob.user_id),
+            Some(&bob.token),
+            json!({"typing": true, "timeout": 30000}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = b
+        .post(
+            &format!("/v3/rooms/{room}/receipt/m.read/{event_id}"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let ephemeral = |kind: &'static str| {
+        let (a, alice, room) = (&a, &alice, room.clone());
+        async move {
+            let (_, synced) = a.get("/v3/sync", Some(&alice.token)).await;
+            synced["rooms"]["join"][&room]["ephemeral"]["events"]
+                .as_array()
+                .and_then(|events| events.iter().find(|e| e["type"] == kind).cloned())
+                .unwrap_or_default()
+        }
+    };
+    let bob_id = bob.user_id.clone();
+    eventually(
+        Duration::from_secs(10),
+        "Bob typing, seen on Alice's server",
+        || {
+            let typing = ephemeral("m.typing");
+            let bob_id = bob_id.clone();
+            async move { typing.await["content"]["user_ids"] == json!([bob_id]) }
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "Bob's receipt on Alice's server",
+        || {
+            let receipt = ephemeral("m.receipt");
+            let (bob_id, event_id) = (bob_id.clone(), event_id.clone());
+            async move { receipt.await["content"][&event_id]["m.read"][&bob_id].is_object() }
+        },
+    )
+    .await;
+}

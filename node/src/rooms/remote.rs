@@ -451,9 +451,113 @@ impl Rooms {
             .map_err(|e| RoomError::Internal(e.to_string()))?;
         self.inner
             .store
-            .record_remote_invite(version.to_string(), pdu, stripped)
+            .record_remote_membership(
+                version.to_string(),
+                pdu,
+                "invite".into(),
+                Some(stripped),
+                Vec::new(),
+            )
             .await?;
         Ok(())
+    }
+
+    /// Declines an invite to a room this node is not in: a leave built on the invite itself
+    /// (which the inviting server holds), kept here at once and sent to the inviter's server,
+    /// so the refusal holds even while that server is away.
+    pub(crate) async fn decline_remote_invite(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<String>,
+    ) -> Result<OwnedEventId, RoomError> {
+        let membership = self
+            .inner
+            .store
+            .membership(room_id.to_string(), user.to_string())
+            .await?
+            .filter(|m| m.membership == "invite")
+            .ok_or_else(|| RoomError::Forbidden(format!("You are not invited to {room_id}")))?;
+        let invite = EventId::parse(&membership.event_id)
+            .map_err(|e| RoomError::Internal(format!("stored invite id: {e}")))?;
+        let invite = self
+            .event(&invite)
+            .await?
+            .ok_or_else(|| RoomError::Internal("the invite event is missing".into()))?;
+        let version = self.version(room_id).await?;
+        let rules = rules(&version)?;
+        // The leave is authorised by the create event, the power levels and the invite: the
+        // invite's own auth events hold the first two.
+        let mut auth_events: Vec<OwnedEventId> = Vec::new();
+        for id in &invite.auth_events {
+            if let Some(event) = self.event(id).await?
+                && matches!(
+                    event.kind,
+                    TimelineEventType::RoomCreate | TimelineEventType::RoomPowerLevels
+                )
+            {
+                auth_events.push(id.clone());
+            }
+        }
+        auth_events.push(invite.event_id.clone());
+        let mut content = serde_json::json!({"membership": "leave"});
+        if let Some(reason) = reason {
+            content["reason"] = reason.into();
+        }
+        let string = |s: &str| CanonicalJsonValue::String(s.to_owned());
+        let ids = |v: &[OwnedEventId]| {
+            CanonicalJsonValue::Array(v.iter().map(|id| string(id.as_str())).collect())
+        };
+        let mut json = CanonicalJsonObject::new();
+        json.insert("room_id".into(), string(room_id.as_str()));
+        json.insert("sender".into(), string(user.as_str()));
+        json.insert("state_key".into(), string(user.as_str()));
+        json.insert("type".into(), string("m.room.member"));
+        json.insert(
+            "content".into(),
+            serde_json::from_value(content).map_err(|e| RoomError::Internal(e.to_string()))?,
+        );
+        json.insert(
+            "prev_events".into(),
+            ids(std::slice::from_ref(&invite.event_id)),
+        );
+        json.insert("auth_events".into(), ids(&auth_events));
+        json.insert(
+            "depth".into(),
+            CanonicalJsonValue::Integer(
+                i64::try_from(u64::from(invite.depth) + 1)
+                    .unwrap_or(i64::MAX)
+                    .try_into()
+                    .unwrap_or_default(),
+            ),
+        );
+        json.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(
+                i64::from(MilliSecondsSinceUnixEpoch::now().0)
+                    .try_into()
+                    .unwrap_or_default(),
+            ),
+        );
+        self.inner
+            .signing_key
+            .hash_and_sign_event(&mut json, &rules.redaction)
+            .map_err(|e| RoomError::BadRequest(format!("cannot sign the leave: {e}")))?;
+        let leave = verify_pdu(&version, json)?;
+        let inviter = invite.sender.server_name().to_string();
+        let pdu = self.accepted(&leave, None, None, Vec::new())?.pdu;
+        self.inner
+            .store
+            .record_remote_membership(
+                version.to_string(),
+                pdu,
+                "leave".into(),
+                None,
+                vec![inviter.clone()],
+            )
+            .await?;
+        self.wake(&[inviter]);
+        Ok(leave.event_id)
     }
 
     /// The servers that may let `user` into a room they were invited to: the inviter's.
