@@ -59,11 +59,13 @@ struct P2pArgs {
     /// A DHT bootstrap peer, as a multiaddr ending in /p2p/<peer id> (repeat for several).
     #[arg(long = "bootstrap", value_name = "MULTIADDR")]
     bootstrap: Vec<Multiaddr>,
-    /// Relay connections for peers that cannot reach each other directly.
+    /// Do not relay for peers that cannot reach each other directly. By default every device
+    /// relays (circuit relay v2, bounded), so at an event phones in range of two groups carry
+    /// the traffic between them; each device also reserves a slot on up to two relays it meets.
     #[arg(long)]
-    relay_server: bool,
+    no_relay_server: bool,
     /// Run without the peer-to-peer overlay: a homeserver for this device's clients only.
-    #[arg(long, conflicts_with_all = ["p2p_listen", "no_mdns", "bootstrap", "relay_server"])]
+    #[arg(long, conflicts_with_all = ["p2p_listen", "no_mdns", "bootstrap", "no_relay_server"])]
     no_p2p: bool,
 }
 
@@ -77,7 +79,7 @@ impl P2pArgs {
             config.listen = self.p2p_listen;
         }
         config.mdns.enabled = !self.no_mdns;
-        config.relay_server = self.relay_server;
+        config.relay_server = !self.no_relay_server;
         for addr in self.bootstrap {
             let peer = addr
                 .iter()

@@ -129,6 +129,10 @@ fn help_explains_the_commands() {
         help.contains("127.0.0.1:8008"),
         "the default address is shown: {help}"
     );
+    assert!(
+        help.contains("--no-relay-server"),
+        "relaying for others is on by default, and can be turned off: {help}"
+    );
 }
 
 #[test]

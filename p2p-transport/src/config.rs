@@ -21,6 +21,12 @@ pub struct TransportConfig {
     /// libp2p only offers the relay on a node with external addresses: with none configured,
     /// the listen addresses are announced as such.
     pub relay_server: bool,
+    /// How many relays to hold a reservation on by itself: connected peers that offer the relay
+    /// (identify lists the hop protocol) are asked, in the order they identify, and a lost
+    /// reservation is replaced by another candidate. Through them peers that cannot dial this
+    /// node (another network, NAT) reach it; the DHT hands them the circuit address. 0 turns
+    /// this off; [`crate::Transport::listen_on`] with a circuit address still reserves.
+    pub relay_reservations: usize,
     /// A connection with no open stream is closed after this long.
     pub idle_timeout: Duration,
     /// Dial and upgrade of one connection.
@@ -41,6 +47,7 @@ impl Default for TransportConfig {
             bootstrap: Vec::new(),
             external_addrs: Vec::new(),
             relay_server: false,
+            relay_reservations: 2,
             idle_timeout: Duration::from_secs(60),
             dial_timeout: Duration::from_secs(10),
             http: HttpConfig::default(),

@@ -12,6 +12,7 @@ use axum::BoxError;
 use axum::body::{Body, HttpBody};
 use bytes::Bytes;
 use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
 use libp2p::kad::{self, QueryId, QueryResult};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -164,6 +165,9 @@ impl Transport {
             // (tests on one machine); anywhere else they would point peers at themselves.
             announce_loopback: config.listen.iter().all(is_loopback),
             verify_interval: config.mdns.verify_interval,
+            relays: HashMap::new(),
+            relay_candidates: Vec::new(),
+            relay_reservations: config.relay_reservations,
         };
         for addr in &config.external_addrs {
             task.swarm.add_external_address(addr.clone());
@@ -310,6 +314,7 @@ impl Transport {
 
     /// Listens on one more address, for example `<relay addr>/p2p/<relay>/p2p-circuit` to
     /// reserve a slot on a relay and be reachable through it (the relay is connected first).
+    /// A relay that already holds (or was already asked for) a reservation is not asked again.
     pub async fn listen_on(&self, addr: Multiaddr) -> Result<(), TransportError> {
         // libp2p's relay client reserves over a connection to the relay that exists, or else
         // dials one; that dial is refused while another one to the relay is under way (the
@@ -446,6 +451,38 @@ fn relay_of_circuit(addr: &Multiaddr) -> Option<(PeerId, Vec<Multiaddr>)> {
     None
 }
 
+/// Where to reserve on a relay reached over a connection to `via`: the relay's listen address
+/// that connection uses, else one on the same IP address, so the circuit address names a way to
+/// the relay that works from our network. None over a relayed connection (a reservation must be
+/// direct) or when no listen address matches.
+fn relay_address(via: &Multiaddr, listen_addrs: &[Multiaddr]) -> Option<Multiaddr> {
+    fn ip_of(addr: &Multiaddr) -> Option<Protocol<'_>> {
+        addr.iter()
+            .next()
+            .filter(|p| matches!(p, Protocol::Ip4(_) | Protocol::Ip6(_)))
+    }
+    if via.iter().any(|p| p == Protocol::P2pCircuit) {
+        return None;
+    }
+    let without_peer = |addr: &Multiaddr| {
+        let mut addr = addr.clone();
+        if let Some(Protocol::P2p(_)) = addr.iter().last() {
+            addr.pop();
+        }
+        addr
+    };
+    let via = without_peer(via);
+    let direct: Vec<Multiaddr> = (listen_addrs.iter())
+        .filter(|addr| !addr.iter().any(|p| p == Protocol::P2pCircuit))
+        .map(without_peer)
+        .collect();
+    (direct.iter().find(|addr| **addr == via))
+        .or_else(|| {
+            (direct.iter()).find(|addr| ip_of(addr).is_some() && ip_of(addr) == ip_of(&via))
+        })
+        .cloned()
+}
+
 /// A DHT lookup of one peer and who waits for it.
 struct Lookup {
     target: PeerId,
@@ -475,6 +512,13 @@ struct SwarmTask {
     listen_as_external: bool,
     announce_loopback: bool,
     verify_interval: Duration,
+    /// Relays holding, or asked for, a reservation for us: the listener of each circuit.
+    relays: HashMap<PeerId, ListenerId>,
+    /// Connected peers that offer the relay, in the order they identified, with the address to
+    /// reserve at.
+    relay_candidates: Vec<(PeerId, Multiaddr)>,
+    /// How many reservations to hold by ourselves (`TransportConfig::relay_reservations`).
+    relay_reservations: usize,
 }
 
 /// An address on the loopback interface.
@@ -555,12 +599,25 @@ impl SwarmTask {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
             Command::ListenOn { addr, reply } => {
-                let result = self.swarm.listen_on(addr.clone()).map(|_| ()).map_err(|e| {
-                    TransportError::Listen {
+                let relay = relay_of_circuit(&addr).map(|(relay, _)| relay);
+                // A second listener on the same relay connection would replace the first one's
+                // reservation inside libp2p's relay client.
+                if relay.is_some_and(|relay| self.relays.contains_key(&relay)) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                let result = match self.swarm.listen_on(addr.clone()) {
+                    Ok(id) => {
+                        if let Some(relay) = relay {
+                            self.relays.insert(relay, id);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(TransportError::Listen {
                         addr,
                         reason: e.to_string(),
-                    }
-                });
+                    }),
+                };
                 let _ = reply.send(result);
             }
             Command::OpenStream { peer, reply } => {
@@ -719,7 +776,13 @@ impl SwarmTask {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
-                if self.listen_as_external && (self.announce_loopback || !is_local_only(&address)) {
+                // A relay circuit of ours is not an address of our own to relay at; the relay
+                // client announces it itself once the reservation is accepted.
+                let circuit = address.iter().any(|p| p == Protocol::P2pCircuit);
+                if self.listen_as_external
+                    && !circuit
+                    && (self.announce_loopback || !is_local_only(&address))
+                {
                     self.swarm.add_external_address(address.clone());
                 }
                 self.emit(TransportEvent::ListenAddr { addr: address });
@@ -768,6 +831,7 @@ impl SwarmTask {
                 ..
             } => {
                 self.connection_addrs.remove(&connection_id);
+                self.relay_candidates.retain(|(p, _)| *p != peer_id);
                 self.emit(TransportEvent::Disconnected { peer: peer_id });
                 if let Some(mdns) = &self.mdns {
                     mdns.verify(&peer_id);
@@ -792,12 +856,27 @@ impl SwarmTask {
                 }
             }
             SwarmEvent::ListenerClosed {
+                listener_id,
                 addresses,
-                reason: Err(error),
-                ..
+                reason,
             } => {
-                // A relay that refused a reservation ends up here.
-                tracing::warn!(?addresses, %error, "a listener failed");
+                // A relay that refused a reservation ends up here with an error.
+                if let Err(error) = &reason {
+                    tracing::warn!(?addresses, %error, "a listener failed");
+                }
+                let relay = (self.relays.iter())
+                    .find(|(_, id)| **id == listener_id)
+                    .map(|(relay, _)| *relay);
+                if let Some(relay) = relay {
+                    self.relays.remove(&relay);
+                    if reason.is_err() {
+                        // Not asked again until it identifies anew (a reconnection, or a change
+                        // of its addresses): a relay that refuses would otherwise be asked
+                        // without end.
+                        self.relay_candidates.retain(|(p, _)| *p != relay);
+                    }
+                    self.reserve_relays();
+                }
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
@@ -828,6 +907,7 @@ impl SwarmTask {
                 if !same_machine {
                     info.listen_addrs.retain(|addr| !is_local_only(addr));
                 }
+                self.consider_relay(peer_id, connection_id, &info);
                 // Kad learns inbound peers' addresses only from us: without this a peer that
                 // dialled in never enters the routing table and cannot be found.
                 if info.protocols.contains(&KAD_PROTOCOL) {
@@ -893,6 +973,46 @@ impl SwarmTask {
                 tracing::debug!(peer = %event.remote_peer_id, result = ?event.result, "hole punch");
             }
             _ => {}
+        }
+    }
+
+    /// Notes whether an identified peer offers the relay, and reserves on it if we hold fewer
+    /// reservations than configured.
+    fn consider_relay(&mut self, peer: PeerId, connection: ConnectionId, info: &identify::Info) {
+        if self.relay_reservations == 0 {
+            return;
+        }
+        let offered = info.protocols.contains(&relay::HOP_PROTOCOL_NAME);
+        let at = (self.connection_addrs.get(&connection))
+            .and_then(|via| relay_address(via, &info.listen_addrs));
+        self.relay_candidates.retain(|(p, _)| *p != peer);
+        if let (true, Some(at)) = (offered, at) {
+            self.relay_candidates.push((peer, at));
+            self.reserve_relays();
+        }
+    }
+
+    /// Asks candidates for reservations until `relay_reservations` relays hold (or were asked
+    /// for) one.
+    fn reserve_relays(&mut self) {
+        while self.relays.len() < self.relay_reservations {
+            let Some((relay, at)) = (self.relay_candidates.iter())
+                .find(|(p, _)| !self.relays.contains_key(p))
+                .cloned()
+            else {
+                return;
+            };
+            let circuit = at.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(id) => {
+                    tracing::info!(%circuit, "asking a relay for a reservation");
+                    self.relays.insert(relay, id);
+                }
+                Err(error) => {
+                    tracing::warn!(%circuit, %error, "cannot listen through a relay");
+                    self.relay_candidates.retain(|(p, _)| *p != relay);
+                }
+            }
         }
     }
 
@@ -971,6 +1091,31 @@ mod tests {
             .with(Protocol::P2pCircuit);
         assert_eq!(relay_of_circuit(&bare), Some((relay, vec![])));
         assert_eq!(relay_of_circuit(&tcp), None);
+    }
+
+    #[test]
+    fn a_relay_is_reserved_on_at_the_listen_address_the_connection_uses() {
+        let addr = |s: &str| -> Multiaddr { s.parse().unwrap() };
+        let listen = [
+            addr("/ip4/10.0.1.254/udp/4001/quic-v1"),
+            addr("/ip4/10.0.2.254/tcp/4001"),
+            addr("/ip4/10.0.2.254/udp/4001/quic-v1"),
+        ];
+        // Dialled: exactly the address used.
+        let dialled = addr("/ip4/10.0.2.254/udp/4001/quic-v1");
+        assert_eq!(relay_address(&dialled, &listen), Some(dialled.clone()));
+        // Dialled in from an ephemeral port: a listen address on the same IP.
+        let inbound = addr("/ip4/10.0.2.254/tcp/53124");
+        assert_eq!(
+            relay_address(&inbound, &listen),
+            Some(addr("/ip4/10.0.2.254/tcp/4001"))
+        );
+        // Unknown IP, or a relayed connection: nowhere.
+        assert_eq!(relay_address(&addr("/ip4/10.0.3.1/tcp/1"), &listen), None);
+        let relayed = dialled
+            .with(Protocol::P2p(PeerId::random()))
+            .with(Protocol::P2pCircuit);
+        assert_eq!(relay_address(&relayed, &listen), None);
     }
 
     #[test]

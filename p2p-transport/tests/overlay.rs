@@ -542,9 +542,11 @@ async fn a_peer_is_reached_through_a_relay() {
         .clone()
         .with(Protocol::P2p(relay.local_peer_id()))
         .with(Protocol::P2pCircuit);
-    // C listens only through the relay: no address of its own is known to anyone.
+    // C listens only through the relay: no address of its own is known to anyone. It reserves
+    // only when told to (the automatic reservation has its own test).
     let c = start(TransportConfig {
         listen: vec![],
+        relay_reservations: 0,
         ..TransportConfig::loopback()
     })
     .await;
@@ -588,5 +590,68 @@ async fn a_peer_is_reached_through_a_relay() {
         let response = a.request(c.server_name(), request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.body().len(), big.len());
+    }
+}
+
+#[tokio::test]
+async fn a_peer_reserves_on_a_relay_it_meets_and_is_reached_through_it_by_name() {
+    let relay = start(TransportConfig {
+        relay_server: true,
+        ..only("/ip4/127.0.0.1/tcp/0")
+    })
+    .await;
+    let relay_addrs = addrs_of(&relay).await;
+    // C has no address of its own and is told only of the relay, as a DHT seed: it reserves a
+    // slot there by itself, since identify shows the relay offers one.
+    let c = start(TransportConfig {
+        listen: vec![],
+        ..bootstrap_from(&relay, &relay_addrs)
+    })
+    .await;
+    let mut events = c.events();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline.into(), events.recv()).await {
+            Ok(Ok(TransportEvent::RelayReservation { relay: r })) => {
+                assert_eq!(r, relay.local_peer_id());
+                break;
+            }
+            Ok(Ok(_)) => continue,
+            other => panic!("C reserved on no relay: {other:?}"),
+        }
+    }
+
+    // A knows nothing of C but its name: the DHT (the relay) gives C's circuit address. A has
+    // no address either, so C (which learns of A through the DHT) cannot dial it directly.
+    let a = start(TransportConfig {
+        listen: vec![],
+        ..bootstrap_from(&relay, &relay_addrs)
+    })
+    .await;
+    let mut a_events = a.events();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match a.request(c.server_name(), echo(b"hello")).await {
+            Ok(response) => {
+                assert_eq!(response.status(), StatusCode::OK);
+                assert_eq!(response.headers()["x-caller"], a.server_name());
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "not yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("A could not reach C through the relay: {e}"),
+        }
+    }
+    loop {
+        match a_events.try_recv() {
+            Ok(TransportEvent::Connected { peer, addr }) if peer == c.local_peer_id() => {
+                assert!(addr.iter().any(|p| p == Protocol::P2pCircuit), "{addr}");
+                break;
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("no Connected event for C: {e}"),
+        }
     }
 }

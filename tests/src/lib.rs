@@ -1,6 +1,8 @@
 //! hyphae-tests: scenarios across Hyphae's crates (several nodes, real clients, network
 //! namespaces, benchmarks). The scenarios are in `tests/tests/`; shared helpers live here.
 
+pub mod client;
+
 use std::net::SocketAddr;
 
 use hyphae_node::{Config, Node};

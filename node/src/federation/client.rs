@@ -89,6 +89,20 @@ impl Federation {
             .ok_or(FederationError::Offline)
     }
 
+    /// The servers this node has a connection to right now.
+    pub(crate) async fn connected_servers(&self) -> std::collections::HashSet<String> {
+        let Ok(transport) = self.transport() else {
+            return Default::default();
+        };
+        transport
+            .connected_peers()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|peer| server_name_of_peer(peer).ok())
+            .collect()
+    }
+
     /// Tells the destination's sender that its outbox has something new, starting the sender
     /// if there is none. Without a transport the entries wait in the store.
     pub(crate) fn wake(&self, destination: &ServerName) {

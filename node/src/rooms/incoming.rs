@@ -26,6 +26,8 @@ use crate::signing::KEY_ID;
 const MISSING_ROUNDS: usize = 10;
 /// Events asked for per get_missing_events round.
 const MISSING_LIMIT: usize = 100;
+/// Servers an accepted event from elsewhere is passed on to (see `forward_targets`).
+const FORWARD_FANOUT: usize = 4;
 /// Auth events fetched one by one for one incoming event, at most.
 const MAX_AUTH_FETCHES: usize = 200;
 
@@ -105,6 +107,23 @@ impl Rooms {
         if self.settled(&pdu.event_id).await? {
             return Ok(Received::Duplicate);
         }
+        // A prev event of another room would make that room's state the state "before" this
+        // event, and resolving it against this room's state would swap in the other room's
+        // (a hostile server could bring the state of a room where it holds all power).
+        let prev_ids = pdu.prev_events.iter().map(ToString::to_string).collect();
+        if let Some(prev) = self
+            .inner
+            .store
+            .pdus(prev_ids)
+            .await?
+            .into_iter()
+            .find(|prev| prev.room_id != entry.room_id.as_str())
+        {
+            return Err(RoomError::Forbidden(format!(
+                "prev event {} is in another room",
+                prev.event_id
+            )));
+        }
         let mut missing = self.unknown(&pdu.prev_events).await?;
         if !missing.is_empty() && fill_gaps {
             self.fill_gap(entry, origin, &pdu).await;
@@ -165,13 +184,7 @@ impl Rooms {
                 memberships.push((key.1.clone(), membership, event.event_id.to_string()));
             }
         }
-        // Passed on to the room's other servers: the origin may not reach them all (a mesh at
-        // an offline event), and a join through this server must reach the rest of the room.
-        // Servers that have it already answer the repeat cheaply.
-        let forward_to: Vec<String> = super::joined_servers(&new_state, &self.inner.server_name)
-            .into_iter()
-            .filter(|s| s != origin.as_str() && s != pdu.sender.server_name().as_str())
-            .collect();
+        let forward_to = self.forward_targets(&new_state, origin, &pdu).await;
         let mut accepted = self.accepted(
             &pdu,
             None,
@@ -207,6 +220,34 @@ impl Rooms {
             self.apply_redaction(&entry.version, target, &pdu).await?;
         }
         Ok(Received::Accepted)
+    }
+
+    /// Where an accepted event is passed on. The origin may not reach every server of the
+    /// room (a mesh at an offline event, where A reaches C only through B), and a join through
+    /// this server must reach the rest of the room; but if every server passed every event to
+    /// every other, a room of n servers would cost n² requests per message. So each server
+    /// passes it to a few others, those it is connected to first (the ones it can surely
+    /// reach), chosen at random otherwise: the event spreads like gossip, repeats are answered
+    /// cheaply, and a server that still misses one fetches it when a later event names it.
+    /// Membership changes go to every server, so everyone knows who is in the room.
+    async fn forward_targets(
+        &self,
+        state: &RoomState,
+        origin: &ServerName,
+        pdu: &Pdu,
+    ) -> Vec<String> {
+        let mut candidates: Vec<String> = super::joined_servers(state, &self.inner.server_name)
+            .into_iter()
+            .filter(|s| s != origin.as_str() && s != pdu.sender.server_name().as_str())
+            .collect();
+        if candidates.len() <= FORWARD_FANOUT || pdu.kind == TimelineEventType::RoomMember {
+            return candidates;
+        }
+        let connected = self.inner.federation.connected_servers().await;
+        shuffle(&mut candidates);
+        candidates.sort_by_key(|s| !connected.contains(s));
+        candidates.truncate(FORWARD_FANOUT);
+        candidates
     }
 
     /// Whether the event is here already, in the timeline or rejected (an outlier may still
@@ -252,19 +293,28 @@ impl Rooms {
     }
 
     /// Asks `origin` for the events between what this server has and `pdu`, and applies them
-    /// oldest first. What cannot be fetched stays a gap; the event is still taken.
+    /// oldest first. The whole gap is fetched before any of it is applied, each round asking
+    /// for what is still missing behind the events fetched so far: an event takes its place in
+    /// the timeline when it is applied, so a gap longer than one answer, applied an answer at a
+    /// time (the newest part first), would show its older part after the newer. What cannot be
+    /// fetched stays a gap; the event is still taken.
     async fn fill_gap(&self, entry: &mut RoomEntry, origin: &ServerName, pdu: &Pdu) {
+        if !may_ask(entry, origin) {
+            return;
+        }
+        let path = format!(
+            "/_matrix/federation/v1/get_missing_events/{}",
+            urlencode(entry.room_id.as_str())
+        );
+        let mut fetched: HashMap<OwnedEventId, Pdu> = HashMap::new();
+        let mut latest = vec![pdu.event_id.clone()];
         for _ in 0..MISSING_ROUNDS {
             let body = serde_json::json!({
                 "earliest_events": entry.extremities,
-                "latest_events": [pdu.event_id],
+                "latest_events": latest,
                 "limit": MISSING_LIMIT,
                 "min_depth": 0,
             });
-            let path = format!(
-                "/_matrix/federation/v1/get_missing_events/{}",
-                urlencode(entry.room_id.as_str())
-            );
             let response: Result<MissingEvents, _> = self
                 .inner
                 .federation
@@ -274,30 +324,58 @@ impl Rooms {
                 Ok(response) => response.events,
                 Err(e) => {
                     tracing::info!(%origin, error = %e, "could not fetch missing events");
-                    return;
+                    break;
                 }
             };
-            if events.is_empty() {
-                return;
-            }
-            let mut progress = false;
+            let before = fetched.len();
             for raw in events {
                 let Ok(missing) = parse_and_verify(&entry.version, &raw) else {
                     continue;
                 };
-                if missing.room_id() != Some(entry.room_id.clone()) {
-                    continue;
-                }
-                match Box::pin(self.process(entry, origin, missing, false)).await {
-                    Ok(Received::Duplicate) => {}
-                    Ok(_) => progress = true,
-                    Err(e) => tracing::info!(%origin, error = %e, "a fetched missing event failed"),
+                if missing.room_id() == Some(entry.room_id.clone())
+                    && missing.event_id != pdu.event_id
+                {
+                    fetched.insert(missing.event_id.clone(), missing);
                 }
             }
-            match self.unknown(&pdu.prev_events).await {
-                Ok(missing) if missing.is_empty() => return,
-                Ok(_) if progress => continue,
-                _ => return,
+            if fetched.len() == before {
+                break;
+            }
+            // The prev events still missing, and the events that name them: next round's ask.
+            let mut wanted: Vec<OwnedEventId> = std::iter::once(pdu)
+                .chain(fetched.values())
+                .flat_map(|event| event.prev_events.iter())
+                .filter(|id| !fetched.contains_key(*id))
+                .cloned()
+                .collect();
+            wanted.sort();
+            wanted.dedup();
+            let still_missing = match self.unknown(&wanted).await {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the store while filling a gap");
+                    break;
+                }
+            };
+            if still_missing.is_empty() {
+                break;
+            }
+            latest = std::iter::once(pdu)
+                .chain(fetched.values())
+                .filter(|event| event.prev_events.iter().any(|p| still_missing.contains(p)))
+                .map(|event| event.event_id.clone())
+                .collect();
+        }
+        // Oldest first: an honest server's depth is more than each of its prev events'.
+        let mut events: Vec<Pdu> = fetched.into_values().collect();
+        events.sort_by(|x, y| {
+            x.depth
+                .cmp(&y.depth)
+                .then_with(|| x.event_id.cmp(&y.event_id))
+        });
+        for missing in events {
+            if let Err(e) = Box::pin(self.process(entry, origin, missing, false)).await {
+                tracing::info!(%origin, error = %e, "a fetched missing event failed");
             }
         }
     }
@@ -332,7 +410,7 @@ impl Rooms {
             let pdu = Pdu::from_stored(&stored).map_err(|e| RoomError::Internal(e.to_string()))?;
             return Ok((!pdu.rejected).then_some(pdu));
         }
-        if *budget == 0 {
+        if *budget == 0 || !may_ask(entry, origin) {
             return Ok(None);
         }
         *budget -= 1;
@@ -382,6 +460,16 @@ impl Rooms {
         entry: &RoomEntry,
         pdu: &Pdu,
     ) -> Result<Option<RoomState>, RoomError> {
+        // The usual case: the event was built on exactly what this server has, so the state
+        // before it is the current state, already in memory.
+        if pdu.prev_events.len() == entry.extremities.len()
+            && pdu
+                .prev_events
+                .iter()
+                .all(|p| entry.extremities.iter().any(|e| e == p.as_str()))
+        {
+            return Ok(Some(entry.state.clone()));
+        }
         let mut states = Vec::new();
         for prev in &pdu.prev_events {
             let Some(stored) = self.inner.store.pdu(prev.to_string()).await? else {
@@ -421,6 +509,11 @@ impl Rooms {
         origin: &ServerName,
         pdu: &Pdu,
     ) -> Result<RoomState, RoomError> {
+        if !may_ask(entry, origin) {
+            return Err(RoomError::Forbidden(format!(
+                "the state before the event is unknown here, and {origin} is not in the room"
+            )));
+        }
         let path = format!(
             "/_matrix/federation/v1/state_ids/{}?event_id={}",
             urlencode(entry.room_id.as_str()),
@@ -600,6 +693,15 @@ fn conflicted_subgraph(
         .collect()
 }
 
+/// Whether `origin` may be asked for what an event it sent needs (the gap before it, its auth
+/// events, the state before it): only a server with members in the room. All of that is asked
+/// with the room locked, so a server not in the room that never answered would otherwise hold
+/// the room up for everyone, local users sending included, with events it need not even be
+/// allowed to send.
+fn may_ask(entry: &RoomEntry, origin: &ServerName) -> bool {
+    entry.servers.iter().any(|server| server == origin.as_str())
+}
+
 /// A map of auth events holding the room's create event, which from room version 12 events
 /// do not list but the auth rules still read.
 pub(super) fn with_create(state: &RoomState) -> HashMap<OwnedEventId, Pdu> {
@@ -704,6 +806,17 @@ pub(crate) fn verify_key_of(server: &str) -> Option<[u8; 32]> {
     hyphae_p2p::peer_id_for_server_name(server).ok()?;
     let bytes = hex::decode(server).ok()?;
     bytes.try_into().ok()
+}
+
+fn shuffle<T>(items: &mut [T]) {
+    for i in (1..items.len()).rev() {
+        let mut bytes = [0u8; 8];
+        if getrandom::fill(&mut bytes).is_err() {
+            return;
+        }
+        let j = (u64::from_le_bytes(bytes) % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
 }
 
 pub(crate) fn urlencode(s: &str) -> String {

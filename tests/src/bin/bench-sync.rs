@@ -7,12 +7,8 @@
 use std::time::{Duration, Instant};
 
 use hyphae_tests::TestNode;
-use serde_json::{Value, json};
-
-struct User {
-    token: String,
-    user_id: String,
-}
+use hyphae_tests::client::{ms, post, register, send, sync};
+use serde_json::json;
 
 #[tokio::main]
 async fn main() {
@@ -127,80 +123,4 @@ async fn main() {
         total as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64()
     );
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-async fn register(http: &reqwest::Client, base: &str, name: &str) -> User {
-    let body: Value = http
-        .post(format!("{base}/register"))
-        .json(&json!({"username": name, "password": "benchmark",
-                      "auth": {"type": "m.login.dummy"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    User {
-        token: body["access_token"]
-            .as_str()
-            .expect("registered")
-            .to_owned(),
-        user_id: body["user_id"].as_str().unwrap().to_owned(),
-    }
-}
-
-async fn post(http: &reqwest::Client, url: &str, token: &str, body: Value) -> Value {
-    let response = http
-        .post(url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{url}: {}",
-        response.status()
-    );
-    response.json().await.unwrap()
-}
-
-async fn send(http: &reqwest::Client, base: &str, token: &str, room: &str, txn: &str, body: &str) {
-    let response = http
-        .put(format!("{base}/rooms/{room}/send/m.room.message/{txn}"))
-        .bearer_auth(token)
-        .json(&json!({"msgtype": "m.text", "body": body}))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "send: {}",
-        response.status()
-    );
-}
-
-async fn sync(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-    since: Option<&str>,
-    timeout_ms: u64,
-) -> Value {
-    let mut url = format!("{base}/sync?timeout={timeout_ms}");
-    if let Some(since) = since {
-        url.push_str(&format!("&since={since}"));
-    }
-    http.get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
