@@ -300,3 +300,47 @@ async fn typing_and_read_receipts_reach_the_other_server() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_public_room_on_another_server_is_joined_by_its_alias() {
+    let a = Api::start_federated().await;
+    let b = Api::start_federated().await;
+    a.connect(&b).await;
+    let alice = person(&a, "alice").await;
+    let bob = person(&b, "bob").await;
+    let (status, body) = a
+        .post(
+            "/v3/createRoom",
+            Some(&alice.token),
+            json!({"preset": "public_chat", "room_alias_name": "hall"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room = body["room_id"].as_str().unwrap().to_owned();
+    let alias = format!("#hall:{}", a.node.server_name());
+    send_text(&a, &alice, &room, "welcome to the hall").await;
+
+    let (status, body) = b
+        .post(
+            &format!("/v3/join/{}", crate::rooms::urlencode(&alias)),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room_id"], room);
+    // What was said before Bob's server joined comes as history.
+    assert_eq!(texts(&b, &bob, &room).await, ["welcome to the hall"]);
+
+    // An alias nobody has is a clear 404, not a hang.
+    let missing = format!("#nowhere:{}", a.node.server_name());
+    let (status, body) = b
+        .post(
+            &format!("/v3/join/{}", crate::rooms::urlencode(&missing)),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND");
+}

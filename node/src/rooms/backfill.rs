@@ -42,7 +42,12 @@ impl Rooms {
             "/_matrix/federation/v1/backfill/{}?limit={BACKFILL_LIMIT}{query}",
             urlencode(room_id.as_str())
         );
-        for server in super::joined_servers(&state, &self.inner.server_name) {
+        // Servers this node is connected to first: asking one that cannot be reached costs a
+        // connection timeout while the user waits.
+        let connected = self.inner.federation.connected_servers().await;
+        let mut servers = super::joined_servers(&state, &self.inner.server_name);
+        servers.sort_by_key(|s| !connected.contains(s));
+        for server in servers {
             let Ok(server) = ruma::OwnedServerName::try_from(server) else {
                 continue;
             };
