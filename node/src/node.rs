@@ -36,6 +36,8 @@ struct Inner {
     /// What request handlers reach; the federation router is built on it too.
     state: AppState,
     transport: Option<hyphae_p2p::Transport>,
+    /// Finished on shutdown between the transport and the store.
+    peer_book: Mutex<Option<crate::peers::PeerBookWriter>>,
     // Dropping the sender (with the last handle) tells the server to stop.
     stop: Mutex<Option<oneshot::Sender<()>>>,
     server: Mutex<Option<JoinHandle<()>>>,
@@ -90,17 +92,18 @@ impl Node {
             registration: Arc::new(config.registration()),
             limiter: Arc::new(RateLimiter::new(config.auth_rate_limit)),
         };
-        let transport = match config.p2p.clone() {
-            Some(p2p) => Some(
-                crate::peers::start_transport(
+        let (transport, peer_book) = match config.p2p.clone() {
+            Some(p2p) => {
+                let (transport, peer_book) = crate::peers::start_transport(
                     p2p,
                     &identity,
                     &store,
                     crate::federation::router(state.clone()),
                 )
-                .await?,
-            ),
-            None => None,
+                .await?;
+                (Some(transport), Some(peer_book))
+            }
+            None => (None, None),
         };
         if let Some(transport) = &transport {
             federation
@@ -128,6 +131,7 @@ impl Node {
                 login_tokens,
                 state,
                 transport,
+                peer_book: Mutex::new(peer_book),
                 stop: Mutex::new(Some(stop)),
                 server: Mutex::new(Some(server)),
             }),
@@ -203,6 +207,16 @@ impl Node {
         // The overlay goes before the store: nothing may reach a closed database.
         if let Some(transport) = &self.inner.transport {
             transport.shutdown().await;
+        }
+        // The peers the transport learnt of last are written before the store closes.
+        let peer_book = self
+            .inner
+            .peer_book
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(peer_book) = peer_book {
+            peer_book.finish().await;
         }
         self.inner.store.close().await;
         tracing::info!(server_name = self.server_name(), "node stopped");

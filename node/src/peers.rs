@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use hyphae_p2p::{Identity, Multiaddr, PeerId, Transport, TransportConfig, TransportEvent};
 use hyphae_store::Store;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::oneshot;
 
 use crate::error::NodeError;
 
@@ -19,6 +20,24 @@ const ADDRESSES_PER_PEER: usize = 16;
 /// Peer book changes are written together, at most this long after the first one.
 const FLUSH_AFTER: Duration = Duration::from_secs(2);
 
+/// The task that keeps the peer book. The node finishes it before closing the store: what
+/// the transport learnt in its last moments must be written, or a node stopped soon after
+/// meeting a peer would not redial it when it starts again.
+pub(crate) struct PeerBookWriter {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PeerBookWriter {
+    /// Writes what is pending (call it once the transport has stopped) and ends the task.
+    pub(crate) async fn finish(self) {
+        let _ = self.stop.send(());
+        if let Err(e) = self.task.await {
+            tracing::warn!(error = %e, "the peer book task failed");
+        }
+    }
+}
+
 /// Starts the transport, serves the federation router on it, then redials the peers the
 /// store remembers (after the router is in place, so no early peer is answered 503).
 pub(crate) async fn start_transport(
@@ -26,12 +45,16 @@ pub(crate) async fn start_transport(
     identity: &Identity,
     store: &Store,
     federation: axum::Router,
-) -> Result<Transport, NodeError> {
+) -> Result<(Transport, PeerBookWriter), NodeError> {
     let transport = Transport::start(config, identity)
         .await
         .map_err(|e| NodeError::Transport(e.to_string()))?;
     transport.serve(federation);
-    tokio::spawn(keep_peer_book(transport.events(), store.clone()));
+    let (stop, stopped) = oneshot::channel();
+    let writer = PeerBookWriter {
+        stop,
+        task: tokio::spawn(keep_peer_book(transport.events(), store.clone(), stopped)),
+    };
     for known in store.known_peers().await?.into_iter().take(REDIAL_AT_START) {
         let Ok(peer) = known.peer_id.parse::<PeerId>() else {
             tracing::warn!(peer = %known.peer_id, "skipping a malformed peer id in the peer book");
@@ -57,46 +80,49 @@ pub(crate) async fn start_transport(
             }
         });
     }
-    Ok(transport)
+    Ok((transport, writer))
 }
 
-/// Writes what the transport learns of peers into the store, a batch at a time. Ends when the
-/// transport does (its event channel closes with the swarm task).
+/// Writes what the transport learns of peers into the store, a batch at a time. Ends when told
+/// to (or when the transport's event channel closes), after writing what is pending.
 async fn keep_peer_book(
     mut events: tokio::sync::broadcast::Receiver<TransportEvent>,
     store: Store,
+    mut stop: oneshot::Receiver<()>,
 ) {
     // peer -> (addresses, how found), merged until the next flush.
     let mut pending: HashMap<PeerId, (Vec<Multiaddr>, String)> = HashMap::new();
     let mut flush_at: Option<tokio::time::Instant> = None;
     loop {
-        let event = match flush_at {
-            Some(deadline) => match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(event) => event,
-                Err(_) => {
-                    flush(&store, &mut pending).await;
-                    flush_at = None;
-                    continue;
-                }
-            },
-            None => events.recv().await,
-        };
-        match event {
-            // Addresses come from discovery (mDNS, the DHT, the peer's own identify); the
-            // address of a connection may be an inbound, ephemeral one and is not kept.
-            Ok(TransportEvent::PeerDiscovered { peer, addrs, how }) => {
-                let entry = pending
-                    .entry(peer)
-                    .or_insert_with(|| (Vec::new(), String::new()));
-                for addr in addrs {
-                    if !entry.0.contains(&addr) {
-                        entry.0.push(addr);
+        let event = tokio::select! {
+            // A dropped sender (the node dropped without `shutdown`) ends the task too.
+            _ = &mut stop => {
+                // The transport has stopped: what it said last is still in the channel.
+                loop {
+                    match events.try_recv() {
+                        Ok(event) => {
+                            note(&mut pending, event);
+                        }
+                        Err(TryRecvError::Lagged(_)) => continue,
+                        Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                     }
                 }
-                entry.1 = format!("{how:?}").to_lowercase();
-                flush_at.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_AFTER);
+                flush(&store, &mut pending).await;
+                return;
             }
-            Ok(_) => {}
+            _ = sleep_until_some(flush_at) => {
+                flush(&store, &mut pending).await;
+                flush_at = None;
+                continue;
+            }
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(event) => {
+                if note(&mut pending, event) {
+                    flush_at.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_AFTER);
+                }
+            }
             Err(RecvError::Lagged(missed)) => {
                 tracing::debug!(missed, "peer book fell behind the transport's events");
             }
@@ -105,6 +131,35 @@ async fn keep_peer_book(
                 return;
             }
         }
+    }
+}
+
+/// Merges what `event` says of a peer into `pending`; whether it said anything.
+fn note(pending: &mut HashMap<PeerId, (Vec<Multiaddr>, String)>, event: TransportEvent) -> bool {
+    match event {
+        // Addresses come from discovery (mDNS, the DHT, the peer's own identify); the
+        // address of a connection may be an inbound, ephemeral one and is not kept.
+        TransportEvent::PeerDiscovered { peer, addrs, how } => {
+            let entry = pending
+                .entry(peer)
+                .or_insert_with(|| (Vec::new(), String::new()));
+            for addr in addrs {
+                if !entry.0.contains(&addr) {
+                    entry.0.push(addr);
+                }
+            }
+            entry.1 = format!("{how:?}").to_lowercase();
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Sleeps until `deadline`; never wakes without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

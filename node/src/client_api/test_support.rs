@@ -45,20 +45,15 @@ impl Api {
     /// everything it knows comes from the folder. `configure` sets up the new start (the
     /// overlay listens on new ports either way).
     pub(crate) async fn restart_with(self, configure: impl FnOnce(&mut Config)) -> Api {
+        self.stop().await.start_with(configure).await
+    }
+
+    /// Stops the node (what it stored stays in its data folder, for `Stopped::start_*`).
+    pub(crate) async fn stop(self) -> Stopped {
         let Api { node, http, _data } = self;
         node.shutdown().await;
         drop(node);
-        let mut config = Config {
-            client_listen: "127.0.0.1:0".parse().unwrap(),
-            p2p: None,
-            ..Config::new(_data.path())
-        };
-        configure(&mut config);
-        Api {
-            node: Node::start(config).await.unwrap(),
-            http,
-            _data,
-        }
+        Stopped { http, data: _data }
     }
 
     /// Restarts the node with the overlay on loopback.
@@ -115,9 +110,7 @@ impl Api {
             .header("content-type", "application/json")
             .body(body)
             .unwrap();
-        let response = transport
-            .request(other.node.server_name(), request)
-            .await?;
+        let response = transport.request(other.node.server_name(), request).await?;
         let status = response.status().as_u16();
         let body = response.into_body();
         Ok((
@@ -230,5 +223,33 @@ impl Api {
                    "password": password}),
         )
         .await
+    }
+}
+
+/// A stopped test node: its data folder, waiting to be started again.
+pub(crate) struct Stopped {
+    http: reqwest::Client,
+    data: tempfile::TempDir,
+}
+
+impl Stopped {
+    pub(crate) async fn start_with(self, configure: impl FnOnce(&mut Config)) -> Api {
+        let mut config = Config {
+            client_listen: "127.0.0.1:0".parse().unwrap(),
+            p2p: None,
+            ..Config::new(self.data.path())
+        };
+        configure(&mut config);
+        Api {
+            node: Node::start(config).await.unwrap(),
+            http: self.http,
+            _data: self.data,
+        }
+    }
+
+    /// Starts the node again with the overlay on loopback (on new ports).
+    pub(crate) async fn start_federated(self) -> Api {
+        self.start_with(|config| config.p2p = Some(crate::TransportConfig::loopback()))
+            .await
     }
 }

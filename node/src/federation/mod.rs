@@ -5,9 +5,13 @@
 mod client;
 mod edus;
 mod events;
+#[cfg(test)]
+mod hostile_tests;
 mod keys;
 mod membership;
 mod origin;
+#[cfg(test)]
+mod partition_tests;
 #[cfg(test)]
 pub(crate) mod room_tests;
 mod send;
