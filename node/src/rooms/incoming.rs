@@ -150,8 +150,9 @@ impl Rooms {
         if let Err(reason) = check_auth(&entry.version, &pdu, &auth_events, Some(&entry.state)) {
             tracing::info!(event_id = %pdu.event_id, %reason, "soft-failing an event");
             let mut accepted = self.accepted(&pdu, None, None, Vec::new())?;
-            // Kept, but out of the timeline and never a prev event here.
-            accepted.pdu.outlier = true;
+            // Kept, marked, and treated like a rejected event here: out of the timeline, never
+            // a prev event, never shown to a client, not asked about again.
+            accepted.pdu.rejection_reason = Some(format!("soft-failed: {reason}"));
             accepted.prev_may_be_missing = true;
             self.inner.store.append_accepted(vec![accepted]).await?;
             return Ok(Received::SoftFailed(reason));
