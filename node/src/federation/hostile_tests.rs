@@ -1145,3 +1145,65 @@ async fn a_server_that_never_answers_does_not_hold_up_the_room() {
     );
     assert_unseen(&b, &bob, &room, &[&ids[0], &ids[1]]).await;
 }
+
+#[tokio::test]
+async fn a_user_leaves_through_make_leave_and_send_leave_and_only_its_own_server_may() {
+    let (a, b, alice, bob, room) = crate::federation::room_tests::two_nodes_in_a_room().await;
+    wait_for_membership(&a, &alice, &room, &bob.user_id, "join").await;
+    let encode = crate::rooms::urlencode;
+    // Another server may not make a leave for Alice.
+    let (status, body) = b
+        .federation(
+            &a,
+            reqwest::Method::GET,
+            &format!(
+                "/_matrix/federation/v1/make_leave/{}/{}",
+                encode(&room),
+                encode(&alice.user_id)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+
+    let (status, body) = b
+        .federation(
+            &a,
+            reqwest::Method::GET,
+            &format!(
+                "/_matrix/federation/v1/make_leave/{}/{}",
+                encode(&room),
+                encode(&bob.user_id)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let version: RoomVersionId = serde_json::from_value(body["room_version"].clone()).unwrap();
+    let mut leave: CanonicalJsonObject = serde_json::from_value(body["event"].clone()).unwrap();
+    leave.insert(
+        "origin_server_ts".into(),
+        ruma::CanonicalJsonValue::Integer(1_000_000_000_000i64.try_into().unwrap()),
+    );
+    sign(&key_of(&b), &version, &mut leave);
+    let id = event_id(&version, &leave);
+
+    // Sent by a server that is not the leaver's: refused.
+    let outsider = Api::start_federated().await;
+    outsider.connect(&a).await;
+    let path = format!(
+        "/_matrix/federation/v2/send_leave/{}/{}",
+        encode(&room),
+        encode(&id)
+    );
+    let (status, body) = outsider
+        .federation(&a, reqwest::Method::PUT, &path, Some(to_value(&leave)))
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    let (status, body) = b
+        .federation(&a, reqwest::Method::PUT, &path, Some(to_value(&leave)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_membership(&a, &alice, &room, &bob.user_id, "leave").await;
+}

@@ -45,8 +45,79 @@ pub(crate) async fn make_join(
     if !supported {
         return Err(incompatible(&version));
     }
-    let template = state.rooms.join_template(&room_id, &user_id).await?;
+    let template = state
+        .rooms
+        .membership_template(&room_id, &user_id, "join")
+        .await?;
     Ok(Json(json!({"event": template, "room_version": version})))
+}
+
+pub(crate) async fn make_leave(
+    State(state): State<AppState>,
+    Origin(origin): Origin,
+    Path((room_id, user_id)): Path<(OwnedRoomId, OwnedUserId)>,
+) -> Result<Json<Value>, MatrixError> {
+    if user_id.server_name() != origin {
+        return Err(MatrixError::forbidden(
+            "A server may only make leaves for its own users",
+        ));
+    }
+    if !state.rooms.participating(&room_id).await? {
+        return Err(MatrixError::not_found(format!(
+            "This server is not in {room_id}"
+        )));
+    }
+    let version = state.rooms.version(&room_id).await?;
+    let template = state
+        .rooms
+        .membership_template(&room_id, &user_id, "leave")
+        .await?;
+    Ok(Json(json!({"event": template, "room_version": version})))
+}
+
+/// `send_leave` (v2): a user of the origin leaves, or declines an invite, through this server.
+pub(crate) async fn send_leave(
+    State(state): State<AppState>,
+    Origin(origin): Origin,
+    Path((room_id, event_id)): Path<(OwnedRoomId, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, MatrixError> {
+    let (raw, _) = own_membership(&state, &origin, &room_id, &event_id, "leave", &body).await?;
+    match state.rooms.receive_pdu(&origin, &raw).await? {
+        (_, Received::Accepted | Received::Duplicate) => Ok(Json(json!({}))),
+        (_, Received::Rejected(reason) | Received::SoftFailed(reason)) => Err(
+            MatrixError::forbidden(format!("The leave is not allowed: {reason}")),
+        ),
+    }
+}
+
+/// The body of a send_join or send_leave, checked to be the origin's own user's `membership`
+/// event in this room under the given event id.
+async fn own_membership(
+    state: &AppState,
+    origin: &ruma::ServerName,
+    room_id: &ruma::RoomId,
+    event_id: &str,
+    membership: &str,
+    body: &[u8],
+) -> Result<(Box<RawValue>, crate::rooms::Pdu), MatrixError> {
+    let raw: Box<RawValue> = serde_json::from_slice(body)
+        .map_err(|e| MatrixError::bad_json(format!("The event is not JSON: {e}")))?;
+    let version = state.rooms.version(room_id).await?;
+    let json: CanonicalJsonObject = serde_json::from_str(raw.get())
+        .map_err(|e| MatrixError::bad_json(format!("The event is not canonical JSON: {e}")))?;
+    let event = verify_pdu(&version, json)?;
+    let own = event.kind == TimelineEventType::RoomMember
+        && event.state_key.as_deref() == Some(event.sender.as_str())
+        && membership_of(&event.content).as_deref() == Some(membership)
+        && event.sender.server_name() == origin;
+    if event.event_id.as_str() != event_id || event.room_id().as_deref() != Some(room_id) || !own {
+        tracing::warn!(%origin, %room_id, membership, "refused a membership that is not the origin's own");
+        return Err(MatrixError::bad_json(format!(
+            "Not a {membership} of one of the sending server's users to this room"
+        )));
+    }
+    Ok((raw, event))
 }
 
 fn incompatible(version: &RoomVersionId) -> MatrixError {
@@ -65,26 +136,7 @@ pub(crate) async fn send_join(
     Path((room_id, event_id)): Path<(OwnedRoomId, String)>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, MatrixError> {
-    let raw: Box<RawValue> = serde_json::from_slice(&body)
-        .map_err(|e| MatrixError::bad_json(format!("The join is not JSON: {e}")))?;
-    let version = state.rooms.version(&room_id).await?;
-    let json: CanonicalJsonObject = serde_json::from_str(raw.get())
-        .map_err(|e| MatrixError::bad_json(format!("The join is not canonical JSON: {e}")))?;
-    let join = verify_pdu(&version, json)?;
-    let sender_is_origin = join.sender.server_name() == origin;
-    let is_join = join.kind == TimelineEventType::RoomMember
-        && join.state_key.as_deref() == Some(join.sender.as_str())
-        && membership_of(&join.content).as_deref() == Some("join");
-    if join.event_id.as_str() != event_id
-        || join.room_id().as_deref() != Some(&*room_id)
-        || !is_join
-        || !sender_is_origin
-    {
-        tracing::warn!(%origin, %room_id, "refused a send_join that is not the origin's own join");
-        return Err(MatrixError::bad_json(
-            "Not a join of one of the sending server's users to this room",
-        ));
-    }
+    let (raw, join) = own_membership(&state, &origin, &room_id, &event_id, "join", &body).await?;
     match state.rooms.receive_pdu(&origin, &raw).await? {
         (_, Received::Accepted | Received::Duplicate) => {}
         (_, Received::Rejected(reason) | Received::SoftFailed(reason)) => {

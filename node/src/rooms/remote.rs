@@ -362,12 +362,13 @@ impl Rooms {
         Ok(join.event_id)
     }
 
-    /// A join event for `user` that this room would allow now, unsigned, for the joining
-    /// server to complete and sign (`make_join`).
-    pub(crate) async fn join_template(
+    /// A join or leave event for `user` that this room would allow now, unsigned, for the
+    /// user's server to complete and sign (`make_join`, `make_leave`).
+    pub(crate) async fn membership_template(
         &self,
         room_id: &RoomId,
         user: &UserId,
+        membership: &str,
     ) -> Result<CanonicalJsonObject, RoomError> {
         let Some(slot) = self.slot(room_id).await? else {
             return Err(RoomError::NotFound(format!("Unknown room {room_id}")));
@@ -380,7 +381,7 @@ impl Rooms {
             return Err(RoomError::Internal("room cache vanished".into()));
         };
         let kind = TimelineEventType::RoomMember;
-        let content = serde_json::json!({"membership": "join"});
+        let content = serde_json::json!({ "membership": membership });
         let pdu = self.build(
             &entry.version,
             Some(room_id),
