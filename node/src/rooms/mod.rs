@@ -514,7 +514,9 @@ impl Rooms {
         );
         json.insert(
             "depth".into(),
-            CanonicalJsonValue::Integer(depth.try_into().unwrap_or_default()),
+            // A member may have sent an event at the largest depth JSON allows; ours stay there
+            // rather than wrapping to 0.
+            CanonicalJsonValue::Integer(depth.try_into().unwrap_or(ruma::Int::MAX)),
         );
         json.insert("prev_events".into(), ids(&prev_events));
         json.insert("auth_events".into(), ids(&auth_events));

@@ -529,7 +529,7 @@ impl Rooms {
                 i64::try_from(u64::from(invite.depth) + 1)
                     .unwrap_or(i64::MAX)
                     .try_into()
-                    .unwrap_or_default(),
+                    .unwrap_or(ruma::Int::MAX),
             ),
         );
         json.insert(
