@@ -26,6 +26,8 @@ use crate::signing::KEY_ID;
 const MISSING_ROUNDS: usize = 10;
 /// Events asked for per get_missing_events round.
 const MISSING_LIMIT: usize = 100;
+/// The longest one incoming event may hold its room while what it needs is fetched.
+const PROCESS_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
 /// Servers an accepted event from elsewhere is passed on to (see `forward_targets`).
 const FORWARD_FANOUT: usize = 4;
 /// Auth events fetched one by one for one incoming event, at most.
@@ -87,9 +89,23 @@ impl Rooms {
                 "This server has no state for {room_id} yet"
             )));
         }
-        let result = self.process(entry, origin, pdu, true).await;
+        // The room stays locked while missing events are asked for; a member server that
+        // answers slowly must not keep the room's own users from sending for long. What is
+        // applied so far stays (each step is its own commit); the rest is asked for again when
+        // a later event names it.
+        let result = match tokio::time::timeout(
+            PROCESS_BUDGET,
+            self.process(entry, origin, pdu, true),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(RoomError::Unreachable(format!(
+                "{origin} took longer than {PROCESS_BUDGET:?} to supply what the event needs"
+            ))),
+        };
         if result.is_err() {
-            // The cache may be ahead of the store now.
+            // The cache may be ahead of or behind the store now.
             guard.take();
         }
         Ok((event_id, result?))
