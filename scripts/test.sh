@@ -4,18 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages: iproute2 for the network-namespace tests, and Debian's python3 with zeroconf to
-# check that the mDNS service is visible to a standard DNS-SD tool. Without them (or without
-# root) those tests print SKIPPED with the reason.
+# System packages: iproute2 for the network-namespace tests, Debian's python3 with zeroconf to
+# check that the mDNS service is visible to a standard DNS-SD tool, and headless Chromium with
+# chromedriver for the web UI's browser test. Without them (or without root) those tests print
+# SKIPPED with the reason.
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 /usr/bin/python3 -c 'import zeroconf' >/dev/null 2>&1 || need+=(python3-zeroconf)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
     else
-        echo "WARNING: cannot install ${need[*]} (not root or no apt-get): namespace and mDNS tests will skip" >&2
+        echo "WARNING: cannot install ${need[*]} (not root or no apt-get): namespace, mDNS and browser tests will skip" >&2
     fi
 fi
 

@@ -1,5 +1,8 @@
-//! `hyphae`: the app people run. `hyphae up` starts a node in this process and serves the
-//! Client-Server API; more commands (backup server, web UI) arrive with their issues.
+//! `hyphae`: the app people run. `hyphae up` starts a node in this process, serves the
+//! Client-Server API and, beside it, the owner's web UI (`ui/`); the backup server arrives with
+//! its issue.
+
+mod ui;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +44,13 @@ enum Command {
         /// needs one unless --open-registration is given.
         #[arg(long = "registration-token", value_name = "TOKEN")]
         registration_tokens: Vec<String>,
+        /// The owner's user name on this device (the local part of @NAME:<server name>).
+        /// Default: your login name, else "me".
+        #[arg(long, value_name = "NAME", value_parser = parse_localpart, conflicts_with = "no_app")]
+        name: Option<String>,
+        /// Run the node without an owner and without the web UI (Matrix clients still work).
+        #[arg(long)]
+        no_app: bool,
         #[command(flatten)]
         p2p: P2pArgs,
     },
@@ -119,6 +129,8 @@ fn main() -> ExitCode {
             listen,
             open_registration,
             registration_tokens,
+            name,
+            no_app,
             p2p,
         } => {
             let Some(data_dir) = data.or_else(default_data_dir) else {
@@ -132,18 +144,24 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            runtime.block_on(up(Config {
-                client_listen: listen,
-                open_registration,
-                registration_tokens,
-                p2p,
-                ..Config::new(data_dir)
-            }))
+            let ui = (!no_app).then(ui::Ui::new);
+            runtime.block_on(up(
+                Config {
+                    client_listen: listen,
+                    open_registration,
+                    registration_tokens,
+                    p2p,
+                    owner: (!no_app).then(|| name.unwrap_or_else(default_name)),
+                    extra_routes: ui.as_ref().map(ui::Ui::router),
+                    ..Config::new(data_dir)
+                },
+                ui,
+            ))
         }
     }
 }
 
-async fn up(config: Config) -> ExitCode {
+async fn up(config: Config, ui: Option<ui::Ui>) -> ExitCode {
     let data_dir = config.data_dir.clone();
     let registration = match config.registration() {
         Registration::Open => "open to anyone who can reach the client API".to_owned(),
@@ -175,7 +193,31 @@ async fn up(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let ui_url = match &ui {
+        Some(ui) => match ui.attach(&node, &data_dir) {
+            Ok(url) => Some(url),
+            Err(e) => {
+                eprintln!("hyphae: {e}");
+                node.shutdown().await;
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     println!("Hyphae is up.");
+    if let Some(url) = &ui_url {
+        // The link holds the key to the UI: anyone with it can chat as the owner.
+        println!("  web UI       {url}");
+        if !node.client_addr().ip().is_loopback() {
+            eprintln!(
+                "hyphae: the web UI is reachable beyond this device, over plain HTTP; only the \
+                 key in its link protects it"
+            );
+        }
+    }
+    if let Some(app) = node.app() {
+        println!("  user         {}", app.user_id());
+    }
     println!("  server name  {}", node.server_name());
     println!("  client API   http://{}", node.client_addr());
     println!("  data folder  {}", data_dir.display());
@@ -192,6 +234,9 @@ async fn up(config: Config) -> ExitCode {
     println!("Press Ctrl-C to stop.");
 
     stop.await;
+    if let Some(ui) = &ui {
+        ui.stop();
+    }
     node.shutdown().await;
     println!("Hyphae stopped.");
     ExitCode::SUCCESS
@@ -216,6 +261,37 @@ fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })
+}
+
+/// A Matrix user name (localpart) as the spec allows it: lower case letters, digits and `._=-/+`.
+fn parse_localpart(name: &str) -> Result<String, String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("a name has 1 to 64 characters".into());
+    }
+    match name.chars().find(|c| !is_localpart_char(*c)) {
+        Some(c) => Err(format!(
+            "{c:?} is not allowed in a name: use lower case letters, digits and . _ = - / +"
+        )),
+        None => Ok(name.to_owned()),
+    }
+}
+
+fn is_localpart_char(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || "._=-/+".contains(c)
+}
+
+/// The login name, made into a valid localpart; "me" when there is none.
+fn default_name() -> String {
+    let login = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_default();
+    let name: String = login
+        .to_lowercase()
+        .chars()
+        .filter(|c| is_localpart_char(*c))
+        .take(64)
+        .collect();
+    if name.is_empty() { "me".into() } else { name }
 }
 
 fn default_data_dir() -> Option<PathBuf> {

@@ -20,6 +20,12 @@ pub struct Config {
     /// `Config::new`: an embedding app (or `hyphae up`) opts in, so nothing multicasts on a
     /// network by accident.
     pub p2p: Option<hyphae_p2p::TransportConfig>,
+    /// The device owner's localpart: the node makes that account on first start and signs the
+    /// app's own client in as it (`Node::app`). `None`: a node with no owner (a server, tests).
+    pub owner: Option<String>,
+    /// More routes served on the Client-Server API's address (the app's own web UI), merged
+    /// with the API's; they get none of its layers (no CORS headers) and must not overlap it.
+    pub extra_routes: Option<axum::Router>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +67,8 @@ impl Config {
                 per_second: 1.0,
             },
             p2p: None,
+            owner: None,
+            extra_routes: None,
         }
     }
 

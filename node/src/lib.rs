@@ -2,6 +2,7 @@
 //! identity, and serves the Client-Server API; the Server-Server API, rooms, sync, keys and the
 //! in-process client grow here (see DESIGN.md).
 
+pub mod app;
 mod client_api;
 mod config;
 mod credentials;
@@ -17,3 +18,7 @@ pub use config::{Config, RateLimit, Registration};
 pub use error::NodeError;
 pub use hyphae_p2p::{Multiaddr, PeerId, Transport, TransportConfig, multiaddr};
 pub use node::Node;
+
+/// Benchmarks of the app client's end-to-end encryption (`bench-megolm-share`); not an API.
+#[doc(hidden)]
+pub use app::crypto::bench as crypto_bench;

@@ -38,6 +38,8 @@ struct Inner {
     transport: Option<hyphae_p2p::Transport>,
     /// Finished on shutdown between the transport and the store.
     peer_book: Mutex<Option<crate::peers::PeerBookWriter>>,
+    /// The device owner's in-process client, when the node has an owner.
+    app: Option<crate::app::AppClient>,
     // Dropping the sender (with the last handle) tells the server to stop.
     stop: Mutex<Option<oneshot::Sender<()>>>,
     server: Mutex<Option<JoinHandle<()>>>,
@@ -55,6 +57,8 @@ pub(crate) struct AppState {
     pub(crate) login_tokens: Arc<LoginTokens>,
     pub(crate) signing_key: SigningKey,
     pub(crate) federation: Federation,
+    /// The device owner's localpart, when the node has one.
+    pub(crate) owner: Option<String>,
 }
 
 impl Node {
@@ -87,6 +91,7 @@ impl Node {
             login_tokens: login_tokens.clone(),
             signing_key: signing_key.clone(),
             federation: federation.clone(),
+            owner: config.owner.clone(),
             server_name,
             store: store.clone(),
             registration: Arc::new(config.registration()),
@@ -112,7 +117,24 @@ impl Node {
                 .map_err(|e| NodeError::Startup(e.to_string()))?;
         }
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = client_api::router(state.clone());
+        let api = client_api::router(state.clone());
+        let owner_client = match &config.owner {
+            Some(localpart) => Some(
+                crate::app::AppClient::start(
+                    state.clone(),
+                    api.clone(),
+                    localpart,
+                    &identity.secret_bytes(),
+                )
+                .await
+                .map_err(|e| NodeError::Startup(format!("the app's client: {e}")))?,
+            ),
+            None => None,
+        };
+        let app = match config.extra_routes.clone() {
+            Some(extra) => api.merge(extra),
+            None => api,
+        };
         let server = tokio::spawn(async move {
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -131,6 +153,7 @@ impl Node {
                 login_tokens,
                 state,
                 transport,
+                app: owner_client,
                 peer_book: Mutex::new(peer_book),
                 stop: Mutex::new(Some(stop)),
                 server: Mutex::new(Some(server)),
@@ -152,6 +175,11 @@ impl Node {
         &self.inner.store
     }
 
+    /// The device owner's in-process client, when the node has an owner (`Config::owner`).
+    pub fn app(&self) -> Option<&crate::app::AppClient> {
+        self.inner.app.as_ref()
+    }
+
     /// The libp2p overlay, when the node runs one.
     pub fn transport(&self) -> Option<&hyphae_p2p::Transport> {
         self.inner.transport.as_ref()
@@ -160,6 +188,11 @@ impl Node {
     /// The Server-Server API this node answers (served over libp2p by its transport).
     pub fn federation_router(&self) -> axum::Router {
         crate::federation::router(self.inner.state.clone())
+    }
+
+    /// The Client-Server API as a router, for callers in this process (no socket).
+    pub(crate) fn client_router(&self) -> axum::Router {
+        client_api::router(self.inner.state.clone())
     }
 
     /// A single-use `m.login.token` for a local account, valid two minutes: how the embedding
@@ -182,6 +215,9 @@ impl Node {
 
     /// Stops serving (letting requests in flight finish), then flushes and closes the store.
     pub async fn shutdown(&self) {
+        if let Some(app) = &self.inner.app {
+            app.stop();
+        }
         self.inner
             .stop
             .lock()

@@ -9,6 +9,7 @@
 mod account_data;
 mod accounts;
 mod backup;
+mod crypto;
 mod dag;
 mod error;
 mod events;
@@ -36,6 +37,11 @@ use tokio::sync::watch;
 pub use account_data::AccountDataEntry;
 pub use accounts::{Account, Device, NewDevice};
 pub use backup::{BackupKey, BackupVersion, BackupWrite};
+pub use crypto::{
+    CryptoAccountRow, CryptoWrite, InboundGroupSessionRow, KeyRequestRow, MegolmSeen,
+    OlmSessionRow, OutboundGroupSessionRow, OutboundShare, OutboundWrite, TrackedDevice,
+    TrackedUser, TrackedUserWrite,
+};
 pub use error::{Result, StoreError};
 pub use events::{NewPdu, StoredPdu};
 pub use keys::{ClaimedKey, CrossSigningKey, KeySignature, KeyUpload, OneTimeKey};

@@ -18,6 +18,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_profiles.sql"),
     include_str!("../migrations/0007_remote_devices.sql"),
     include_str!("../migrations/0008_invites_state_after.sql"),
+    include_str!("../migrations/0009_app_crypto.sql"),
 ];
 
 /// Marks a SQLite file as Hyphae's (`PRAGMA application_id`), so another program's database is

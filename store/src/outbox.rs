@@ -92,6 +92,25 @@ impl Store {
         .await
     }
 
+    /// For each of these events, how many destinations have not acknowledged it yet.
+    pub async fn outbox_pending(
+        &self,
+        event_ids: Vec<String>,
+    ) -> Result<std::collections::HashMap<String, usize>> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT count(DISTINCT destination) FROM outbox WHERE kind = 'pdu' AND payload = ?1",
+            )?;
+            let mut pending = std::collections::HashMap::new();
+            for event_id in event_ids {
+                let count: i64 = statement.query_row([&event_id], |row| row.get(0))?;
+                pending.insert(event_id, usize::try_from(count).unwrap_or(0));
+            }
+            Ok(pending)
+        })
+        .await
+    }
+
     /// Destinations with something waiting: a starting node starts a sender for each.
     pub async fn outbox_destinations(&self) -> Result<Vec<String>> {
         self.read(|conn| {

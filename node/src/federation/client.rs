@@ -50,7 +50,18 @@ pub(super) struct Inner {
     /// handle, and must not be kept alive by it.
     transport: OnceLock<WeakTransport>,
     senders: Mutex<HashMap<OwnedServerName, SenderHandle>>,
+    /// Owners of other nodes, as they said (see `owner_of`), and when they said it.
+    owners: Mutex<HashMap<String, (std::time::Instant, Owner)>>,
 }
+
+/// A node's owner as it says: user id and display name.
+type Owner = (String, Option<String>);
+
+/// How long what a node said of its owner is taken as current: display names change.
+const OWNER_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where a Hyphae node says who owns it (an unstable, namespaced federation endpoint).
+pub(crate) const OWNER_PATH: &str = "/_matrix/federation/unstable/io.hyphae/owner";
 
 impl Federation {
     pub(crate) fn new(store: Store, server_name: OwnedServerName) -> Self {
@@ -60,6 +71,7 @@ impl Federation {
                 store,
                 transport: OnceLock::new(),
                 senders: Mutex::new(HashMap::new()),
+                owners: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -81,12 +93,58 @@ impl Federation {
         Ok(())
     }
 
-    fn transport(&self) -> Result<Transport, FederationError> {
+    pub(crate) fn transport(&self) -> Result<Transport, FederationError> {
         self.inner
             .transport
             .get()
             .and_then(WeakTransport::upgrade)
             .ok_or(FederationError::Offline)
+    }
+
+    /// Who owns the node `server`, as it says (`io.hyphae.owner`): (user id, display name).
+    /// Remembered for `OWNER_FRESH`, and after that while the node does not answer; a node that
+    /// has no owner, or never answered, gives `None`.
+    pub(crate) async fn owner_of(&self, server: &str) -> Option<Owner> {
+        let known = self
+            .inner
+            .owners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(server)
+            .cloned();
+        if let Some((learnt, owner)) = &known
+            && learnt.elapsed() < OWNER_FRESH
+        {
+            return Some(owner.clone());
+        }
+        let known = known.map(|(_, owner)| owner);
+        let server_name = <&ServerName>::try_from(server).ok()?;
+        let Ok(Ok(answer)) = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            self.request::<serde_json::Value>(server_name, Method::GET, OWNER_PATH, None),
+        )
+        .await
+        else {
+            return known;
+        };
+        let user_id = ruma::UserId::parse(answer["user_id"].as_str()?).ok()?;
+        // A node speaks only for its own users.
+        if user_id.server_name() != server_name {
+            return None;
+        }
+        let owner = (
+            user_id.to_string(),
+            answer["displayname"].as_str().map(str::to_owned),
+        );
+        self.inner
+            .owners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                server.to_owned(),
+                (std::time::Instant::now(), owner.clone()),
+            );
+        Some(owner)
     }
 
     /// The servers this node has a connection to right now.

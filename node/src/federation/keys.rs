@@ -56,6 +56,23 @@ pub(crate) async fn server_keys(
     ))))
 }
 
+/// `io.hyphae/owner`: who owns this node (the user the app on this device signs in as), so
+/// devices nearby can show a person rather than a key. Nodes without an owner say 404.
+pub(crate) async fn owner(
+    State(state): State<AppState>,
+    super::Origin(_): super::Origin,
+) -> Result<axum::Json<serde_json::Value>, MatrixError> {
+    let Some(localpart) = &state.owner else {
+        return Err(MatrixError::not_found("This node has no owner"));
+    };
+    let profile = state.store.profile(localpart.clone()).await?;
+    let displayname = profile.and_then(|(name, _)| name);
+    Ok(axum::Json(serde_json::json!({
+        "user_id": format!("@{localpart}:{}", state.server_name),
+        "displayname": displayname,
+    })))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

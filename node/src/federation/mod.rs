@@ -31,6 +31,7 @@ pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/_matrix/federation/v1/version", get(keys::version))
         .route("/_matrix/key/v2/server", get(keys::server_keys))
+        .route(client::OWNER_PATH, get(keys::owner))
         .route(
             "/_matrix/federation/v1/send/{txn_id}",
             put(send::send_transaction),
