@@ -403,21 +403,29 @@ impl Transport {
     /// A new `/http/1.1` stream to `peer`, connecting first (known addresses, else a DHT
     /// lookup) if needed.
     async fn open_stream(&self, peer: PeerId) -> Result<Stream, HttpError> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .commands
-            .send(Command::OpenStream { peer, reply })
-            .await
-            .map_err(|_| HttpError::Stopped)?;
-        match rx.await {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(OpenError::Unsupported)) => Err(HttpError::UnsupportedProtocol { peer }),
-            Ok(Err(OpenError::NotFound)) => Err(HttpError::PeerNotFound(peer)),
-            Ok(Err(OpenError::Failed(reason))) => Err(HttpError::Unreachable { peer, reason }),
-            Err(_) => Err(HttpError::Unreachable {
-                peer,
-                reason: "the connection closed before the stream opened".to_owned(),
-            }),
+        // A connection may close while a stream is being opened on it: one of two connections
+        // dialled at once is dropped, or a relay circuit is replaced. Nothing was sent yet, so
+        // asking again (on the connection that stays, or a new one) is safe.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (reply, rx) = oneshot::channel();
+            self.inner
+                .commands
+                .send(Command::OpenStream { peer, reply })
+                .await
+                .map_err(|_| HttpError::Stopped)?;
+            return match rx.await {
+                Ok(Ok(stream)) => Ok(stream),
+                Ok(Err(OpenError::Unsupported)) => Err(HttpError::UnsupportedProtocol { peer }),
+                Ok(Err(OpenError::NotFound)) => Err(HttpError::PeerNotFound(peer)),
+                Ok(Err(OpenError::Failed(reason))) => Err(HttpError::Unreachable { peer, reason }),
+                Err(_) if attempts < 3 => continue,
+                Err(_) => Err(HttpError::Unreachable {
+                    peer,
+                    reason: "the connection closed before the stream opened".to_owned(),
+                }),
+            };
         }
     }
 
