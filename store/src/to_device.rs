@@ -133,20 +133,25 @@ impl Store {
 }
 
 fn queue(conn: &Connection, messages: &[ToDeviceMessage]) -> Result<()> {
-    let mut devices = conn
+    let mut all_devices = conn
         .prepare_cached("SELECT device_id FROM devices WHERE localpart = ?1 ORDER BY device_id")?;
+    // One device is looked up alone: a room key shared with thousands of devices of a few users
+    // would otherwise read every device of the user for each message.
+    let mut one_device = conn
+        .prepare_cached("SELECT device_id FROM devices WHERE localpart = ?1 AND device_id = ?2")?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO to_device_inbox (stream_pos, localpart, device_id, sender, event_type, content)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for message in messages {
-        let all: Vec<String> = devices
-            .query_map([&message.localpart], |row| row.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        let targets: Vec<&String> = if message.device_id == "*" {
-            all.iter().collect()
+        let targets: Vec<String> = if message.device_id == "*" {
+            all_devices
+                .query_map([&message.localpart], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?
         } else {
-            all.iter().filter(|d| **d == message.device_id).collect()
+            one_device
+                .query_map([&message.localpart, &message.device_id], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?
         };
         for device_id in targets {
             insert.execute(params![
