@@ -1,6 +1,6 @@
 //! `hyphae`: the app people run. `hyphae up` starts a node in this process, serves the
-//! Client-Server API and, beside it, the owner's web UI (`ui/`); the backup server arrives with
-//! its issue.
+//! Client-Server API and, beside it, the owner's web UI (`ui/`); `hyphae backup-server` runs a
+//! node with no owner that keeps replicas for the devices its operator invites.
 
 mod ui;
 
@@ -51,8 +51,44 @@ enum Command {
         /// Run the node without an owner and without the web UI (Matrix clients still work).
         #[arg(long)]
         no_app: bool,
+        /// Subscribe to this backup server at start (unless subscribed already): its multiaddr
+        /// ending in /p2p/<peer id>, as `hyphae backup-server` prints it.
+        #[arg(long, value_name = "MULTIADDR", requires = "backup_token")]
+        backup: Option<Multiaddr>,
+        /// The token from `hyphae backup-server invite`, for --backup.
+        #[arg(long, value_name = "TOKEN", requires = "backup")]
+        backup_token: Option<String>,
         #[command(flatten)]
         p2p: P2pArgs,
+    },
+    /// Run a backup server: a node with no owner that keeps a replica of the rooms of the
+    /// devices subscribed to it (each with a token from `hyphae backup-server invite`).
+    BackupServer {
+        #[command(subcommand)]
+        action: Option<BackupAction>,
+        /// Data folder. Default: the platform's data folder, "backup-server" inside it.
+        #[arg(long, value_name = "DIR", env = "HYPHAE_BACKUP_DATA", global = true)]
+        data: Option<PathBuf>,
+        /// Where to listen for peers (libp2p multiaddr, repeat for several).
+        /// Default: QUIC and TCP on every interface, on ports the system picks.
+        #[arg(long = "listen", value_name = "MULTIADDR")]
+        listen: Vec<Multiaddr>,
+        /// Do not look for peers on the local network (mDNS).
+        #[arg(long)]
+        no_mdns: bool,
+        /// A DHT bootstrap peer, as a multiaddr ending in /p2p/<peer id> (repeat for several).
+        #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+        bootstrap: Vec<Multiaddr>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupAction {
+    /// Print a one-time token a device subscribes with (works while the server runs).
+    Invite {
+        /// Storage the device may use: 500M, 2G, ... (powers of 1024).
+        #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = hyphae_node::parse_size)]
+        quota: u64,
     },
 }
 
@@ -131,6 +167,8 @@ fn main() -> ExitCode {
             registration_tokens,
             name,
             no_app,
+            backup,
+            backup_token,
             p2p,
         } => {
             let Some(data_dir) = data.or_else(default_data_dir) else {
@@ -156,12 +194,126 @@ fn main() -> ExitCode {
                     ..Config::new(data_dir)
                 },
                 ui,
+                backup.zip(backup_token),
             ))
+        }
+        Command::BackupServer {
+            action,
+            data,
+            listen,
+            no_mdns,
+            bootstrap,
+        } => {
+            let Some(data_dir) =
+                data.or_else(|| default_data_dir().map(|d| d.join("backup-server")))
+            else {
+                eprintln!("hyphae: no platform data folder is known here; pass --data DIR");
+                return ExitCode::FAILURE;
+            };
+            if let Some(BackupAction::Invite { quota }) = action {
+                return match hyphae_node::create_invite(&data_dir, quota) {
+                    Ok(token) => {
+                        println!("{token}");
+                        eprintln!(
+                            "hyphae: a one-time token for {quota} bytes; the device subscribes with \
+                             hyphae up --backup <server address> --backup-token <token>"
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("hyphae: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            let p2p = P2pArgs {
+                p2p_listen: listen,
+                no_mdns,
+                bootstrap,
+                no_relay_server: false,
+                no_p2p: false,
+            };
+            let p2p = match p2p.into_config() {
+                Ok(p2p) => p2p,
+                Err(e) => {
+                    eprintln!("hyphae: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            runtime.block_on(backup_server(Config {
+                // Nobody but this machine needs its Client-Server API; any free port.
+                client_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                p2p,
+                owner: None,
+                backup_server: true,
+                ..Config::new(data_dir)
+            }))
         }
     }
 }
 
-async fn up(config: Config, ui: Option<ui::Ui>) -> ExitCode {
+async fn backup_server(config: Config) -> ExitCode {
+    let data_dir = config.data_dir.clone();
+    let node = match Node::start(config).await {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("hyphae: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = match stop_signal() {
+        Ok(stop) => stop,
+        Err(e) => {
+            eprintln!("hyphae: cannot listen for Ctrl-C: {e}");
+            node.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("Hyphae backup server is up.");
+    println!("  server name  {}", node.server_name());
+    println!("  data folder  {}", data_dir.display());
+    if let Some(transport) = node.transport() {
+        let peer = transport.local_peer_id();
+        println!("  peer id      {peer}");
+        for addr in transport.listen_addrs().await.unwrap_or_default() {
+            println!("  p2p listen   {addr}/p2p/{peer}");
+        }
+    }
+    println!(
+        "Invite a device with: hyphae backup-server invite --data {}",
+        data_dir.display()
+    );
+    println!("Press Ctrl-C to stop.");
+    stop.await;
+    node.shutdown().await;
+    println!("Hyphae backup server stopped.");
+    ExitCode::SUCCESS
+}
+
+/// Subscribes to the backup server `addr` (ending in /p2p/<peer id>) unless this device is
+/// subscribed already; says how the backup stands.
+async fn subscribe_backup(node: &Node, addr: Multiaddr, token: &str) -> Result<String, String> {
+    if let Some(status) = node.backup_status().await.map_err(|e| e.to_string())? {
+        return Ok(format!(
+            "{} ({} bytes kept, {} to send)",
+            status.server, status.bytes_acknowledged, status.pending
+        ));
+    }
+    let peer = addr
+        .iter()
+        .find_map(|part| match part {
+            hyphae_node::multiaddr::Protocol::P2p(peer) => Some(peer),
+            _ => None,
+        })
+        .ok_or_else(|| format!("backup address {addr} does not end in /p2p/<peer id>"))?;
+    let server = hyphae_node::server_name_of_peer(&peer).map_err(|e| e.to_string())?;
+    node.subscribe_backup(&server, vec![addr], token)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!("{server} (subscribed now)"))
+}
+
+async fn up(config: Config, ui: Option<ui::Ui>, backup: Option<(Multiaddr, String)>) -> ExitCode {
     let data_dir = config.data_dir.clone();
     let registration = match config.registration() {
         Registration::Open => "open to anyone who can reach the client API".to_owned(),
@@ -231,6 +383,13 @@ async fn up(config: Config, ui: Option<ui::Ui>) -> ExitCode {
         None => println!("  p2p          off"),
     }
     println!("  registration {registration}");
+    if let Some((addr, token)) = backup {
+        match subscribe_backup(&node, addr, &token).await {
+            Ok(status) => println!("  backup       {status}"),
+            // The device works without its backup; the person sees why there is none.
+            Err(e) => eprintln!("hyphae: no backup: {e}"),
+        }
+    }
     println!("Press Ctrl-C to stop.");
 
     stop.await;

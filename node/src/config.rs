@@ -26,6 +26,9 @@ pub struct Config {
     /// More routes served on the Client-Server API's address (the app's own web UI), merged
     /// with the API's; they get none of its layers (no CORS headers) and must not overlap it.
     pub extra_routes: Option<axum::Router>,
+    /// Serve as a backup server (`hyphae backup-server`): devices holding one of the operator's
+    /// invitations (`create_invite`) may subscribe and keep a replica here.
+    pub backup_server: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +72,7 @@ impl Config {
             p2p: None,
             owner: None,
             extra_routes: None,
+            backup_server: false,
         }
     }
 

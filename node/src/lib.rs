@@ -3,6 +3,7 @@
 //! in-process client grow here (see DESIGN.md).
 
 pub mod app;
+mod backup;
 mod client_api;
 mod config;
 mod credentials;
@@ -14,9 +15,12 @@ mod rooms;
 mod signing;
 mod typing;
 
+pub use backup::{BackupError, BackupStatus, DEFAULT_QUOTA, create_invite, parse_size};
 pub use config::{Config, RateLimit, Registration};
 pub use error::NodeError;
-pub use hyphae_p2p::{Multiaddr, PeerId, Transport, TransportConfig, multiaddr};
+pub use hyphae_p2p::{
+    Multiaddr, PeerId, Transport, TransportConfig, multiaddr, server_name_of_peer,
+};
 pub use node::Node;
 
 /// Benchmarks of the app client's end-to-end encryption (`bench-megolm-share`); not an API.

@@ -43,6 +43,8 @@ struct Inner {
     // Dropping the sender (with the last handle) tells the server to stop.
     stop: Mutex<Option<oneshot::Sender<()>>>,
     server: Mutex<Option<JoinHandle<()>>>,
+    /// The backup server this device is subscribed to; the replica's waker follows it.
+    backup_target: tokio::sync::watch::Sender<Option<OwnedServerName>>,
 }
 
 /// What every request handler can reach.
@@ -59,6 +61,8 @@ pub(crate) struct AppState {
     pub(crate) federation: Federation,
     /// The device owner's localpart, when the node has one.
     pub(crate) owner: Option<String>,
+    /// Where a backup server's invitations wait; `None` when the node is not one.
+    pub(crate) backup_invites: Option<std::path::PathBuf>,
 }
 
 impl Node {
@@ -92,6 +96,9 @@ impl Node {
             signing_key: signing_key.clone(),
             federation: federation.clone(),
             owner: config.owner.clone(),
+            backup_invites: config
+                .backup_server
+                .then(|| config.data_dir.join(crate::backup::INVITES_DIR)),
             server_name,
             store: store.clone(),
             registration: Arc::new(config.registration()),
@@ -116,6 +123,13 @@ impl Node {
                 .await
                 .map_err(|e| NodeError::Startup(e.to_string()))?;
         }
+        let backup_server = store
+            .backup_subscription()
+            .await?
+            .and_then(|s| OwnedServerName::try_from(s.server).ok());
+        let (backup_target, backup_watch) = tokio::sync::watch::channel(backup_server);
+        crate::backup::spawn_waker(&store, federation.clone(), transport.as_ref(), backup_watch)
+            .await;
         let (stop, stopped) = oneshot::channel::<()>();
         let api = client_api::router(state.clone());
         let owner_client = match &config.owner {
@@ -157,6 +171,7 @@ impl Node {
                 peer_book: Mutex::new(peer_book),
                 stop: Mutex::new(Some(stop)),
                 server: Mutex::new(Some(server)),
+                backup_target,
             }),
         })
     }
@@ -188,6 +203,14 @@ impl Node {
     /// The Server-Server API this node answers (served over libp2p by its transport).
     pub fn federation_router(&self) -> axum::Router {
         crate::federation::router(self.inner.state.clone())
+    }
+
+    pub(crate) fn app_state(&self) -> &AppState {
+        &self.inner.state
+    }
+
+    pub(crate) fn backup_target(&self) -> &tokio::sync::watch::Sender<Option<OwnedServerName>> {
+        &self.inner.backup_target
     }
 
     /// The Client-Server API as a router, for callers in this process (no socket).

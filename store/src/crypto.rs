@@ -480,7 +480,7 @@ fn apply(conn: &Connection, account_id: i64, changes: CryptoWrite) -> Result<()>
                  sender_user = excluded.sender_user,
                  first_known_index = excluded.first_known_index,
                  forwarding_chain = excluded.forwarding_chain, pickle = excluded.pickle,
-                 received_ms = excluded.received_ms",
+                 received_ms = excluded.received_ms, backed_up = 0",
         )?;
         for s in inbound_group_sessions {
             upsert.execute(params![
@@ -610,4 +610,158 @@ fn apply(conn: &Connection, account_id: i64, changes: CryptoWrite) -> Result<()>
         .execute(params![account_id, room_id, session_id])?;
     }
     Ok(())
+}
+
+/// The backup version a client uploads its room keys to (see migration 0011).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyBackupRow {
+    pub version: String,
+    /// Unpadded base64.
+    pub public_key: String,
+    /// The private key, encrypted by the client.
+    pub private_key: String,
+}
+
+impl Store {
+    /// The backup version the client uploads to, if any.
+    pub async fn crypto_key_backup(&self, account_id: i64) -> Result<Option<KeyBackupRow>> {
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT version, public_key, private_key FROM app_key_backup
+                     WHERE account_id = ?1",
+                    [account_id],
+                    |row| {
+                        Ok(KeyBackupRow {
+                            version: row.get(0)?,
+                            public_key: row.get(1)?,
+                            private_key: row.get(2)?,
+                        })
+                    },
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Makes `backup` the version the client uploads to. Unless it is the version already
+    /// kept, every session becomes pending: the new version holds none of them yet.
+    pub async fn crypto_set_key_backup(&self, account_id: i64, backup: KeyBackupRow) -> Result<()> {
+        self.write(move |conn| {
+            let current: Option<String> = conn
+                .query_row(
+                    "SELECT version FROM app_key_backup WHERE account_id = ?1",
+                    [account_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            conn.execute(
+                "INSERT INTO app_key_backup (account_id, version, public_key, private_key)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (account_id) DO UPDATE
+                 SET version = excluded.version, public_key = excluded.public_key,
+                     private_key = excluded.private_key",
+                params![
+                    account_id,
+                    backup.version,
+                    backup.public_key,
+                    backup.private_key
+                ],
+            )?;
+            if current.as_deref() != Some(backup.version.as_str()) {
+                conn.execute(
+                    "UPDATE app_inbound_group_sessions SET backed_up = 0 WHERE account_id = ?1",
+                    [account_id],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Forgets the backup version (it was deleted or replaced on the server).
+    pub async fn crypto_clear_key_backup(&self, account_id: i64) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "DELETE FROM app_key_backup WHERE account_id = ?1",
+                [account_id],
+            )?;
+            conn.execute(
+                "UPDATE app_inbound_group_sessions SET backed_up = 0 WHERE account_id = ?1",
+                [account_id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The inbound sessions not in the backup yet.
+    pub async fn crypto_backup_pending(
+        &self,
+        account_id: i64,
+    ) -> Result<Vec<InboundGroupSessionRow>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT room_id, session_id, sender_key, signing_key, sender_user,
+                            first_known_index, forwarding_chain, pickle, received_ms
+                     FROM app_inbound_group_sessions WHERE account_id = ?1 AND backed_up = 0",
+                )?
+                .query_map([account_id], |row| {
+                    Ok(InboundGroupSessionRow {
+                        room_id: row.get(0)?,
+                        session_id: row.get(1)?,
+                        sender_key: row.get(2)?,
+                        signing_key: row.get(3)?,
+                        sender_user: row.get(4)?,
+                        first_known_index: row.get(5)?,
+                        forwarding_chain: row.get(6)?,
+                        pickle: row.get(7)?,
+                        received_ms: row.get(8)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    /// Marks sessions (room id, session id, first known index) as uploaded. A row whose first
+    /// known index changed meanwhile (a better copy arrived) stays pending, so it is uploaded
+    /// again.
+    pub async fn crypto_mark_backed_up(
+        &self,
+        account_id: i64,
+        sessions: Vec<(String, String, i64)>,
+    ) -> Result<()> {
+        self.write(move |conn| {
+            let mut mark = conn.prepare_cached(
+                "UPDATE app_inbound_group_sessions SET backed_up = 1
+                 WHERE account_id = ?1 AND room_id = ?2 AND session_id = ?3
+                   AND first_known_index = ?4",
+            )?;
+            for (room_id, session_id, first_known_index) in sessions {
+                mark.execute(params![account_id, room_id, session_id, first_known_index])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// How many inbound sessions are (backed up, pending).
+    pub async fn crypto_backup_counts(&self, account_id: i64) -> Result<(u64, u64)> {
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT COALESCE(SUM(backed_up = 1), 0), COALESCE(SUM(backed_up = 0), 0)
+                 FROM app_inbound_group_sessions WHERE account_id = ?1",
+                [account_id],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?.max(0) as u64,
+                        row.get::<_, i64>(1)?.max(0) as u64,
+                    ))
+                },
+            )?)
+        })
+        .await
+    }
 }

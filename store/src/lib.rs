@@ -9,6 +9,8 @@
 mod account_data;
 mod accounts;
 mod backup;
+mod backup_server;
+mod backup_subscription;
 mod crypto;
 mod dag;
 mod error;
@@ -37,8 +39,10 @@ use tokio::sync::watch;
 pub use account_data::AccountDataEntry;
 pub use accounts::{Account, Device, NewDevice};
 pub use backup::{BackupKey, BackupVersion, BackupWrite};
+pub use backup_server::{BackupSubscriber, ReplicaEntry, ReplicaOutcome, ReplicaPdu};
+pub use backup_subscription::BackupSubscription;
 pub use crypto::{
-    CryptoAccountRow, CryptoWrite, InboundGroupSessionRow, KeyRequestRow, MegolmSeen,
+    CryptoAccountRow, CryptoWrite, InboundGroupSessionRow, KeyBackupRow, KeyRequestRow, MegolmSeen,
     OlmSessionRow, OutboundGroupSessionRow, OutboundShare, OutboundWrite, TrackedDevice,
     TrackedUser, TrackedUserWrite,
 };

@@ -19,6 +19,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0007_remote_devices.sql"),
     include_str!("../migrations/0008_invites_state_after.sql"),
     include_str!("../migrations/0009_app_crypto.sql"),
+    include_str!("../migrations/0010_backup.sql"),
+    include_str!("../migrations/0011_key_backup.sql"),
 ];
 
 /// Marks a SQLite file as Hyphae's (`PRAGMA application_id`), so another program's database is

@@ -10,6 +10,8 @@ use crate::{Store, now_ms};
 pub enum OutboxKind {
     Pdu,
     Edu,
+    /// A PDU (by event id) for this device's backup server's replica, not for `/send`.
+    Replica,
 }
 
 impl OutboxKind {
@@ -17,6 +19,7 @@ impl OutboxKind {
         match self {
             OutboxKind::Pdu => "pdu",
             OutboxKind::Edu => "edu",
+            OutboxKind::Replica => "replica",
         }
     }
 }
@@ -74,6 +77,32 @@ impl Store {
                     })?;
                 entries.extend(rows.collect::<rusqlite::Result<Vec<_>>>()?);
             }
+            Ok(entries)
+        })
+        .await
+    }
+
+    /// The next `limit` replica entries (event ids) for the backup server `destination`, oldest
+    /// first.
+    pub async fn outbox_replica_batch(
+        &self,
+        destination: String,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT id, payload FROM outbox WHERE destination = ?1 AND kind = 'replica'
+                 ORDER BY id LIMIT ?2",
+            )?;
+            let entries = statement
+                .query_map(params![destination, limit], |row| {
+                    Ok(OutboxEntry {
+                        id: row.get(0)?,
+                        kind: OutboxKind::Replica,
+                        payload: row.get(1)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(entries)
         })
         .await

@@ -5,6 +5,7 @@
 
 pub(crate) mod crypto;
 pub(crate) mod cs;
+mod key_backup;
 mod rooms;
 #[cfg(test)]
 mod tests;
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
 use crate::node::AppState;
+pub use crypto::{KeyBackupStatus, RecoveryKey};
 pub use cs::ApiError;
 use cs::CsApi;
 pub use rooms::{Invite, Member, NearbyPeer, RoomSummary};
@@ -41,6 +43,9 @@ pub enum AppError {
     Crypto(String),
     #[error("{0}")]
     BadInput(String),
+    /// A recovery key that is mistyped or belongs to another key backup.
+    #[error("{0}")]
+    RecoveryKey(String),
 }
 
 /// What changed, for a UI that shows it live.
@@ -256,6 +261,9 @@ async fn sync_loop(inner: std::sync::Weak<Inner>) {
                 failures = 0;
                 let first = since.is_none();
                 client.handle_sync(&response, first).await;
+                // Room keys that arrived (or that this device made to send) go to the key
+                // backup, if it is on.
+                client.back_up_new_keys().await;
                 since = response["next_batch"].as_str().map(str::to_owned);
             }
             Err(e) => {

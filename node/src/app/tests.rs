@@ -184,3 +184,109 @@ async fn owners_on_two_devices_find_each_other_and_chat_encrypted() {
         assert_eq!(plaintext, 0);
     }
 }
+
+/// Key backup: the app backs up its room keys under a recovery key; on a new device of the same
+/// owner (the device forgotten, the node restarted), old messages cannot be read until the
+/// backup is restored with that key — a wrong key changes nothing — and then they show,
+/// decrypted, both in the timeline and as live updates.
+#[tokio::test]
+async fn a_new_device_reads_old_messages_after_restoring_the_key_backup() {
+    let api = owned("alice").await;
+    let alice = app(&api);
+    let status = alice.key_backup_status().await.unwrap();
+    assert_eq!(status.version, None);
+    let room = alice.create_group("notes", &[]).await.unwrap();
+    alice.send_text(&room, "first note").await.unwrap();
+    alice.send_text(&room, "second note").await.unwrap();
+    let recovery_key = alice.enable_key_backup().await.unwrap();
+    let key = recovery_key.as_str().to_owned();
+    assert!(key.starts_with("Es"), "the spec's recovery key format");
+    let status = alice.key_backup_status().await.unwrap();
+    assert!(status.version.is_some());
+    assert_eq!((status.backed_up, status.pending), (1, 0), "{status:?}");
+    let old_device = alice.device_id().to_owned();
+
+    // A new device for the same owner: the app forgets its device, as on a reinstall.
+    api.node
+        .store()
+        .set_account_data(
+            "alice".into(),
+            None,
+            "io.hyphae.app_device".into(),
+            "{}".into(),
+        )
+        .await
+        .unwrap();
+    let api = api
+        .restart_with(|config| config.owner = Some("alice".into()))
+        .await;
+    let alice = app(&api);
+    assert_ne!(alice.device_id(), old_device);
+    let text_of = |item: &crate::app::TimelineItem| match &item.kind {
+        ItemKind::Text { body } => Some(body.clone()),
+        _ => None,
+    };
+    let undecryptable = |timeline: &[crate::app::TimelineItem]| {
+        timeline
+            .iter()
+            .filter(|i| matches!(i.kind, ItemKind::Undecryptable { .. }))
+            .count()
+    };
+    let timeline = alice.timeline(&room, 50).await.unwrap();
+    assert_eq!(undecryptable(&timeline), 2);
+
+    // A key of another backup, and a typo: clear errors, nothing imported.
+    let other = crate::app::RecoveryKey::for_tests(&[9; 32]).to_string();
+    let wrong = alice.restore_key_backup(&other).await.unwrap_err();
+    assert!(
+        matches!(wrong, crate::app::AppError::RecoveryKey(_)),
+        "{wrong}"
+    );
+    assert!(wrong.to_string().contains("does not match"), "{wrong}");
+    let mut typo: Vec<char> = key.chars().collect();
+    typo[6] = if typo[6] == 'x' { 'y' } else { 'x' };
+    let typo: String = typo.into_iter().collect();
+    assert!(matches!(
+        alice.restore_key_backup(&typo).await,
+        Err(crate::app::AppError::RecoveryKey(_))
+    ));
+    assert_eq!(alice.key_backup_status().await.unwrap().version, None);
+    assert_eq!(
+        undecryptable(&alice.timeline(&room, 50).await.unwrap()),
+        2,
+        "nothing was imported"
+    );
+
+    let mut events = alice.subscribe();
+    assert_eq!(alice.restore_key_backup(&key).await.unwrap(), 1);
+    // The items that were waiting for the key come again, decrypted.
+    let mut live = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while live.len() < 2 {
+            if let Ok(AppEvent::Timeline { item }) = events.recv().await
+                && let Some(text) = text_of(&item)
+            {
+                live.push(text);
+            }
+        }
+    })
+    .await
+    .expect("the waiting items are shown again");
+    live.sort();
+    assert_eq!(live, ["first note", "second note"]);
+    let timeline = alice.timeline(&room, 50).await.unwrap();
+    let texts: Vec<_> = timeline.iter().filter_map(text_of).collect();
+    assert_eq!(texts, ["first note", "second note"]);
+
+    // The new device backs up to the same backup from now on, its own new keys included.
+    alice.send_text(&room, "from the new device").await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the new device's room key backed up",
+        || async {
+            let status = alice.key_backup_status().await.unwrap();
+            status.backed_up == 2 && status.pending == 0
+        },
+    )
+    .await;
+}

@@ -97,6 +97,22 @@ pub(crate) fn router(state: AppState) -> Router {
             "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
             get(events::event_auth),
         )
+        .route(
+            crate::backup::SUBSCRIBE_PATH,
+            post(crate::backup::server::subscribe),
+        )
+        .route(
+            crate::backup::UNSUBSCRIBE_PATH,
+            post(crate::backup::server::unsubscribe),
+        )
+        .route(
+            crate::backup::REPLICA_PATH,
+            post(crate::backup::server::put_replica).get(crate::backup::server::get_replica),
+        )
+        .route(
+            crate::backup::STATUS_PATH,
+            get(crate::backup::server::status),
+        )
         .fallback(crate::client_api::unrecognized)
         // The transport caps bodies itself (a /send of 50 PDUs is over axum's 2 MiB default).
         .layer(DefaultBodyLimit::disable())

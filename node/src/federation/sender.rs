@@ -16,6 +16,8 @@ use hyphae_p2p::WeakTransport;
 
 const MAX_PDUS: u32 = 50;
 const MAX_EDUS: u32 = 100;
+/// Replica entries per request to a backup server.
+const MAX_REPLICA: u32 = crate::backup::server::MAX_REPLICA_PDUS as u32;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -77,11 +79,8 @@ impl Sender {
     async fn run(self) {
         let mut backoff: Option<Duration> = None;
         loop {
-            let batch = match self
-                .store
-                .outbox_batch(self.destination.to_string(), MAX_PDUS, MAX_EDUS)
-                .await
-            {
+            // Federation traffic first; a backup server's replica when there is none.
+            let batch = match self.next_batch().await {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::warn!(destination = %self.destination, error = %e, "outbox unreadable");
@@ -122,12 +121,39 @@ impl Sender {
         }
     }
 
+    async fn next_batch(&self) -> hyphae_store::Result<Vec<OutboxEntry>> {
+        let destination = self.destination.to_string();
+        let batch = self
+            .store
+            .outbox_batch(destination.clone(), MAX_PDUS, MAX_EDUS)
+            .await?;
+        if !batch.is_empty() {
+            return Ok(batch);
+        }
+        self.store
+            .outbox_replica_batch(destination, MAX_REPLICA)
+            .await
+    }
+
     async fn send(&self, batch: &[OutboxEntry]) -> Outcome {
         let Some(transport) = self.transport.upgrade() else {
             // The transport is gone, so is the node; the entries wait in the store.
             std::future::pending::<()>().await;
             return Outcome::Retry("stopped".into());
         };
+        if batch.iter().all(|e| e.kind == OutboxKind::Replica) {
+            return match crate::backup::send_replica(
+                &self.store,
+                &transport,
+                &self.destination,
+                batch,
+            )
+            .await
+            {
+                crate::backup::ReplicaSent::Done => Outcome::Sent,
+                crate::backup::ReplicaSent::Retry(reason) => Outcome::Retry(reason),
+            };
+        }
         let (pdus, edus) = match self.transaction_body(batch).await {
             Ok(body) => body,
             Err(e) => return Outcome::Retry(e),

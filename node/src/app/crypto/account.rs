@@ -118,7 +118,12 @@ impl Crypto {
 }
 
 /// Adds the account's signature to `value` (as `signatures.<user>.ed25519:<device>`).
-fn sign(account: &Account, user: &str, device: &str, value: &mut Value) -> Result<(), CryptoError> {
+pub(super) fn sign(
+    account: &Account,
+    user: &str,
+    device: &str,
+    value: &mut Value,
+) -> Result<(), CryptoError> {
     let bytes = signing_bytes(value)
         .ok_or_else(|| CryptoError::Worker("a key object is not canonical JSON".into()))?;
     let signature = account.sign(bytes.as_bytes()).to_base64();

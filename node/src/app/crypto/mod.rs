@@ -16,6 +16,7 @@
 //! own async lock, so two messages for one room never share a room key twice.
 
 mod account;
+mod backup;
 mod devices;
 mod megolm;
 mod olm;
@@ -41,6 +42,9 @@ use devices::TrackedUser;
 use megolm::{InboundSession, OutboundSession};
 use olm::OlmSession;
 use requests::KeyRequest;
+
+pub(crate) use backup::KeyBackupError;
+pub use backup::{KeyBackupStatus, RecoveryKey};
 
 /// Why a crypto operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +160,8 @@ struct Inner {
     olm: tokio::sync::Mutex<()>,
     /// One lock per room for its outbound session.
     rooms: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    /// The key backup version uploaded to; its lock is held by whatever uploads or changes it.
+    backup: tokio::sync::Mutex<Option<backup::ActiveBackup>>,
 }
 
 /// What is in memory; the store holds the same (the caches below are filled on demand).
@@ -203,6 +209,7 @@ impl Crypto {
             Account::from_pickle(AccountPickle::from_encrypted(&row.pickle, &pickle_key)?);
         let users = devices::load(&store, row.account_id).await?;
         let key_requests = requests::load(&store, row.account_id).await?;
+        let backup = backup::load(&store, row.account_id).await?;
         let keys = account.identity_keys();
         tracing::debug!(%user_id, %device_id, curve25519 = %keys.curve25519.to_base64(), "crypto loaded");
         Ok(Crypto {
@@ -226,6 +233,7 @@ impl Crypto {
                 }),
                 olm: tokio::sync::Mutex::new(()),
                 rooms: Mutex::new(HashMap::new()),
+                backup: tokio::sync::Mutex::new(backup),
             }),
         })
     }

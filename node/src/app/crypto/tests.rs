@@ -13,6 +13,8 @@ use crate::app::cs::CsApi;
 use crate::client_api::test_support::Api;
 use crate::federation::room_tests::eventually;
 
+mod key_backup;
+
 const KEY: [u8; 32] = [42; 32];
 
 /// A device with its crypto, as the app's client would have it.

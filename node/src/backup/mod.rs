@@ -1,0 +1,62 @@
+//! Backup servers (DESIGN.md "Backup server"), phase 1: subscriptions with one-time tokens and
+//! quotas, and the replica of a device's PDUs. `server` answers the unstable
+//! `io.hyphae.backup` federation endpoints; `device` is the subscribing node's side; `invite`
+//! makes tokens for a server's operator. Mailbox, key backup and restore come later.
+
+mod device;
+mod invite;
+pub(crate) mod server;
+#[cfg(test)]
+mod tests;
+
+pub use device::BackupStatus;
+pub(crate) use device::{ReplicaSent, send_replica, spawn_waker};
+pub(crate) use invite::INVITES_DIR;
+pub use invite::{DEFAULT_QUOTA, create_invite, parse_size};
+
+use hyphae_store::StoreError;
+
+/// The endpoint family, all authenticated by the libp2p peer (`Origin`): the subscriber is the
+/// peer asking.
+pub(crate) const SUBSCRIBE_PATH: &str = "/_matrix/federation/unstable/io.hyphae.backup/subscribe";
+pub(crate) const UNSUBSCRIBE_PATH: &str =
+    "/_matrix/federation/unstable/io.hyphae.backup/unsubscribe";
+pub(crate) const REPLICA_PATH: &str = "/_matrix/federation/unstable/io.hyphae.backup/replica";
+pub(crate) const STATUS_PATH: &str = "/_matrix/federation/unstable/io.hyphae.backup/status";
+
+/// Why a backup operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("this node runs without a peer-to-peer transport")]
+    Offline,
+    #[error("this device is not subscribed to a backup server")]
+    NotSubscribed,
+    #[error("{0:?} is not a Hyphae server name: {1}")]
+    BadServerName(String, String),
+    #[error("the backup server cannot be reached: {0}")]
+    Unreachable(String),
+    #[error("the backup server refused: {errcode} {error}")]
+    Refused { errcode: String, error: String },
+    #[error("the backup server answered badly: {0}")]
+    BadResponse(String),
+    #[error("cannot write the invitation in {path}: {source}")]
+    Invite {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<crate::federation::FederationError> for BackupError {
+    fn from(error: crate::federation::FederationError) -> Self {
+        use crate::federation::FederationError as F;
+        match error {
+            F::Offline => BackupError::Offline,
+            F::Http(e) => BackupError::Unreachable(e.to_string()),
+            F::Refused { errcode, error, .. } => BackupError::Refused { errcode, error },
+            F::BadResponse { reason, .. } => BackupError::BadResponse(reason),
+            F::Store(e) => BackupError::Store(e),
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The backup server's federation endpoints (`/_matrix/federation/unstable/io.hyphae.backup/…`).
+//! Every one takes the subscriber to be the authenticated peer (`Origin`), so a server can
+//! only subscribe, fill, read or delete its own replica.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use hyphae_store::{BackupSubscriber, ReplicaOutcome, ReplicaPdu};
+use ruma::api::error::ErrorKind;
+use ruma::{CanonicalJsonObject, RoomVersionId};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::client_api::MatrixError;
+use crate::federation::Origin;
+use crate::node::AppState;
+use crate::rooms::{RoomError, verify_pdu};
+
+/// At most this many PDUs per replica request.
+pub(crate) const MAX_REPLICA_PDUS: usize = 100;
+const MAX_PAGE: u32 = 500;
+
+/// Where invitations wait; `None` when this node is not a backup server (then these endpoints
+/// do not exist).
+fn invites(state: &AppState) -> Result<&std::path::Path, MatrixError> {
+    state.backup_invites.as_deref().ok_or_else(|| {
+        MatrixError::new(
+            StatusCode::NOT_FOUND,
+            ErrorKind::Unrecognized,
+            "Not a backup server",
+        )
+    })
+}
+
+async fn subscriber_of(state: &AppState, origin: &Origin) -> Result<BackupSubscriber, MatrixError> {
+    invites(state)?;
+    state
+        .store
+        .backup_subscriber(origin.0.to_string())
+        .await?
+        .ok_or_else(|| MatrixError::forbidden("Not subscribed to this backup server"))
+}
+
+fn usage(subscriber: &BackupSubscriber) -> Value {
+    json!({
+        "quota_bytes": subscriber.quota_bytes,
+        "bytes_used": subscriber.bytes_used,
+        "pdus": subscriber.pdus,
+    })
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Subscribe {
+    token: String,
+}
+
+/// `POST …/subscribe {"token"}`: uses the token up and subscribes the peer; a bad or used
+/// token is 403 `M_FORBIDDEN`.
+pub(crate) async fn subscribe(
+    State(state): State<AppState>,
+    origin: Origin,
+    Json(body): Json<Subscribe>,
+) -> Result<Json<Value>, MatrixError> {
+    let dir = invites(&state)?;
+    if let Err(e) = super::invite::import(&state.store, dir).await {
+        tracing::warn!(error = %e, "cannot take in backup invitations");
+    }
+    let hash = super::invite::token_hash(&body.token);
+    match state
+        .store
+        .backup_subscribe(origin.0.to_string(), hash)
+        .await?
+    {
+        Some(subscriber) => {
+            tracing::info!(subscriber = %origin.0, quota = subscriber.quota_bytes, "backup subscription");
+            Ok(Json(usage(&subscriber)))
+        }
+        None => {
+            tracing::warn!(peer = %origin.0, "backup subscription with a bad or used token");
+            Err(MatrixError::forbidden(
+                "Unknown or already used subscription token",
+            ))
+        }
+    }
+}
+
+/// `POST …/unsubscribe`: deletes everything kept for the peer. Repeating it is harmless.
+pub(crate) async fn unsubscribe(
+    State(state): State<AppState>,
+    origin: Origin,
+) -> Result<Json<Value>, MatrixError> {
+    invites(&state)?;
+    let deleted = state.store.backup_unsubscribe(origin.0.to_string()).await?;
+    tracing::info!(subscriber = %origin.0, deleted, "backup subscription ended; data deleted");
+    Ok(Json(json!({"deleted_pdus": deleted})))
+}
+
+/// `GET …/status`: the peer's quota and usage.
+pub(crate) async fn status(
+    State(state): State<AppState>,
+    origin: Origin,
+) -> Result<Json<Value>, MatrixError> {
+    Ok(Json(usage(&subscriber_of(&state, &origin).await?)))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ReplicaBatch {
+    pdus: Vec<ReplicaItem>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ReplicaItem {
+    /// The PDU's room version: how to check it (this server is not in the room).
+    room_version: String,
+    pdu: Box<RawValue>,
+}
+
+/// `POST …/replica {"pdus": [{"room_version", "pdu"}]}`: stores the PDUs whose signatures
+/// (by their sender's server) and hashes check, in order, as far as the quota allows. The
+/// answer has a result per PDU in request order: `{}` when kept (or already kept), else
+/// `{"errcode", "error"}`, with `M_RESOURCE_LIMIT_EXCEEDED` once the quota is full.
+pub(crate) async fn put_replica(
+    State(state): State<AppState>,
+    origin: Origin,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, MatrixError> {
+    subscriber_of(&state, &origin).await?;
+    let batch: ReplicaBatch = serde_json::from_slice(&body)
+        .map_err(|e| MatrixError::bad_json(format!("Malformed replica batch: {e}")))?;
+    if batch.pdus.len() > MAX_REPLICA_PDUS {
+        return Err(MatrixError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::TooLarge,
+            format!("At most {MAX_REPLICA_PDUS} PDUs per request"),
+        ));
+    }
+    let mut results: Vec<Option<Value>> = Vec::with_capacity(batch.pdus.len());
+    let mut checked = Vec::new();
+    for item in &batch.pdus {
+        match check(item) {
+            Ok(pdu) => {
+                checked.push(pdu);
+                results.push(None);
+            }
+            Err((errcode, error)) => {
+                tracing::warn!(subscriber = %origin.0, %error, "refused a replica PDU");
+                results.push(Some(json!({"errcode": errcode, "error": error})));
+            }
+        }
+    }
+    let Some(outcomes) = state
+        .store
+        .backup_store_replica(origin.0.to_string(), checked)
+        .await?
+    else {
+        // Unsubscribed while this request was under way.
+        return Err(MatrixError::forbidden(
+            "Not subscribed to this backup server",
+        ));
+    };
+    let subscriber = subscriber_of(&state, &origin).await?;
+    let mut outcomes = outcomes.into_iter();
+    let results: Vec<Value> = results
+        .into_iter()
+        .map(|result| match result {
+            Some(error) => error,
+            None => match outcomes.next() {
+                Some(ReplicaOutcome::Stored | ReplicaOutcome::Duplicate) => json!({}),
+                Some(ReplicaOutcome::OverQuota) | None => json!({
+                    "errcode": "M_RESOURCE_LIMIT_EXCEEDED",
+                    "error": format!(
+                        "Backup quota of {} bytes exhausted ({} used)",
+                        subscriber.quota_bytes, subscriber.bytes_used
+                    ),
+                }),
+            },
+        })
+        .collect();
+    let mut answer = usage(&subscriber);
+    answer["results"] = Value::Array(results);
+    Ok(Json(answer))
+}
+
+/// A replica PDU, checked as any received PDU is (format, signatures, content hash; a PDU
+/// whose content does not match its hash is kept redacted), but not authorised: the server
+/// keeps a copy and is no member of the room.
+fn check(item: &ReplicaItem) -> Result<ReplicaPdu, (&'static str, String)> {
+    let version = RoomVersionId::try_from(item.room_version.as_str())
+        .map_err(|e| ("M_BAD_JSON", format!("room version: {e}")))?;
+    let json: CanonicalJsonObject = serde_json::from_str(item.pdu.get())
+        .map_err(|e| ("M_BAD_JSON", format!("not a PDU: {e}")))?;
+    let pdu = verify_pdu(&version, json).map_err(|e| match e {
+        RoomError::Forbidden(message) => ("M_FORBIDDEN", message),
+        other => ("M_BAD_JSON", other.to_string()),
+    })?;
+    let room_id = match &pdu.room_id {
+        Some(room_id) => room_id.to_string(),
+        // A v12 create event: the room's id is its own.
+        None => format!("!{}", pdu.event_id.as_str().trim_start_matches('$')),
+    };
+    let json = serde_json::to_string(&pdu.json).map_err(|e| ("M_BAD_JSON", e.to_string()))?;
+    Ok(ReplicaPdu {
+        event_id: pdu.event_id.to_string(),
+        room_id,
+        json,
+    })
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Page {
+    room_id: Option<String>,
+    #[serde(default)]
+    from: i64,
+    limit: Option<u32>,
+}
+
+/// `GET …/replica?room_id=&from=&limit=`: the peer's own replica, in the order received;
+/// `next_from` is where the next page starts (absent at the end).
+pub(crate) async fn get_replica(
+    State(state): State<AppState>,
+    origin: Origin,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, MatrixError> {
+    subscriber_of(&state, &origin).await?;
+    let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let entries = state
+        .store
+        .backup_replica_page(origin.0.to_string(), page.room_id, page.from, limit)
+        .await?;
+    let next_from = (entries.len() == limit as usize)
+        .then(|| entries.last().map(|e| e.id))
+        .flatten();
+    let pdus: Vec<Box<RawValue>> = entries
+        .into_iter()
+        .filter_map(|e| RawValue::from_string(e.json).ok())
+        .collect();
+    let mut answer = json!({"pdus": pdus});
+    if let Some(next) = next_from {
+        answer["next_from"] = json!(next);
+    }
+    Ok(Json(answer))
+}

@@ -1,0 +1,327 @@
+//! A device and a backup server over real loopback libp2p: subscribing with tokens, the replica
+//! (backlog, then new PDUs, local and received), quotas, forgeries, who may read, unsubscribing,
+//! and restarts of either side.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{REPLICA_PATH, create_invite};
+use crate::BackupError;
+use crate::client_api::test_support::Api;
+use crate::federation::room_tests::{eventually, person, send_text, two_nodes_in_a_room};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn backup_server() -> Api {
+    Api::start_with(|config| {
+        config.p2p = Some(crate::TransportConfig::loopback());
+        config.backup_server = true;
+    })
+    .await
+}
+
+async fn subscribe(device: &Api, server: &Api, token: &str) -> Result<(), BackupError> {
+    let addrs = server
+        .node
+        .transport()
+        .unwrap()
+        .listen_addrs()
+        .await
+        .unwrap();
+    device
+        .node
+        .subscribe_backup(server.node.server_name(), addrs, token)
+        .await
+}
+
+/// The message texts in the device's replica, as the backup server serves it back (paged).
+async fn replica_texts(device: &Api) -> Vec<String> {
+    let mut texts = Vec::new();
+    let mut from = 0;
+    loop {
+        let (pdus, next) = device.node.backup_replica(None, from, 7).await.unwrap();
+        texts.extend(
+            pdus.iter()
+                .filter(|p| p["type"] == "m.room.message")
+                .filter_map(|p| p["content"]["body"].as_str().map(str::to_owned)),
+        );
+        match next {
+            Some(next) => from = next,
+            None => return texts,
+        }
+    }
+}
+
+async fn replica_has(device: &Api, wanted: &[&str]) -> bool {
+    let texts = replica_texts(device).await;
+    wanted.iter().all(|w| texts.iter().any(|t| t == w))
+}
+
+async fn stored_on_server(server: &Api, device: &Api) -> Option<hyphae_store::BackupSubscriber> {
+    server
+        .node
+        .store()
+        .backup_subscriber(device.node.server_name().to_owned())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn backlog_then_local_and_received_messages_reach_the_replica() {
+    let (a, b, alice, bob, room) = two_nodes_in_a_room().await;
+    let server = backup_server().await;
+    for n in 0..3 {
+        send_text(&a, &alice, &room, &format!("before {n}")).await;
+    }
+    let token = create_invite(server.data_dir(), super::DEFAULT_QUOTA).unwrap();
+    subscribe(&a, &server, &token).await.unwrap();
+    eventually(WAIT, "the backlog", || {
+        replica_has(&a, &["before 0", "before 1", "before 2"])
+    })
+    .await;
+
+    send_text(&a, &alice, &room, "after, local").await;
+    send_text(&b, &bob, &room, "after, from bob").await;
+    eventually(WAIT, "new messages", || {
+        replica_has(&a, &["after, local", "after, from bob"])
+    })
+    .await;
+    // In the order received: the backlog came first.
+    let texts = replica_texts(&a).await;
+    assert_eq!(&texts[..3], ["before 0", "before 1", "before 2"]);
+    eventually(WAIT, "everything acknowledged", || async {
+        a.node.backup_status().await.unwrap().unwrap().pending == 0
+    })
+    .await;
+    let status = a.node.backup_status().await.unwrap().unwrap();
+    assert_eq!(status.server, server.node.server_name());
+    assert!(
+        status.bytes_acknowledged > 0 && status.pdus_refused == 0,
+        "{status:?}"
+    );
+    assert_eq!(
+        Some(status.bytes_acknowledged),
+        stored_on_server(&server, &a).await.map(|s| s.bytes_used)
+    );
+
+    // Another server (Bob's) cannot read Alice's replica: it reads its own, and has none.
+    let (code, body) = b
+        .federation(
+            &server,
+            reqwest::Method::GET,
+            &format!("{REPLICA_PATH}?from=0"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (code, body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn bad_and_reused_tokens_are_refused_and_store_nothing() {
+    let server = backup_server().await;
+    let (a, b) = (Api::start_federated().await, Api::start_federated().await);
+    let refused = |r: Result<(), BackupError>| match r {
+        Err(BackupError::Refused { errcode, .. }) => errcode == "M_FORBIDDEN",
+        _ => false,
+    };
+    assert!(refused(subscribe(&a, &server, "not-a-token").await));
+    let token = create_invite(server.data_dir(), 1 << 20).unwrap();
+    subscribe(&a, &server, &token).await.unwrap();
+    assert!(
+        refused(subscribe(&b, &server, &token).await),
+        "reused by another"
+    );
+    assert_eq!(stored_on_server(&server, &b).await, None);
+    assert_eq!(b.node.backup_status().await.unwrap(), None);
+    // The replica endpoint refuses a server that is not subscribed.
+    let (code, _) = b
+        .federation(
+            &server,
+            reqwest::Method::POST,
+            REPLICA_PATH,
+            Some(json!({"pdus": []})),
+        )
+        .await;
+    assert_eq!(code, 403);
+    // A node that is not a backup server has no such endpoints.
+    let (code, body) = a
+        .federation(
+            &b,
+            reqwest::Method::POST,
+            super::SUBSCRIBE_PATH,
+            Some(json!({"token": token})),
+        )
+        .await;
+    assert_eq!(code, 404, "{body}");
+}
+
+#[tokio::test]
+async fn an_exhausted_quota_is_a_clear_refusal_and_the_device_keeps_working() {
+    let a = Api::start_federated().await;
+    let server = backup_server().await;
+    let alice = person(&a, "alice").await;
+    let room = a.create_public_room(&alice.token).await;
+    for n in 0..5 {
+        send_text(&a, &alice, &room, &format!("message {n}")).await;
+    }
+    let quota = 3000;
+    let token = create_invite(server.data_dir(), quota).unwrap();
+    subscribe(&a, &server, &token).await.unwrap();
+    eventually(WAIT, "the backlog answered", || async {
+        a.node.backup_status().await.unwrap().unwrap().pending == 0
+    })
+    .await;
+    let status = a.node.backup_status().await.unwrap().unwrap();
+    assert!(status.pdus_refused > 0, "{status:?}");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("M_RESOURCE_LIMIT_EXCEEDED"),
+        "{status:?}"
+    );
+    let kept = stored_on_server(&server, &a).await.unwrap();
+    assert!(kept.bytes_used <= quota as i64 && kept.pdus > 0, "{kept:?}");
+    // The device goes on; what it sends now is refused too, once, not retried forever.
+    send_text(&a, &alice, &room, "still chatting").await;
+    eventually(WAIT, "the new message answered", || async {
+        a.node.backup_status().await.unwrap().unwrap().pending == 0
+    })
+    .await;
+    assert_eq!(stored_on_server(&server, &a).await.unwrap().pdus, kept.pdus);
+}
+
+#[tokio::test]
+async fn a_forged_pdu_is_refused() {
+    let a = Api::start_federated().await;
+    let other = Api::start_federated().await;
+    let server = backup_server().await;
+    let alice = person(&a, "alice").await;
+    let room = a.create_public_room(&alice.token).await;
+    let event_id = send_text(&a, &alice, &room, "genuine").await;
+    let token = create_invite(server.data_dir(), 1 << 20).unwrap();
+    // Subscribed by hand (no replica sent), so only the forgeries are offered.
+    a.connect(&server).await;
+    let (code, body) = a
+        .federation(
+            &server,
+            reqwest::Method::POST,
+            super::SUBSCRIBE_PATH,
+            Some(json!({"token": token})),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let genuine: Value =
+        serde_json::from_str(&a.node.store().pdu(event_id).await.unwrap().unwrap().json).unwrap();
+    let mut tampered = genuine.clone();
+    tampered["origin_server_ts"] = json!(1);
+    let mut impostor = genuine.clone();
+    impostor["sender"] = json!(format!("@mallory:{}", other.node.server_name()));
+    let items: Vec<Value> = [tampered, impostor]
+        .into_iter()
+        .map(|pdu| json!({"room_version": "11", "pdu": pdu}))
+        .collect();
+    let (code, body) = a
+        .federation(
+            &server,
+            reqwest::Method::POST,
+            REPLICA_PATH,
+            Some(json!({"pdus": items})),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    for result in body["results"].as_array().unwrap() {
+        assert_eq!(result["errcode"], "M_FORBIDDEN", "{body}");
+    }
+    assert_eq!(stored_on_server(&server, &a).await.unwrap().pdus, 0);
+    // The genuine one is taken.
+    let item = json!({"room_version": "11", "pdu": genuine});
+    let (_, body) = a
+        .federation(
+            &server,
+            reqwest::Method::POST,
+            REPLICA_PATH,
+            Some(json!({"pdus": [item]})),
+        )
+        .await;
+    assert_eq!(body["results"], json!([{}]), "{body}");
+}
+
+#[tokio::test]
+async fn unsubscribing_deletes_the_replica() {
+    let a = Api::start_federated().await;
+    let server = backup_server().await;
+    let alice = person(&a, "alice").await;
+    let room = a.create_public_room(&alice.token).await;
+    send_text(&a, &alice, &room, "soon gone").await;
+    let token = create_invite(server.data_dir(), 1 << 20).unwrap();
+    subscribe(&a, &server, &token).await.unwrap();
+    eventually(WAIT, "the backlog", || replica_has(&a, &["soon gone"])).await;
+    a.node.unsubscribe_backup().await.unwrap();
+    assert_eq!(stored_on_server(&server, &a).await, None);
+    let left = server
+        .node
+        .store()
+        .backup_replica_page(a.node.server_name().to_owned(), None, 0, 10)
+        .await
+        .unwrap();
+    assert!(left.is_empty());
+    assert_eq!(a.node.backup_status().await.unwrap(), None);
+    assert!(matches!(
+        a.node.unsubscribe_backup().await,
+        Err(BackupError::NotSubscribed)
+    ));
+    // The used token does not subscribe again.
+    assert!(subscribe(&a, &server, &token).await.is_err());
+}
+
+#[tokio::test]
+async fn both_sides_restart_and_the_replica_completes() {
+    let a = Api::start_federated().await;
+    let server = backup_server().await;
+    let alice = person(&a, "alice").await;
+    let room = a.create_public_room(&alice.token).await;
+    send_text(&a, &alice, &room, "first").await;
+    let token = create_invite(server.data_dir(), 1 << 20).unwrap();
+    subscribe(&a, &server, &token).await.unwrap();
+    eventually(WAIT, "the backlog", || replica_has(&a, &["first"])).await;
+
+    // The server goes away; what the device stores meanwhile waits in its outbox, across a
+    // restart of the device too.
+    let stopped_server = server.stop().await;
+    for n in 0..3 {
+        send_text(&a, &alice, &room, &format!("while away {n}")).await;
+    }
+    let pending = a.node.backup_status().await.unwrap().unwrap().pending;
+    assert!(pending >= 3, "{pending}");
+    let a = a.restart_federated().await;
+    assert_eq!(
+        a.node.backup_status().await.unwrap().unwrap().pending,
+        pending
+    );
+
+    let server = stopped_server
+        .start_with(|config| {
+            config.p2p = Some(crate::TransportConfig::loopback());
+            config.backup_server = true;
+        })
+        .await;
+    a.connect(&server).await;
+    eventually(WAIT, "the replica completed after both restarts", || {
+        replica_has(
+            &a,
+            &["first", "while away 0", "while away 1", "while away 2"],
+        )
+    })
+    .await;
+    eventually(WAIT, "nothing pending", || async {
+        a.node.backup_status().await.unwrap().unwrap().pending == 0
+    })
+    .await;
+}

@@ -1,0 +1,316 @@
+//! The backup server's side (DESIGN.md "Backup server"): one-time subscription tokens, the
+//! devices subscribed with them and their quotas, and the replica of each subscriber's PDUs.
+//! (The client's room-keys backup is `backup.rs`, a different thing.)
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::error::Result;
+use crate::{Store, now_ms};
+
+/// A device subscribed to this backup server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupSubscriber {
+    pub server: String,
+    pub quota_bytes: i64,
+    pub bytes_used: i64,
+    pub pdus: i64,
+}
+
+/// A checked PDU a subscriber sent for its replica.
+#[derive(Debug, Clone)]
+pub struct ReplicaPdu {
+    pub event_id: String,
+    pub room_id: String,
+    /// The PDU as canonical JSON; its length is what the quota counts.
+    pub json: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaOutcome {
+    Stored,
+    /// Already in the replica (a retried batch); costs nothing.
+    Duplicate,
+    /// Storing it would exceed the subscriber's quota: not stored.
+    OverQuota,
+}
+
+/// A PDU of a replica, with its position (the order received).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaEntry {
+    pub id: i64,
+    pub event_id: String,
+    pub room_id: String,
+    pub json: String,
+}
+
+fn subscriber(conn: &rusqlite::Connection, server: &str) -> Result<Option<BackupSubscriber>> {
+    Ok(conn
+        .query_row(
+            "SELECT server, quota_bytes, bytes_used,
+                    (SELECT count(*) FROM backup_replica WHERE subscriber = s.server)
+             FROM backup_subscribers s WHERE server = ?1",
+            [server],
+            |row| {
+                Ok(BackupSubscriber {
+                    server: row.get(0)?,
+                    quota_bytes: row.get(1)?,
+                    bytes_used: row.get(2)?,
+                    pdus: row.get(3)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+impl Store {
+    /// Records an invitation (the token's SHA-256, hex) with the quota it grants. Recording the
+    /// same token again changes nothing, so a used token cannot be revived.
+    pub async fn backup_add_token(&self, token_sha256: String, quota_bytes: i64) -> Result<()> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO backup_tokens (token_sha256, quota_bytes, created_ms)
+                 VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![token_sha256, quota_bytes, now_ms()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Subscribes `server` with the token of this hash, using the token up. `None` when there is
+    /// no such token or another server used it. The same server presenting its own used token
+    /// again (its answer was lost) gets its subscription back; a new token adds its quota.
+    pub async fn backup_subscribe(
+        &self,
+        server: String,
+        token_sha256: String,
+    ) -> Result<Option<BackupSubscriber>> {
+        self.write(move |conn| {
+            let token: Option<(i64, Option<String>)> = conn
+                .query_row(
+                    "SELECT quota_bytes, used_by FROM backup_tokens WHERE token_sha256 = ?1",
+                    [&token_sha256],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            match token {
+                None => return Ok(None),
+                Some((_, Some(used_by))) if used_by != server => return Ok(None),
+                Some((_, Some(_))) => {
+                    // Used by this very server: a repeat, but only while it is subscribed (a
+                    // token does not outlive an unsubscribe).
+                    return subscriber(conn, &server);
+                }
+                Some((quota, None)) => {
+                    let now = now_ms();
+                    conn.prepare_cached(
+                        "UPDATE backup_tokens SET used_by = ?2, used_ms = ?3
+                         WHERE token_sha256 = ?1",
+                    )?
+                    .execute(params![token_sha256, server, now])?;
+                    conn.prepare_cached(
+                        "INSERT INTO backup_subscribers (server, quota_bytes, subscribed_ms)
+                         VALUES (?1, ?2, ?3)
+                         ON CONFLICT (server) DO UPDATE SET quota_bytes = quota_bytes + ?2",
+                    )?
+                    .execute(params![server, quota, now])?;
+                }
+            }
+            subscriber(conn, &server)
+        })
+        .await
+    }
+
+    pub async fn backup_subscriber(&self, server: String) -> Result<Option<BackupSubscriber>> {
+        self.read(move |conn| subscriber(conn, &server)).await
+    }
+
+    /// Adds PDUs to `server`'s replica in order, as far as its quota allows; `None` when it is
+    /// not subscribed.
+    pub async fn backup_store_replica(
+        &self,
+        server: String,
+        pdus: Vec<ReplicaPdu>,
+    ) -> Result<Option<Vec<ReplicaOutcome>>> {
+        self.write(move |conn| {
+            let Some(subscriber) = subscriber(conn, &server)? else {
+                return Ok(None);
+            };
+            let mut used = subscriber.bytes_used;
+            let now = now_ms();
+            let mut exists = conn.prepare_cached(
+                "SELECT 1 FROM backup_replica WHERE subscriber = ?1 AND event_id = ?2",
+            )?;
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO backup_replica (subscriber, event_id, room_id, pdu, received_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut outcomes = Vec::with_capacity(pdus.len());
+            for pdu in pdus {
+                let size = pdu.json.len() as i64;
+                let outcome = if exists.exists(params![server, pdu.event_id])? {
+                    ReplicaOutcome::Duplicate
+                } else if used + size > subscriber.quota_bytes {
+                    ReplicaOutcome::OverQuota
+                } else {
+                    insert.execute(params![server, pdu.event_id, pdu.room_id, pdu.json, now])?;
+                    used += size;
+                    ReplicaOutcome::Stored
+                };
+                outcomes.push(outcome);
+            }
+            conn.prepare_cached("UPDATE backup_subscribers SET bytes_used = ?2 WHERE server = ?1")?
+                .execute(params![server, used])?;
+            Ok(Some(outcomes))
+        })
+        .await
+    }
+
+    /// Up to `limit` PDUs of `server`'s replica after position `from`, in the order received,
+    /// optionally of one room only.
+    pub async fn backup_replica_page(
+        &self,
+        server: String,
+        room_id: Option<String>,
+        from: i64,
+        limit: u32,
+    ) -> Result<Vec<ReplicaEntry>> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT id, event_id, room_id, pdu FROM backup_replica
+                 WHERE subscriber = ?1 AND id > ?2 AND (?3 IS NULL OR room_id = ?3)
+                 ORDER BY id LIMIT ?4",
+            )?;
+            let entries = statement
+                .query_map(params![server, from, room_id, limit], |row| {
+                    Ok(ReplicaEntry {
+                        id: row.get(0)?,
+                        event_id: row.get(1)?,
+                        room_id: row.get(2)?,
+                        json: row.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(entries)
+        })
+        .await
+    }
+
+    /// Ends `server`'s subscription and deletes everything kept for it; returns how many PDUs
+    /// were deleted.
+    pub async fn backup_unsubscribe(&self, server: String) -> Result<i64> {
+        self.write(move |conn| {
+            let pdus: i64 = conn.query_row(
+                "SELECT count(*) FROM backup_replica WHERE subscriber = ?1",
+                [&server],
+                |row| row.get(0),
+            )?;
+            conn.prepare_cached("DELETE FROM backup_replica WHERE subscriber = ?1")?
+                .execute([&server])?;
+            conn.prepare_cached("DELETE FROM backup_subscribers WHERE server = ?1")?
+                .execute([&server])?;
+            Ok(pdus)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pdu(id: &str, size: usize) -> ReplicaPdu {
+        ReplicaPdu {
+            event_id: id.into(),
+            room_id: "!r:x".into(),
+            json: "x".repeat(size),
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_are_one_time_and_quotas_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let (alice, bob) = ("a".to_string(), "b".to_string());
+        assert_eq!(
+            store
+                .backup_subscribe(alice.clone(), "nope".into())
+                .await
+                .unwrap(),
+            None
+        );
+        store.backup_add_token("t1".into(), 100).await.unwrap();
+        let sub = store
+            .backup_subscribe(alice.clone(), "t1".into())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(sub.quota_bytes, 100);
+        // A repeat by the same server is fine; another server cannot reuse it.
+        assert!(
+            store
+                .backup_subscribe(alice.clone(), "t1".into())
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            store
+                .backup_subscribe(bob.clone(), "t1".into())
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .backup_store_replica(bob.clone(), vec![pdu("$x", 1)])
+                .await
+                .unwrap(),
+            None
+        );
+
+        let outcomes = store
+            .backup_store_replica(
+                alice.clone(),
+                vec![pdu("$1", 60), pdu("$1", 60), pdu("$2", 50), pdu("$3", 40)],
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        use ReplicaOutcome::*;
+        assert_eq!(outcomes, [Stored, Duplicate, OverQuota, Stored]);
+        let sub = store
+            .backup_subscriber(alice.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((sub.bytes_used, sub.pdus), (100, 2));
+
+        let page = store
+            .backup_replica_page(alice.clone(), None, 0, 1)
+            .await
+            .unwrap();
+        assert_eq!(page[0].event_id, "$1");
+        let rest = store
+            .backup_replica_page(alice.clone(), Some("!r:x".into()), page[0].id, 10)
+            .await
+            .unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].event_id, "$3");
+
+        assert_eq!(store.backup_unsubscribe(alice.clone()).await.unwrap(), 2);
+        assert_eq!(store.backup_subscriber(alice.clone()).await.unwrap(), None);
+        assert!(
+            store
+                .backup_replica_page(alice.clone(), None, 0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // The token is spent for good, even for its first user.
+        assert_eq!(
+            store.backup_subscribe(alice, "t1".into()).await.unwrap(),
+            None
+        );
+    }
+}
