@@ -58,6 +58,24 @@ enum Command {
         /// The token from `hyphae backup-server invite`, for --backup.
         #[arg(long, value_name = "TOKEN", requires = "backup")]
         backup_token: Option<String>,
+        /// Restore this device from its backup server first (its multiaddr ending in
+        /// /p2p/<peer id>): only into a new, empty --data folder. The node becomes the backed-up
+        /// server again, with its owner, rooms, history and room keys, still subscribed.
+        #[arg(
+            long,
+            value_name = "MULTIADDR",
+            requires = "recovery_key",
+            conflicts_with = "backup"
+        )]
+        restore_from: Option<Multiaddr>,
+        /// The recovery key shown when key backup was turned on, for --restore-from.
+        #[arg(
+            long,
+            value_name = "KEY",
+            env = "HYPHAE_RECOVERY_KEY",
+            requires = "restore_from"
+        )]
+        recovery_key: Option<String>,
         #[command(flatten)]
         p2p: P2pArgs,
     },
@@ -169,6 +187,8 @@ fn main() -> ExitCode {
             no_app,
             backup,
             backup_token,
+            restore_from,
+            recovery_key,
             p2p,
         } => {
             let Some(data_dir) = data.or_else(default_data_dir) else {
@@ -195,6 +215,7 @@ fn main() -> ExitCode {
                 },
                 ui,
                 backup.zip(backup_token),
+                restore_from.zip(recovery_key),
             ))
         }
         Command::BackupServer {
@@ -290,6 +311,45 @@ async fn backup_server(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The server name of the backup server at `addr` (ending in /p2p/<peer id>).
+fn backup_server_name(addr: &Multiaddr) -> Result<String, String> {
+    let peer = addr
+        .iter()
+        .find_map(|part| match part {
+            hyphae_node::multiaddr::Protocol::P2p(peer) => Some(peer),
+            _ => None,
+        })
+        .ok_or_else(|| format!("backup address {addr} does not end in /p2p/<peer id>"))?;
+    hyphae_node::server_name_of_peer(&peer).map_err(|e| e.to_string())
+}
+
+/// Restores this device from the backup server at `addr` into the (empty) data folder and
+/// starts it; says what came back.
+async fn restore_device(
+    config: Config,
+    addr: Multiaddr,
+    recovery_key: &str,
+) -> Result<Node, String> {
+    let server = backup_server_name(&addr)?;
+    println!("Restoring from backup server {server} ...");
+    let started = std::time::Instant::now();
+    let restored = hyphae_node::restore_from_backup(config, &server, vec![addr], recovery_key)
+        .await
+        .map_err(|e| format!("restore failed: {e}"))?;
+    println!(
+        "Restored {}: {} rooms, {} events, {} room keys in {:.1} s.",
+        restored.node.server_name(),
+        restored.rooms,
+        restored.pdus,
+        restored.room_keys,
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(e) = &restored.key_backup_error {
+        println!("  the room keys could not be restored ({e}); old messages stay unreadable");
+    }
+    Ok(restored.node)
+}
+
 /// Subscribes to the backup server `addr` (ending in /p2p/<peer id>) unless this device is
 /// subscribed already; says how the backup stands.
 async fn subscribe_backup(node: &Node, addr: Multiaddr, token: &str) -> Result<String, String> {
@@ -299,21 +359,19 @@ async fn subscribe_backup(node: &Node, addr: Multiaddr, token: &str) -> Result<S
             status.server, status.bytes_acknowledged, status.pending
         ));
     }
-    let peer = addr
-        .iter()
-        .find_map(|part| match part {
-            hyphae_node::multiaddr::Protocol::P2p(peer) => Some(peer),
-            _ => None,
-        })
-        .ok_or_else(|| format!("backup address {addr} does not end in /p2p/<peer id>"))?;
-    let server = hyphae_node::server_name_of_peer(&peer).map_err(|e| e.to_string())?;
+    let server = backup_server_name(&addr)?;
     node.subscribe_backup(&server, vec![addr], token)
         .await
         .map_err(|e| e.to_string())?;
     Ok(format!("{server} (subscribed now)"))
 }
 
-async fn up(config: Config, ui: Option<ui::Ui>, backup: Option<(Multiaddr, String)>) -> ExitCode {
+async fn up(
+    config: Config,
+    ui: Option<ui::Ui>,
+    backup: Option<(Multiaddr, String)>,
+    restore: Option<(Multiaddr, String)>,
+) -> ExitCode {
     let data_dir = config.data_dir.clone();
     let registration = match config.registration() {
         Registration::Open => "open to anyone who can reach the client API".to_owned(),
@@ -329,7 +387,11 @@ async fn up(config: Config, ui: Option<ui::Ui>, backup: Option<(Multiaddr, Strin
                 .to_owned()
         }
     };
-    let node = match Node::start(config).await {
+    let started = match restore {
+        Some((addr, key)) => restore_device(config, addr, &key).await,
+        None => Node::start(config).await.map_err(|e| e.to_string()),
+    };
+    let node = match started {
         Ok(node) => node,
         Err(e) => {
             eprintln!("hyphae: {e}");

@@ -15,7 +15,10 @@ mod rooms;
 mod signing;
 mod typing;
 
-pub use backup::{BackupError, BackupStatus, DEFAULT_QUOTA, create_invite, parse_size};
+pub use backup::{
+    BackupError, BackupStatus, DEFAULT_QUOTA, Restored, create_invite, parse_size,
+    restore_from_backup,
+};
 pub use config::{Config, RateLimit, Registration};
 pub use error::NodeError;
 pub use hyphae_p2p::{

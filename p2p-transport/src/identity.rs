@@ -96,6 +96,29 @@ impl Identity {
         }
     }
 
+    /// Writes a key restored from a backup into `data_dir` (mode 0600, as a new key), so the
+    /// node starts there as the server that key names. Refuses to replace an existing key: a
+    /// restore never overwrites an identity.
+    pub fn write_restored(data_dir: &Path, secret: &[u8; 32]) -> Result<Identity, IdentityError> {
+        let path = data_dir.join(IDENTITY_FILE);
+        let io = |source| IdentityError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut bytes = Zeroizing::new(*secret);
+        let key = ed25519::SecretKey::try_from_bytes(&mut *bytes).map_err(|e| {
+            IdentityError::Damaged {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        fs::create_dir_all(data_dir).map_err(io)?;
+        write_new_key(&path, secret).map_err(io)?;
+        let identity = Identity::from_keypair(key.into());
+        tracing::info!(server_name = %identity.server_name, "restored the identity key");
+        Ok(identity)
+    }
+
     fn from_keypair(keypair: ed25519::Keypair) -> Identity {
         let server_name = hex::encode(keypair.public().to_bytes());
         Identity {
@@ -215,6 +238,31 @@ mod tests {
         assert_eq!(first.peer_id(), again.peer_id());
         assert_eq!(first.server_name().len(), 64);
         assert_eq!(first.server_name(), first.server_name().to_lowercase());
+    }
+
+    #[test]
+    fn a_restored_key_is_the_same_server_and_never_overwrites_one() {
+        let old = tempfile::tempdir().unwrap();
+        let original = Identity::load_or_create(old.path()).unwrap();
+        let new = tempfile::tempdir().unwrap();
+        let folder = new.path().join("new device");
+        let restored = Identity::write_restored(&folder, &original.secret_bytes()).unwrap();
+        assert_eq!(restored.server_name(), original.server_name());
+        let path = folder.join(IDENTITY_FILE);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            Identity::load_or_create(&folder).unwrap().server_name(),
+            original.server_name()
+        );
+        let other = Identity::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        assert!(Identity::write_restored(&folder, &other.secret_bytes()).is_err());
+        assert_eq!(
+            Identity::load_or_create(&folder).unwrap().server_name(),
+            original.server_name()
+        );
     }
 
     #[test]

@@ -196,6 +196,53 @@ impl Store {
         .await
     }
 
+    /// Keeps `server`'s sealed identity blob under `lookup_id`, replacing its previous one.
+    /// `None` when it is not subscribed; `Some(false)` when another subscriber holds that lookup
+    /// id (the same recovery key: refused rather than letting one subscriber take another's).
+    pub async fn backup_put_identity(
+        &self,
+        server: String,
+        lookup_id: String,
+        blob: String,
+    ) -> Result<Option<bool>> {
+        self.write(move |conn| {
+            if subscriber(conn, &server)?.is_none() {
+                return Ok(None);
+            }
+            let holder: Option<String> = conn
+                .query_row(
+                    "SELECT subscriber FROM backup_identity WHERE lookup_id = ?1",
+                    [&lookup_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if holder.is_some_and(|holder| holder != server) {
+                return Ok(Some(false));
+            }
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO backup_identity (subscriber, lookup_id, blob, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![server, lookup_id, blob, now_ms()])?;
+            Ok(Some(true))
+        })
+        .await
+    }
+
+    /// The sealed identity blob kept under `lookup_id`, and whose it is.
+    pub async fn backup_identity(&self, lookup_id: String) -> Result<Option<(String, String)>> {
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT subscriber, blob FROM backup_identity WHERE lookup_id = ?1",
+                    [&lookup_id],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
     /// Ends `server`'s subscription and deletes everything kept for it; returns how many PDUs
     /// were deleted.
     pub async fn backup_unsubscribe(&self, server: String) -> Result<i64> {
@@ -206,6 +253,8 @@ impl Store {
                 |row| row.get(0),
             )?;
             conn.prepare_cached("DELETE FROM backup_replica WHERE subscriber = ?1")?
+                .execute([&server])?;
+            conn.prepare_cached("DELETE FROM backup_identity WHERE subscriber = ?1")?
                 .execute([&server])?;
             conn.prepare_cached("DELETE FROM backup_subscribers WHERE server = ?1")?
                 .execute([&server])?;
@@ -298,6 +347,33 @@ mod tests {
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].event_id, "$3");
 
+        // The sealed identity: only a subscriber keeps one, under a lookup id no other
+        // subscriber holds; anyone with the id reads it.
+        assert_eq!(
+            store
+                .backup_put_identity(bob.clone(), "l1".into(), "b".into())
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .backup_put_identity(alice.clone(), "l1".into(), "sealed".into())
+                .await
+                .unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            store
+                .backup_put_identity(alice.clone(), "l1".into(), "sealed 2".into())
+                .await
+                .unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            store.backup_identity("l1".into()).await.unwrap(),
+            Some((alice.clone(), "sealed 2".to_owned()))
+        );
         assert_eq!(store.backup_unsubscribe(alice.clone()).await.unwrap(), 2);
         assert_eq!(store.backup_subscriber(alice.clone()).await.unwrap(), None);
         assert!(
@@ -307,6 +383,7 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        assert_eq!(store.backup_identity("l1".into()).await.unwrap(), None);
         // The token is spent for good, even for its first user.
         assert_eq!(
             store.backup_subscribe(alice, "t1".into()).await.unwrap(),

@@ -78,6 +78,27 @@ impl Store {
         .await
     }
 
+    /// Records the subscription of a device restored from `server`, without queueing a backlog:
+    /// the server holds every PDU this device has (they came from it), and the trigger queues
+    /// each new one from now on.
+    pub async fn resume_backup_subscription(
+        &self,
+        server: String,
+        addresses: Vec<String>,
+    ) -> Result<()> {
+        let addresses = addresses.join("\n");
+        self.write(move |conn| {
+            conn.execute("DELETE FROM outbox WHERE kind = 'replica'", [])?;
+            conn.execute(
+                "INSERT OR REPLACE INTO backup_subscription (id, server, addresses, subscribed_ms)
+                 VALUES (1, ?1, ?2, ?3)",
+                params![server, addresses, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Forgets the subscription and its queue.
     pub async fn unsubscribe_backup(&self) -> Result<()> {
         self.write(|conn| {

@@ -4,6 +4,7 @@
 
 use super::crypto::{KeyBackupError, KeyBackupStatus, RecoveryKey};
 use super::{AppClient, AppError};
+use crate::backup::identity::{IdentityBlob, KeyBackupSnapshot, SnapshotKey};
 
 impl From<KeyBackupError> for AppError {
     fn from(e: KeyBackupError) -> AppError {
@@ -25,7 +26,10 @@ impl AppClient {
     /// Every key held now is uploaded before this returns; new ones follow as they arrive. An
     /// earlier backup (and its recovery key) is replaced.
     pub async fn enable_key_backup(&self) -> Result<RecoveryKey, AppError> {
-        Ok(self.inner.crypto.enable_key_backup(&self.inner.cs).await?)
+        let key = self.inner.crypto.enable_key_backup(&self.inner.cs).await?;
+        // With a backup server, the identity goes there too, sealed under the new key.
+        self.back_up_identity_or_warn().await;
+        Ok(key)
     }
 
     /// Restores the server's key backup with the user's recovery key; how many room keys were
@@ -57,8 +61,73 @@ impl AppClient {
 
     /// Uploads the room keys that arrived since the last upload (after each sync).
     pub(super) async fn back_up_new_keys(&self) {
-        if let Err(e) = self.inner.crypto.upload_pending_keys(&self.inner.cs).await {
-            tracing::warn!(error = %e, "could not back up new room keys");
+        match self.inner.crypto.upload_pending_keys(&self.inner.cs).await {
+            // The key backup lives in this data folder: its copy on the backup server (in the
+            // sealed identity) follows.
+            Ok(uploaded) if uploaded > 0 => self.back_up_identity_or_warn().await,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not back up new room keys"),
         }
+    }
+
+    pub(crate) async fn back_up_identity_or_warn(&self) {
+        if let Err(e) = self.back_up_identity().await {
+            tracing::warn!(error = %e, "could not back up the identity to the backup server");
+        }
+    }
+
+    /// Sends this device's identity (node secret, owner, device id, Olm account, and the room-key
+    /// backup as its own server keeps it), sealed with the recovery key, to the backup server;
+    /// `false` when there is nothing to do (not subscribed, or key backup off: no recovery key).
+    pub(crate) async fn back_up_identity(&self) -> Result<bool, AppError> {
+        let store = &self.inner.state.store;
+        if store.backup_subscription().await?.is_none() {
+            return Ok(false);
+        }
+        let Some(recovery) = self.inner.crypto.backup_secret().await? else {
+            return Ok(false);
+        };
+        let localpart = self.inner.user_id.localpart().to_owned();
+        let account_pickle = store
+            .crypto_account(
+                self.inner.user_id.to_string(),
+                self.inner.device_id.to_string(),
+            )
+            .await?
+            .map(|row| row.pickle);
+        let key_backup = match store.backup_version(localpart.clone(), None).await? {
+            Some(version) => {
+                let keys = store
+                    .backup_keys(localpart.clone(), version.version, None, None)
+                    .await?
+                    .unwrap_or_default();
+                Some(KeyBackupSnapshot {
+                    algorithm: version.algorithm,
+                    keys: keys
+                        .into_iter()
+                        .map(|k| SnapshotKey {
+                            room_id: k.room_id,
+                            session_id: k.session_id,
+                            first_message_index: k.first_message_index,
+                            forwarded_count: k.forwarded_count,
+                            is_verified: k.is_verified,
+                            data: k.data,
+                        })
+                        .collect(),
+                })
+            }
+            None => None,
+        };
+        let blob = IdentityBlob {
+            server_name: self.inner.state.server_name.to_string(),
+            identity_secret: hex::encode(*self.inner.identity_secret),
+            localpart,
+            device_id: self.inner.device_id.to_string(),
+            account_pickle,
+            key_backup,
+        };
+        crate::backup::identity::upload(&self.inner.state, &blob, &recovery)
+            .await
+            .map_err(|e| AppError::Crypto(format!("identity backup: {e}")))
     }
 }

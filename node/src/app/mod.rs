@@ -29,7 +29,7 @@ pub use rooms::{Invite, Member, NearbyPeer, RoomSummary};
 pub use timeline::{Delivery, ItemKind, TimelineItem};
 
 /// The account data type where the app remembers its device, so a restart keeps its keys.
-const DEVICE_DATA: &str = "io.hyphae.app_device";
+pub(crate) const DEVICE_DATA: &str = "io.hyphae.app_device";
 /// How long a /sync waits for something new.
 const SYNC_TIMEOUT_MS: u64 = 30_000;
 
@@ -74,6 +74,8 @@ pub struct AppClient {
 }
 
 struct Inner {
+    /// The node's identity secret: backed up (sealed) with the identity on a backup server.
+    identity_secret: zeroize::Zeroizing<[u8; 32]>,
     user_id: OwnedUserId,
     device_id: OwnedDeviceId,
     cs: CsApi,
@@ -172,6 +174,7 @@ impl AppClient {
         let (events, _) = broadcast::channel(1024);
         let client = AppClient {
             inner: Arc::new(Inner {
+                identity_secret: zeroize::Zeroizing::new(*identity_secret),
                 user_id,
                 device_id,
                 cs,

@@ -76,6 +76,10 @@ impl Node {
             .await?;
         tracing::info!(server, queued, quota = %answer["quota_bytes"], "subscribed to a backup server");
         self.backup_target().send_replace(Some(name));
+        // Key backup on already: the identity (sealed with its recovery key) goes there now.
+        if let Some(app) = self.app() {
+            app.back_up_identity_or_warn().await;
+        }
         Ok(())
     }
 

@@ -1,10 +1,15 @@
 //! Backup servers (DESIGN.md "Backup server"), phase 1: subscriptions with one-time tokens and
 //! quotas, and the replica of a device's PDUs. `server` answers the unstable
 //! `io.hyphae.backup` federation endpoints; `device` is the subscribing node's side; `invite`
-//! makes tokens for a server's operator. Mailbox, key backup and restore come later.
+//! makes tokens for a server's operator; `identity` keeps the device's sealed identity there and
+//! `restore` makes a new device the same server from it. The mailbox comes later.
 
 mod device;
+pub(crate) mod identity;
 mod invite;
+mod restore;
+#[cfg(test)]
+mod restore_tests;
 pub(crate) mod server;
 #[cfg(test)]
 mod tests;
@@ -13,6 +18,7 @@ pub use device::BackupStatus;
 pub(crate) use device::{ReplicaSent, send_replica, spawn_waker};
 pub(crate) use invite::INVITES_DIR;
 pub use invite::{DEFAULT_QUOTA, create_invite, parse_size};
+pub use restore::{Restored, restore_from_backup};
 
 use hyphae_store::StoreError;
 
@@ -23,6 +29,8 @@ pub(crate) const UNSUBSCRIBE_PATH: &str =
     "/_matrix/federation/unstable/io.hyphae.backup/unsubscribe";
 pub(crate) const REPLICA_PATH: &str = "/_matrix/federation/unstable/io.hyphae.backup/replica";
 pub(crate) const STATUS_PATH: &str = "/_matrix/federation/unstable/io.hyphae.backup/status";
+/// `PUT` by the subscriber; `GET …/identity/{lookup_id}` by anyone (a device being restored).
+pub(crate) const IDENTITY_PATH: &str = "/_matrix/federation/unstable/io.hyphae.backup/identity";
 
 /// Why a backup operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +52,20 @@ pub enum BackupError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// Mistyped (its parity or length is off) or not a recovery key; says which.
+    #[error("{0}")]
+    MalformedRecoveryKey(String),
+    #[error("the recovery key does not open the backed-up identity (a wrong key?)")]
+    WrongRecoveryKey,
+    #[error(
+        "the backup server keeps no identity for this recovery key (a wrong key, or key backup \
+         was never on while subscribed there)"
+    )]
+    NoIdentity,
+    #[error("cannot restore into {0}: the folder is not empty")]
+    NotEmpty(std::path::PathBuf),
+    #[error("restore: {0}")]
+    Restore(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

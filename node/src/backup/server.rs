@@ -23,7 +23,7 @@ const MAX_PAGE: u32 = 500;
 
 /// Where invitations wait; `None` when this node is not a backup server (then these endpoints
 /// do not exist).
-fn invites(state: &AppState) -> Result<&std::path::Path, MatrixError> {
+pub(super) fn invites(state: &AppState) -> Result<&std::path::Path, MatrixError> {
     state.backup_invites.as_deref().ok_or_else(|| {
         MatrixError::new(
             StatusCode::NOT_FOUND,
@@ -33,7 +33,10 @@ fn invites(state: &AppState) -> Result<&std::path::Path, MatrixError> {
     })
 }
 
-async fn subscriber_of(state: &AppState, origin: &Origin) -> Result<BackupSubscriber, MatrixError> {
+pub(super) async fn subscriber_of(
+    state: &AppState,
+    origin: &Origin,
+) -> Result<BackupSubscriber, MatrixError> {
     invites(state)?;
     state
         .store

@@ -113,6 +113,14 @@ pub(crate) fn router(state: AppState) -> Router {
             crate::backup::STATUS_PATH,
             get(crate::backup::server::status),
         )
+        .route(
+            crate::backup::IDENTITY_PATH,
+            put(crate::backup::identity::put_identity),
+        )
+        .route(
+            "/_matrix/federation/unstable/io.hyphae.backup/identity/{lookup_id}",
+            get(crate::backup::identity::get_identity),
+        )
         .fallback(crate::client_api::unrecognized)
         // The transport caps bodies itself (a /send of 50 PDUs is over axum's 2 MiB default).
         .layer(DefaultBodyLimit::disable())

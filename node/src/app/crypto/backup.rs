@@ -236,6 +236,28 @@ impl Crypto {
         Ok(RecoveryKey::from_bytes(&secret))
     }
 
+    /// The current backup's private key, i.e. the recovery key's 32 bytes: what the identity
+    /// kept on a backup server is sealed with. `None` when backup is off.
+    pub(crate) async fn backup_secret(
+        &self,
+    ) -> Result<Option<Zeroizing<[u8; 32]>>, KeyBackupError> {
+        let Some(row) = self
+            .inner
+            .store
+            .crypto_key_backup(self.inner.account_id)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let key = private_key_key(self.pickle_key(), &row.public_key);
+        let decryption = PkDecryption::from_libolm_pickle(&row.private_key, &*key)
+            .map_err(|e| CryptoError::Worker(format!("unpickling the backup key: {e}")))?;
+        let mut bytes = decryption.secret_key().to_bytes();
+        let secret = Zeroizing::new(*bytes);
+        zeroize::Zeroize::zeroize(&mut *bytes);
+        Ok(Some(secret))
+    }
+
     /// Stores the backup version and its keys (the private key encrypted).
     async fn keep_backup(
         &self,

@@ -45,6 +45,7 @@ use requests::KeyRequest;
 
 pub(crate) use backup::KeyBackupError;
 pub use backup::{KeyBackupStatus, RecoveryKey};
+pub(crate) use util::parallel_map;
 
 /// Why a crypto operation failed.
 #[derive(Debug, thiserror::Error)]

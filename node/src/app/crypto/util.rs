@@ -16,7 +16,7 @@ const MIN_PER_WORKER: usize = 8;
 
 /// `f` over `items` on every core (the calling thread is one of the workers), results in order.
 /// Call it off the async workers (inside `spawn_blocking`).
-pub(super) fn parallel_map<T, R, F>(items: Vec<T>, f: F) -> Vec<R>
+pub(crate) fn parallel_map<T, R, F>(items: Vec<T>, f: F) -> Vec<R>
 where
     T: Send,
     R: Send,
