@@ -325,3 +325,52 @@ async fn both_sides_restart_and_the_replica_completes() {
     })
     .await;
 }
+
+/// Replica lag: a message sent on the device until it is stored on the backup server, p50/p99
+/// over `HYPHAE_REPLICA_MESSAGES` (default 300) messages sent one at a time:
+/// `cargo test --release -p hyphae-node --lib replica_lag -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn replica_lag() {
+    let messages: usize = std::env::var("HYPHAE_REPLICA_MESSAGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(300);
+    let (a, _b, alice, _bob, room) = two_nodes_in_a_room().await;
+    let server = backup_server().await;
+    let token = create_invite(server.data_dir(), super::DEFAULT_QUOTA).unwrap();
+    subscribe(&a, &server, &token).await.unwrap();
+    let store = server.node.store().clone();
+    let mut lags = Vec::with_capacity(messages);
+    for n in 0..messages {
+        let started = std::time::Instant::now();
+        let event_id = send_text(&a, &alice, &room, &format!("lag {n}")).await;
+        let mut position = store.stream_position();
+        loop {
+            let id = event_id.clone();
+            let stored = store
+                .read(move |c| {
+                    Ok(c.query_row(
+                        "SELECT count(*) FROM backup_replica WHERE event_id = ?1",
+                        [&id],
+                        |r| r.get::<_, i64>(0),
+                    )?)
+                })
+                .await
+                .unwrap();
+            if stored > 0 {
+                break;
+            }
+            // The replica does not move the stream; poll briefly instead.
+            let _ = tokio::time::timeout(Duration::from_millis(1), position.changed()).await;
+        }
+        lags.push(started.elapsed());
+    }
+    lags.sort();
+    let at = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
+    println!(
+        "replica lag (send on the device -> stored on the backup server), {messages} messages: p50 {:.2} ms, p99 {:.2} ms",
+        at(0.5).as_secs_f64() * 1000.0,
+        at(0.99).as_secs_f64() * 1000.0
+    );
+}
