@@ -91,6 +91,23 @@ impl Store {
     }
 }
 
+/// The PDU's prev and auth edges (the DAG walks read them).
+pub(crate) fn insert_edges(conn: &Connection, pdu: &NewPdu) -> Result<()> {
+    let mut edge = conn.prepare_cached(
+        "INSERT OR IGNORE INTO event_edges (event_id, prev_event_id) VALUES (?1, ?2)",
+    )?;
+    for prev in &pdu.prev_events {
+        edge.execute(params![pdu.event_id, prev])?;
+    }
+    let mut auth = conn.prepare_cached(
+        "INSERT OR IGNORE INTO event_auth (event_id, auth_event_id) VALUES (?1, ?2)",
+    )?;
+    for auth_event in &pdu.auth_events {
+        auth.execute(params![pdu.event_id, auth_event])?;
+    }
+    Ok(())
+}
+
 pub(crate) fn append_pdu(conn: &Connection, pdu: &NewPdu) -> Result<Option<i64>> {
     let known: Option<(Option<i64>, bool, bool)> = conn
         .query_row(
@@ -136,18 +153,7 @@ pub(crate) fn append_pdu(conn: &Connection, pdu: &NewPdu) -> Result<Option<i64>>
             pdu.outlier,
         ])?;
     }
-    let mut edge = conn.prepare_cached(
-        "INSERT OR IGNORE INTO event_edges (event_id, prev_event_id) VALUES (?1, ?2)",
-    )?;
-    for prev in &pdu.prev_events {
-        edge.execute(params![pdu.event_id, prev])?;
-    }
-    let mut auth = conn.prepare_cached(
-        "INSERT OR IGNORE INTO event_auth (event_id, auth_event_id) VALUES (?1, ?2)",
-    )?;
-    for auth_event in &pdu.auth_events {
-        auth.execute(params![pdu.event_id, auth_event])?;
-    }
+    insert_edges(conn, pdu)?;
     if in_timeline {
         let mut superseded = conn.prepare_cached(
             "DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2",

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, StoreError};
-use crate::events::{NewPdu, StoredPdu, append_pdu};
+use crate::events::{NewPdu, StoredPdu, append_pdu, insert_edges};
 use crate::{Store, next_stream_pos, now_ms};
 
 /// One user's membership in one room, with the stream position where it last changed.
@@ -562,18 +562,7 @@ impl Store {
                         pdu.json,
                     ])?;
                 }
-                let mut edge = conn.prepare_cached(
-                    "INSERT OR IGNORE INTO event_edges (event_id, prev_event_id) VALUES (?1, ?2)",
-                )?;
-                for prev in &pdu.prev_events {
-                    edge.execute(params![pdu.event_id, prev])?;
-                }
-                let mut auth = conn.prepare_cached(
-                    "INSERT OR IGNORE INTO event_auth (event_id, auth_event_id) VALUES (?1, ?2)",
-                )?;
-                for auth_event in &pdu.auth_events {
-                    auth.execute(params![pdu.event_id, auth_event])?;
-                }
+                insert_edges(conn, pdu)?;
                 added += 1;
             }
             Ok(added)

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use axum::http::Method;
 use hyphae_p2p::{Identity, Multiaddr};
-use hyphae_store::{AcceptedPdu, BackupKey, NewPdu, StateSnapshot, Store};
+use hyphae_store::{AcceptedPdu, BackupKey, StateSnapshot, Store};
 use ruma::{CanonicalJsonObject, OwnedServerName, RoomVersionId};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -397,23 +397,10 @@ async fn import(store: &Store, pdus: Vec<Value>) -> Result<(usize, usize), Backu
             let membership = (pdu.kind == ruma::events::TimelineEventType::RoomMember)
                 .then(|| membership_of(&pdu.content))
                 .flatten();
-            let json = serde_json::to_string(&pdu.json)
-                .map_err(|e| BackupError::Restore(e.to_string()))?;
             accepted.push(AcceptedPdu {
-                pdu: NewPdu {
-                    event_id: pdu.event_id.to_string(),
-                    room_id: room_id.clone(),
-                    depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
-                    sender: pdu.sender.to_string(),
-                    event_type: pdu.kind.to_string(),
-                    state_key: pdu.state_key.clone(),
-                    origin_server_ts: i64::try_from(u64::from(pdu.origin_server_ts.0)).unwrap_or(0),
-                    json,
-                    prev_events: pdu.prev_events.iter().map(ToString::to_string).collect(),
-                    auth_events: pdu.auth_events.iter().map(ToString::to_string).collect(),
-                    rejection_reason: None,
-                    outlier: false,
-                },
+                pdu: pdu
+                    .to_new_pdu(&room_id)
+                    .map_err(|e| BackupError::Restore(e.to_string()))?,
                 membership,
                 transaction: None,
                 // Others have these already: nothing is sent again.

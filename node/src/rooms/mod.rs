@@ -10,7 +10,7 @@ mod remote;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use hyphae_store::{AcceptedPdu, NewPdu, StateSnapshot, Store, StoreError};
+use hyphae_store::{AcceptedPdu, StateSnapshot, Store, StoreError};
 use ruma::events::{StateEventType, TimelineEventType};
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::state_res;
@@ -504,14 +504,7 @@ impl Rooms {
         if let Some(redacts) = draft.redacts {
             json.insert("redacts".into(), string(redacts.as_str()));
         }
-        json.insert(
-            "origin_server_ts".into(),
-            CanonicalJsonValue::Integer(
-                i64::from(MilliSecondsSinceUnixEpoch::now().0)
-                    .try_into()
-                    .unwrap_or_default(),
-            ),
-        );
+        json.insert("origin_server_ts".into(), now_ts());
         json.insert(
             "depth".into(),
             // A member may have sent an event at the largest depth JSON allows; ours stay there
@@ -584,23 +577,10 @@ impl Rooms {
         let membership = (pdu.kind == TimelineEventType::RoomMember)
             .then(|| membership_of(&pdu.content))
             .flatten();
-        let json =
-            serde_json::to_string(&pdu.json).map_err(|e| RoomError::Internal(e.to_string()))?;
         Ok(AcceptedPdu {
-            pdu: NewPdu {
-                event_id: pdu.event_id.to_string(),
-                room_id: room_id.to_string(),
-                depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
-                sender: pdu.sender.to_string(),
-                event_type: pdu.kind.to_string(),
-                state_key: pdu.state_key.clone(),
-                origin_server_ts: i64::try_from(u64::from(pdu.origin_server_ts.0)).unwrap_or(0),
-                json,
-                prev_events: pdu.prev_events.iter().map(ToString::to_string).collect(),
-                auth_events: pdu.auth_events.iter().map(ToString::to_string).collect(),
-                rejection_reason: None,
-                outlier: false,
-            },
+            pdu: pdu
+                .to_new_pdu(room_id.as_str())
+                .map_err(|e| RoomError::Internal(e.to_string()))?,
             membership,
             transaction,
             destinations,
@@ -662,6 +642,15 @@ fn draft_ref(draft: &EventDraft) -> DraftRef<'_> {
         content: &draft.content,
         redacts: draft.redacts.as_deref(),
     }
+}
+
+/// Now, as an event's `origin_server_ts`.
+pub(crate) fn now_ts() -> CanonicalJsonValue {
+    CanonicalJsonValue::Integer(
+        i64::from(MilliSecondsSinceUnixEpoch::now().0)
+            .try_into()
+            .unwrap_or_default(),
+    )
 }
 
 pub(crate) fn rules(version: &RoomVersionId) -> Result<RoomVersionRules, RoomError> {

@@ -113,6 +113,24 @@ impl Pdu {
         })
     }
 
+    /// The PDU as the store takes it, accepted into `room_id`'s timeline.
+    pub(crate) fn to_new_pdu(&self, room_id: &str) -> Result<hyphae_store::NewPdu, MalformedPdu> {
+        Ok(hyphae_store::NewPdu {
+            event_id: self.event_id.to_string(),
+            room_id: room_id.to_owned(),
+            depth: i64::try_from(u64::from(self.depth)).unwrap_or(i64::MAX),
+            sender: self.sender.to_string(),
+            event_type: self.kind.to_string(),
+            state_key: self.state_key.clone(),
+            origin_server_ts: i64::try_from(u64::from(self.origin_server_ts.0)).unwrap_or(0),
+            json: serde_json::to_string(&self.json).map_err(|e| MalformedPdu(e.to_string()))?,
+            prev_events: self.prev_events.iter().map(ToString::to_string).collect(),
+            auth_events: self.auth_events.iter().map(ToString::to_string).collect(),
+            rejection_reason: None,
+            outlier: false,
+        })
+    }
+
     /// Parses a stored PDU (stored JSON is the node's own, so failure means a damaged store).
     pub(crate) fn from_stored(stored: &hyphae_store::StoredPdu) -> Result<Pdu, MalformedPdu> {
         let json: CanonicalJsonObject = serde_json::from_str(&stored.json)

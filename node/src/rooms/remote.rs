@@ -8,8 +8,8 @@ use axum::http::Method;
 use hyphae_store::ResolvedState;
 use ruma::events::{StateEventType, TimelineEventType};
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
-    OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedServerName, RoomId,
+    RoomVersionId, ServerName, UserId,
 };
 use serde_json::value::RawValue;
 
@@ -219,14 +219,7 @@ impl Rooms {
             serde_json::from_value(content)
                 .map_err(|e| RoomError::Internal(format!("content: {e}")))?,
         );
-        json.insert(
-            "origin_server_ts".into(),
-            CanonicalJsonValue::Integer(
-                i64::from(MilliSecondsSinceUnixEpoch::now().0)
-                    .try_into()
-                    .unwrap_or_default(),
-            ),
-        );
+        json.insert("origin_server_ts".into(), super::now_ts());
         self.inner
             .signing_key
             .hash_and_sign_event(&mut json, &rules.redaction)
@@ -532,14 +525,7 @@ impl Rooms {
                     .unwrap_or(ruma::Int::MAX),
             ),
         );
-        json.insert(
-            "origin_server_ts".into(),
-            CanonicalJsonValue::Integer(
-                i64::from(MilliSecondsSinceUnixEpoch::now().0)
-                    .try_into()
-                    .unwrap_or_default(),
-            ),
-        );
+        json.insert("origin_server_ts".into(), super::now_ts());
         self.inner
             .signing_key
             .hash_and_sign_event(&mut json, &rules.redaction)
