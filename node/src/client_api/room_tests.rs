@@ -4,23 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::test_support::Api;
-
-struct Person {
-    user_id: String,
-    token: String,
-}
-
-async fn person(api: &Api, name: &str) -> Person {
-    let (user_id, token, _) = api.register(name, "password").await;
-    Person { user_id, token }
-}
-
-async fn create_room(api: &Api, who: &Person, body: Value) -> String {
-    let (status, body) = api.post("/v3/createRoom", Some(&who.token), body).await;
-    assert_eq!(status, 200, "{body}");
-    body["room_id"].as_str().unwrap().to_owned()
-}
+use super::test_support::{Api, Person, person};
 
 async fn send_text(api: &Api, who: &Person, room: &str, txn: &str, text: &str) -> (u16, Value) {
     api.put(
@@ -59,14 +43,14 @@ async fn invite_join_chat_and_sync() {
     let api = Api::start().await;
     let alice = person(&api, "alice").await;
     let bob = person(&api, "bob").await;
-    let room = create_room(
-        &api,
-        &alice,
-        json!({"name": "Plans", "topic": "the weekend", "invite": [bob.user_id],
+    let room = api
+        .create_room(
+            &alice.token,
+            json!({"name": "Plans", "topic": "the weekend", "invite": [bob.user_id],
                "initial_state": [{"type": "m.room.encryption", "state_key": "",
                                    "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]}),
-    )
-    .await;
+        )
+        .await;
 
     // Bob sees the invite with the room's name and that it is encrypted.
     let first = sync(&api, &bob, None, 0).await;
@@ -177,7 +161,9 @@ async fn the_auth_rules_say_no() {
     let alice = person(&api, "alice").await;
     let bob = person(&api, "bob").await;
     let carol = person(&api, "carol").await;
-    let room = create_room(&api, &alice, json!({"invite": [bob.user_id]})).await;
+    let room = api
+        .create_room(&alice.token, json!({"invite": [bob.user_id]}))
+        .await;
     api.post(
         &format!("/v3/rooms/{room}/join"),
         Some(&bob.token),
@@ -295,7 +281,9 @@ async fn the_auth_rules_say_no() {
 async fn history_pages_backwards_from_a_limited_sync() {
     let api = Api::start().await;
     let alice = person(&api, "alice").await;
-    let room = create_room(&api, &alice, json!({"preset": "public_chat"})).await;
+    let room = api
+        .create_room(&alice.token, json!({"preset": "public_chat"}))
+        .await;
     for n in 0..30 {
         send_text(
             &api,
@@ -370,13 +358,13 @@ async fn state_aliases_leaving_and_every_room_version() {
     let alice = person(&api, "alice").await;
     let bob = person(&api, "bob").await;
     for version in ["10", "11", "12"] {
-        let room = create_room(
-            &api,
-            &alice,
-            json!({"room_version": version, "preset": "public_chat",
+        let room = api
+            .create_room(
+                &alice.token,
+                json!({"room_version": version, "preset": "public_chat",
                    "room_alias_name": format!("lobby{version}"), "name": "Lobby"}),
-        )
-        .await;
+            )
+            .await;
         let (status, name) = api
             .get(
                 &format!("/v3/rooms/{room}/state/m.room.name"),
@@ -515,7 +503,9 @@ async fn receipts_read_markers_typing_and_context() {
     let api = Api::start().await;
     let alice = person(&api, "alice").await;
     let bob = person(&api, "bob").await;
-    let room = create_room(&api, &alice, json!({"invite": [bob.user_id]})).await;
+    let room = api
+        .create_room(&alice.token, json!({"invite": [bob.user_id]}))
+        .await;
     api.post(
         &format!("/v3/rooms/{room}/join"),
         Some(&bob.token),
@@ -633,14 +623,14 @@ async fn what_the_server_checks_beyond_the_auth_rules() {
     let alice = person(&api, "alice").await;
     let bob = person(&api, "bob").await;
     let carol = person(&api, "carol").await;
-    let room = create_room(
-        &api,
-        &alice,
-        json!({"invite": [bob.user_id],
+    let room = api
+        .create_room(
+            &alice.token,
+            json!({"invite": [bob.user_id],
                "initial_state": [{"type": "m.room.history_visibility", "state_key": "",
                                    "content": {"history_visibility": "joined"}}]}),
-    )
-    .await;
+        )
+        .await;
     let (_, before) = send_text(&api, &alice, &room, "a0", "before bob joined").await;
 
     // Memberships go through their endpoints, not the state API.
@@ -694,7 +684,7 @@ async fn what_the_server_checks_beyond_the_auth_rules() {
         send_text(&api, &bob, &room, "same", "once"),
     );
     assert_eq!(a.1["event_id"], b.1["event_id"]);
-    let other_room = create_room(&api, &bob, json!({})).await;
+    let other_room = api.create_room(&bob.token, json!({})).await;
     let (_, elsewhere) = send_text(&api, &bob, &other_room, "same", "once").await;
     assert_ne!(elsewhere["event_id"], a.1["event_id"]);
     let update = sync(&api, &bob, first["next_batch"].as_str(), 0).await;
@@ -809,7 +799,9 @@ async fn device_lists_follow_who_shares_a_room() {
     let api = Api::start().await;
     let alice = person(&api, "alice").await;
     let bob = person(&api, "bob").await;
-    let room = create_room(&api, &alice, json!({"invite": [bob.user_id]})).await;
+    let room = api
+        .create_room(&alice.token, json!({"invite": [bob.user_id]}))
+        .await;
     let since = sync(&api, &alice, None, 0).await["next_batch"]
         .as_str()
         .unwrap()
@@ -861,5 +853,6 @@ async fn a_refused_create_room_leaves_nothing_behind() {
     let (_, joined) = api.get("/v3/joined_rooms", Some(&alice.token)).await;
     assert_eq!(joined["joined_rooms"], json!([]));
     // The alias is still free.
-    create_room(&api, &alice, json!({"room_alias_name": "wanted"})).await;
+    api.create_room(&alice.token, json!({"room_alias_name": "wanted"}))
+        .await;
 }

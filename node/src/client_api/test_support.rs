@@ -4,6 +4,18 @@ use serde_json::{Value, json};
 
 use crate::{Config, Node};
 
+/// A registered user of a test node.
+pub(crate) struct Person {
+    pub(crate) user_id: String,
+    pub(crate) token: String,
+}
+
+/// Registers `name` on `api`.
+pub(crate) async fn person(api: &Api, name: &str) -> Person {
+    let (user_id, token, _) = api.register(name, "password").await;
+    Person { user_id, token }
+}
+
 pub(crate) struct Api {
     pub(crate) node: Node,
     pub(crate) http: reqwest::Client,
@@ -183,17 +195,17 @@ impl Api {
         )
     }
 
-    /// Creates a public room as the user of `token`; returns its id.
-    pub(crate) async fn create_public_room(&self, token: &str) -> String {
-        let (status, body) = self
-            .post(
-                "/v3/createRoom",
-                Some(token),
-                json!({"preset": "public_chat"}),
-            )
-            .await;
+    /// Creates a room (`body` as createRoom takes it) as the user of `token`; returns its id.
+    pub(crate) async fn create_room(&self, token: &str, body: Value) -> String {
+        let (status, body) = self.post("/v3/createRoom", Some(token), body).await;
         assert_eq!(status, 200, "{body}");
         body["room_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a public room as the user of `token`; returns its id.
+    pub(crate) async fn create_public_room(&self, token: &str) -> String {
+        self.create_room(token, json!({"preset": "public_chat"}))
+            .await
     }
 
     /// Makes `user_id` a joined member of `room_id` in this node's store, as if their join had

@@ -7,15 +7,7 @@ use serde_json::{Value, json};
 
 use crate::client_api::test_support::Api;
 
-pub(crate) struct Person {
-    pub(crate) user_id: String,
-    pub(crate) token: String,
-}
-
-pub(crate) async fn person(api: &Api, name: &str) -> Person {
-    let (user_id, token, _) = api.register(name, "password").await;
-    Person { user_id, token }
-}
+pub(crate) use crate::client_api::test_support::{Person, person};
 
 pub(crate) async fn send_text(api: &Api, who: &Person, room: &str, text: &str) -> String {
     let txn = format!("t{}", rand_suffix());

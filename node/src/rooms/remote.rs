@@ -423,10 +423,20 @@ impl Rooms {
 
     /// Every server with a member joined to the room, this one included.
     pub(crate) async fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<String>, RoomError> {
-        let state = self.state(room_id).await?;
-        let mut servers = super::joined_servers(&state, &self.inner.server_name);
+        // The memberships table answers this without reading and parsing the room's state
+        // (typing, receipts and delivery state ask often).
+        let mut servers: Vec<String> = self
+            .inner
+            .store
+            .room_members(room_id.to_string(), "join".into())
+            .await?
+            .iter()
+            .filter_map(|user| UserId::parse(user.as_str()).ok())
+            .map(|user| user.server_name().to_string())
+            .collect();
         servers.push(self.inner.server_name.to_string());
         servers.sort();
+        servers.dedup();
         Ok(servers)
     }
 
