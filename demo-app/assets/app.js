@@ -17,9 +17,13 @@ const state = {
   deliveries: new Map(),
   unread: new Set(),
   online: false,
+  // GET /backup's answer: the subscription and key backup, or null before the first.
+  backup: null,
 };
 
 const NEARBY_EVERY_MS = 4000;
+// The backup's progress has no event of its own: while settings are open, look this often.
+const BACKUP_EVERY_MS = 3000;
 let pendingSeq = 0;
 
 // --- small helpers ------------------------------------------------------------------------
@@ -86,7 +90,10 @@ async function api(method, path, body) {
   }
   if (response.status === 401) signedOut();
   if (!response.ok) {
-    throw new Error((data && data.error) || `${response.status} ${response.statusText}`);
+    const error = new Error((data && data.error) || `${response.status} ${response.statusText}`);
+    // Lets a caller tell causes apart (M_FORBIDDEN, …) and a test see which one it was.
+    error.errcode = (data && data.errcode) || null;
+    throw error;
   }
   return data;
 }
@@ -133,6 +140,21 @@ function localpart(userId) {
 function shortServer(name) {
   return name ? name.slice(0, 8) + '…' + name.slice(-4) : '';
 }
+
+// Powers of 1024, as backup quotas are given (`--quota 2G`).
+function formatBytes(bytes) {
+  if (bytes < 1024) return `${bytes} ${bytes === 1 ? 'byte' : 'bytes'}`;
+  const units = ['KB', 'MB', 'GB', 'TB'];
+  let value = bytes / 1024;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${value.toFixed(1)} ${units[unit]}`;
+}
+
+const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
 
 function peerName(peer) {
   if (peer.display_name) return peer.display_name;
@@ -206,6 +228,7 @@ function route() {
     $('settings').hidden = false;
     renderSettings();
     refreshNearby();
+    refreshBackup();
   } else {
     document.body.dataset.view = 'list';
     state.current = null;
@@ -257,6 +280,32 @@ async function refreshNearby() {
   } finally {
     nearbyBusy = false;
   }
+}
+
+// Each read or change of the backup takes a number; an answer that a later one overtook is
+// dropped, so a slow poll cannot show "not backed up" just after subscribing.
+let backupSeq = 0;
+async function refreshBackup() {
+  const seq = ++backupSeq;
+  try {
+    const backup = await api('GET', '/backup');
+    if (seq === backupSeq) {
+      state.backup = backup;
+      renderBackup();
+    }
+  } catch (e) {
+    if (seq !== backupSeq) return;
+    const status = $('backup-status');
+    status.textContent = 'Could not read the backup status: ' + e.message;
+    status.dataset.state = 'unknown';
+  }
+}
+
+// A change's answer is the new status.
+function backupChanged(backup) {
+  backupSeq += 1;
+  state.backup = backup;
+  renderBackup();
 }
 
 const refreshRoomsSoon = debounce(refreshRooms, 150);
@@ -672,6 +721,115 @@ function renderSettings() {
   renderKnownPeers();
 }
 
+function renderBackup() {
+  const backup = state.backup;
+  if (!backup) return;
+  const status = $('backup-status');
+  $('backup-details').hidden = !backup.subscribed;
+  $('backup-form').hidden = backup.subscribed;
+  if (backup.subscribed) {
+    let text = `Backed up to ${shortServer(backup.server)}: ${formatBytes(backup.bytes_kept)} kept, ${backup.pending} waiting`;
+    if (backup.events_refused) text += `, ${backup.events_refused} refused`;
+    status.textContent = text;
+    status.title = backup.server;
+    status.dataset.state = backup.last_error ? 'problem' : 'subscribed';
+    status.dataset.server = backup.server;
+    $('backup-server').textContent = backup.server;
+    $('backup-addresses').textContent = backup.addresses.length
+      ? backup.addresses.join('\n')
+      : 'found on the network by its peer id';
+    const problem = $('backup-problem');
+    problem.hidden = !backup.last_error;
+    problem.textContent = backup.last_error ? 'The server refused some messages: ' + backup.last_error : '';
+  } else {
+    status.textContent = backup.p2p
+      ? 'Not backed up: your chats are on this device only.'
+      : 'Not backed up. This device runs without the peer-to-peer network, so it cannot reach a backup server.';
+    status.removeAttribute('title');
+    status.dataset.state = 'unsubscribed';
+    delete status.dataset.server;
+    // Never changes while the page is open; enabling here would undo a pending submit's.
+    if (!backup.p2p) for (const field of $('backup-form').elements) field.disabled = true;
+  }
+
+  const keys = backup.key_backup;
+  const keyStatus = $('key-backup-status');
+  keyStatus.dataset.state = keys.enabled ? 'on' : 'off';
+  if (keys.enabled) {
+    let text = `Key backup is on (version ${keys.version}): ${plural(keys.keys_backed_up, 'room key', 'room keys')} backed up`;
+    if (keys.keys_pending) text += `, ${keys.keys_pending} waiting`;
+    keyStatus.textContent = text + '.';
+  } else {
+    keyStatus.textContent = 'Key backup is off. Turn it on to get a recovery key: with it, a new device can read your encrypted messages'
+      + (backup.subscribed ? ' and take over this device from the backup server.' : '.');
+  }
+  $('key-backup-on').hidden = keys.enabled;
+  $('key-backup-new').hidden = !keys.enabled;
+}
+
+async function subscribeBackup() {
+  const result = $('backup-form-status');
+  const button = $('backup-subscribe');
+  button.disabled = true;
+  result.textContent = 'Subscribing…';
+  result.dataset.state = 'busy';
+  delete result.dataset.errcode;
+  try {
+    const backup = await api('POST', '/backup/subscribe', {
+      address: $('backup-address').value,
+      token: $('backup-token').value,
+    });
+    $('backup-form').reset();
+    result.textContent = '';
+    result.dataset.state = 'done';
+    backupChanged(backup);
+  } catch (e) {
+    result.textContent = 'Not subscribed: ' + e.message;
+    result.dataset.state = 'failed';
+    if (e.errcode) result.dataset.errcode = e.errcode;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function unsubscribeBackup() {
+  const server = state.backup && state.backup.server;
+  if (!confirm(`Unsubscribe from ${server ? shortServer(server) : 'the backup server'}?\n\nThe server deletes the copy it keeps of your chats and identity. This device keeps its own.`)) return;
+  const button = $('backup-unsubscribe');
+  const result = $('backup-unsubscribe-status');
+  button.disabled = true;
+  result.textContent = 'Unsubscribing…';
+  result.dataset.state = 'busy';
+  try {
+    backupChanged(await api('POST', '/backup/unsubscribe'));
+    result.textContent = '';
+    result.dataset.state = 'done';
+  } catch (e) {
+    result.textContent = 'Still backed up: ' + e.message;
+    result.dataset.state = 'failed';
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function turnOnKeyBackup(replace) {
+  if (replace && !confirm('Make a new recovery key?\n\nThe key you wrote down before stops working.')) return;
+  const error = $('key-backup-error');
+  error.textContent = '';
+  for (const id of ['key-backup-on', 'key-backup-new']) $(id).disabled = true;
+  try {
+    const shown = await api('POST', '/backup/keys', replace ? { replace: true } : {});
+    $('recovery-key').textContent = shown.recovery_key;
+    $('recovery-key-box').hidden = false;
+    $('recovery-key-box').scrollIntoView({ block: 'nearest' });
+    await refreshBackup();
+  } catch (e) {
+    error.textContent = 'Key backup: ' + e.message;
+  } finally {
+    for (const id of ['key-backup-on', 'key-backup-new']) $(id).disabled = false;
+  }
+}
+
 function renderKnownPeers() {
   const list = $('known-peers');
   list.textContent = '';
@@ -771,6 +929,19 @@ function wire() {
       status.dataset.state = 'failed';
     }
   });
+  $('backup-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    subscribeBackup();
+  });
+  $('backup-unsubscribe').addEventListener('click', unsubscribeBackup);
+  $('key-backup-on').addEventListener('click', () => turnOnKeyBackup(false));
+  $('key-backup-new').addEventListener('click', () => turnOnKeyBackup(true));
+  $('recovery-key-done').addEventListener('click', () => {
+    if (!confirm('Have you written the recovery key down? It is not shown again.')) return;
+    // Gone from the page, too: nothing left for someone looking over a shoulder later.
+    $('recovery-key').textContent = '';
+    $('recovery-key-box').hidden = true;
+  });
   for (const button of document.querySelectorAll('button[data-copy]')) {
     button.addEventListener('click', () => copyText($(button.dataset.copy).textContent, button));
   }
@@ -841,6 +1012,9 @@ function wire() {
 
   // Nearby devices come and go without an event: look again now and then, while visible.
   setInterval(() => { if (!document.hidden) refreshNearby(); }, NEARBY_EVERY_MS);
+  setInterval(() => {
+    if (!document.hidden && document.body.dataset.view === 'settings') refreshBackup();
+  }, BACKUP_EVERY_MS);
   document.addEventListener('visibilitychange', () => { if (!document.hidden) refreshNearby(); });
 }
 

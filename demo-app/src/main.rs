@@ -2,12 +2,14 @@
 //! Client-Server API and, beside it, the owner's web UI (`ui/`); `hyphae backup-server` runs a
 //! node with no owner that keeps replicas for the devices its operator invites.
 
+mod backup_target;
 mod ui;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use backup_target::BackupTarget;
 use clap::{Parser, Subcommand};
 use hyphae_node::{Config, Multiaddr, Node, Registration, TransportConfig};
 use tracing_subscriber::EnvFilter;
@@ -27,6 +29,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start and matched once: how big its largest variant is costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Start this device's node and keep it running until Ctrl-C.
@@ -52,12 +56,22 @@ enum Command {
         #[arg(long)]
         no_app: bool,
         /// Subscribe to this backup server at start (unless subscribed already): its multiaddr
-        /// ending in /p2p/<peer id>, as `hyphae backup-server` prints it.
-        #[arg(long, value_name = "MULTIADDR", requires = "backup_token")]
-        backup: Option<Multiaddr>,
+        /// ending in /p2p/<peer id>, as `hyphae backup-server` prints it; or just its peer id
+        /// or server name, if this device can find it (on the local network, or in the DHT).
+        #[arg(
+            long,
+            value_name = "ADDRESS",
+            requires = "backup_token",
+            value_parser = str::parse::<BackupTarget>
+        )]
+        backup: Option<BackupTarget>,
         /// The token from `hyphae backup-server invite`, for --backup.
         #[arg(long, value_name = "TOKEN", requires = "backup")]
         backup_token: Option<String>,
+        /// Unsubscribe from the backup server at start: it deletes everything it kept for this
+        /// device (the web UI's settings do the same while running).
+        #[arg(long, conflicts_with_all = ["backup", "restore_from"])]
+        unsubscribe_backup: bool,
         /// Restore this device from its backup server first (its multiaddr ending in
         /// /p2p/<peer id>): only into a new, empty --data folder. The node becomes the backed-up
         /// server again, with its owner, rooms, history and room keys, still subscribed.
@@ -187,6 +201,7 @@ fn main() -> ExitCode {
             no_app,
             backup,
             backup_token,
+            unsubscribe_backup,
             restore_from,
             recovery_key,
             p2p,
@@ -214,7 +229,11 @@ fn main() -> ExitCode {
                     ..Config::new(data_dir)
                 },
                 ui,
-                backup.zip(backup_token),
+                match (backup.zip(backup_token), unsubscribe_backup) {
+                    (Some((target, token)), _) => BackupChange::Subscribe(target, token),
+                    (None, true) => BackupChange::Unsubscribe,
+                    (None, false) => BackupChange::None,
+                },
                 restore_from.zip(recovery_key),
             ))
         }
@@ -311,18 +330,6 @@ async fn backup_server(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The server name of the backup server at `addr` (ending in /p2p/<peer id>).
-fn backup_server_name(addr: &Multiaddr) -> Result<String, String> {
-    let peer = addr
-        .iter()
-        .find_map(|part| match part {
-            hyphae_node::multiaddr::Protocol::P2p(peer) => Some(peer),
-            _ => None,
-        })
-        .ok_or_else(|| format!("backup address {addr} does not end in /p2p/<peer id>"))?;
-    hyphae_node::server_name_of_peer(&peer).map_err(|e| e.to_string())
-}
-
 /// Restores this device from the backup server at `addr` into the (empty) data folder and
 /// starts it; says what came back.
 async fn restore_device(
@@ -330,7 +337,7 @@ async fn restore_device(
     addr: Multiaddr,
     recovery_key: &str,
 ) -> Result<Node, String> {
-    let server = backup_server_name(&addr)?;
+    let server = backup_target::server_name_of_addr(&addr)?;
     println!("Restoring from backup server {server} ...");
     let started = std::time::Instant::now();
     let restored = hyphae_node::restore_from_backup(config, &server, vec![addr], recovery_key)
@@ -350,26 +357,48 @@ async fn restore_device(
     Ok(restored.node)
 }
 
-/// Subscribes to the backup server `addr` (ending in /p2p/<peer id>) unless this device is
-/// subscribed already; says how the backup stands.
-async fn subscribe_backup(node: &Node, addr: Multiaddr, token: &str) -> Result<String, String> {
+/// What `hyphae up` is asked to change about the backup at start.
+enum BackupChange {
+    None,
+    Subscribe(BackupTarget, String),
+    Unsubscribe,
+}
+
+/// Subscribes to the backup server `target` unless this device is subscribed already; says
+/// how the backup stands.
+async fn subscribe_backup(
+    node: &Node,
+    target: BackupTarget,
+    token: &str,
+) -> Result<String, String> {
     if let Some(status) = node.backup_status().await.map_err(|e| e.to_string())? {
         return Ok(format!(
             "{} ({} bytes kept, {} to send)",
             status.server, status.bytes_acknowledged, status.pending
         ));
     }
-    let server = backup_server_name(&addr)?;
-    node.subscribe_backup(&server, vec![addr], token)
+    node.subscribe_backup(&target.server, target.addrs, token)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(format!("{server} (subscribed now)"))
+    Ok(format!("{} (subscribed now)", target.server))
+}
+
+/// Ends the subscription (the server deletes its copy); says which server it was.
+async fn unsubscribe_backup(node: &Node) -> Result<String, String> {
+    let Some(status) = node.backup_status().await.map_err(|e| e.to_string())? else {
+        return Ok("none (this device was not subscribed)".to_owned());
+    };
+    node.unsubscribe_backup().await.map_err(|e| e.to_string())?;
+    Ok(format!(
+        "none (unsubscribed from {}; it deletes its copy)",
+        status.server
+    ))
 }
 
 async fn up(
     config: Config,
     ui: Option<ui::Ui>,
-    backup: Option<(Multiaddr, String)>,
+    backup: BackupChange,
     restore: Option<(Multiaddr, String)>,
 ) -> ExitCode {
     let data_dir = config.data_dir.clone();
@@ -445,12 +474,20 @@ async fn up(
         None => println!("  p2p          off"),
     }
     println!("  registration {registration}");
-    if let Some((addr, token)) = backup {
-        match subscribe_backup(&node, addr, &token).await {
-            Ok(status) => println!("  backup       {status}"),
-            // The device works without its backup; the person sees why there is none.
-            Err(e) => eprintln!("hyphae: no backup: {e}"),
+    match backup {
+        BackupChange::None => {}
+        BackupChange::Subscribe(target, token) => {
+            match subscribe_backup(&node, target, &token).await {
+                Ok(status) => println!("  backup       {status}"),
+                // The device works without its backup; the person sees why there is none.
+                Err(e) => eprintln!("hyphae: no backup: {e}"),
+            }
         }
+        BackupChange::Unsubscribe => match unsubscribe_backup(&node).await {
+            Ok(status) => println!("  backup       {status}"),
+            // Still subscribed: the server keeps its copy until it hears of it.
+            Err(e) => eprintln!("hyphae: still backed up, could not unsubscribe: {e}"),
+        },
     }
     println!("Press Ctrl-C to stop.");
 

@@ -1,8 +1,14 @@
 //! `hyphae backup-server` as an operator runs it: a real process, an invitation made while it
-//! runs, and `hyphae up --backup … --backup-token …` subscribing with it (loopback only).
+//! runs, and `hyphae up --backup … --backup-token …` subscribing with it (loopback only); then
+//! the same from the web UI's API: a wrong token, the right one, the replica growing, key
+//! backup's recovery key shown once, and unsubscribing.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
 
 fn hyphae() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hyphae"))
@@ -47,10 +53,15 @@ fn field(lines: &[String], name: &str) -> Option<String> {
         .find_map(|l| l.trim().strip_prefix(name).map(|r| r.trim().to_owned()))
 }
 
-#[test]
-fn invite_while_running_then_a_device_subscribes_from_the_command_line() {
-    let server_data = tempfile::tempdir().unwrap();
-    let device_data = tempfile::tempdir().unwrap();
+/// A running backup server: its process, name, address (ending in /p2p/<peer id>).
+struct BackupServer {
+    _process: Running,
+    name: String,
+    addr: String,
+}
+
+/// Starts `hyphae backup-server` on loopback, with its data in `data`.
+fn start_backup_server(data: &Path) -> BackupServer {
     let mut server = hyphae();
     server
         .args([
@@ -60,11 +71,38 @@ fn invite_while_running_then_a_device_subscribes_from_the_command_line() {
             "/ip4/127.0.0.1/tcp/0",
             "--data",
         ])
-        .arg(server_data.path());
-    let (_server, lines) = start(server);
+        .arg(data);
+    let (process, lines) = start(server);
     let name = field(&lines, "server name").expect("server name printed");
     let addr = field(&lines, "p2p listen").expect("listen address printed");
     assert!(addr.contains("/p2p/"), "{addr}");
+    BackupServer {
+        _process: process,
+        name,
+        addr,
+    }
+}
+
+/// A one-time token from `hyphae backup-server invite`, as the operator hands it out.
+fn invite(data: &Path, quota: &str) -> String {
+    let invite = hyphae()
+        .args(["backup-server", "invite", "--quota", quota, "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(invite.status.success(), "{invite:?}");
+    String::from_utf8(invite.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn invite_while_running_then_a_device_subscribes_from_the_command_line() {
+    let server_data = tempfile::tempdir().unwrap();
+    let device_data = tempfile::tempdir().unwrap();
+    let BackupServer {
+        _process: _server,
+        name,
+        addr,
+    } = start_backup_server(server_data.path());
 
     // The server holds the data folder's lock; the invitation is made anyway.
     let invite = hyphae()
@@ -88,7 +126,217 @@ fn invite_while_running_then_a_device_subscribes_from_the_command_line() {
         .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--backup", &addr])
         .args(["--backup-token", &token, "--data"])
         .arg(device_data.path());
-    let (_device, lines) = start(device);
+    let (device, lines) = start(device);
     let backup = field(&lines, "backup").expect("the backup line");
     assert_eq!(backup, format!("{name} (subscribed now)"));
+    drop(device);
+
+    // The same device again, unsubscribing: the server is told to delete its copy.
+    let mut device = hyphae();
+    device
+        .args(["up", "--no-app", "--listen", "127.0.0.1:0", "--no-mdns"])
+        .args([
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--unsubscribe-backup",
+        ])
+        .arg("--data")
+        .arg(device_data.path());
+    let (_device, lines) = start(device);
+    let backup = field(&lines, "backup").expect("the backup line");
+    assert_eq!(
+        backup,
+        format!("none (unsubscribed from {name}; it deletes its copy)")
+    );
+}
+
+/// The owner's web UI API on one `hyphae up`, signed in with the key its link holds.
+struct UiApi {
+    http: reqwest::Client,
+    base: String,
+    cookie: String,
+}
+
+impl UiApi {
+    fn new(ui_url: &str) -> UiApi {
+        let (origin, key) = ui_url.split_once("/app/?key=").expect("a web UI link");
+        let port = origin.rsplit(':').next().expect("a port");
+        UiApi {
+            http: reqwest::Client::new(),
+            base: format!("{origin}/app/api"),
+            cookie: format!("hyphae_ui_{port}={key}"),
+        }
+    }
+
+    /// The answer's status and JSON body (errors are `{errcode, error}`).
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("cookie", &self.cookie);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the UI API answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("a JSON answer"))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+}
+
+#[tokio::test]
+async fn the_web_ui_subscribes_backs_up_keys_once_and_unsubscribes() {
+    let server_data = tempfile::tempdir().unwrap();
+    let device_data = tempfile::tempdir().unwrap();
+    let server = start_backup_server(server_data.path());
+    let token = invite(server_data.path(), "10M");
+
+    let mut device = hyphae();
+    device
+        .args([
+            "up",
+            "--name",
+            "owner",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-mdns",
+        ])
+        .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--data"])
+        .arg(device_data.path());
+    let (_device, lines) = start(device);
+    let ui = UiApi::new(&field(&lines, "web UI").expect("the web UI line"));
+
+    let (status, backup) = ui.get("/backup").await;
+    assert_eq!(status, 200, "{backup}");
+    assert_eq!(backup["subscribed"], false, "{backup}");
+    assert_eq!(backup["p2p"], true, "{backup}");
+    assert_eq!(backup["key_backup"]["enabled"], false, "{backup}");
+
+    // An address that is none: refused here, before anything is sent.
+    let (status, error) = ui
+        .post(
+            "/backup/subscribe",
+            json!({"address": "backup.example.org", "token": token}),
+        )
+        .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["errcode"], "M_INVALID_PARAM");
+    assert!(
+        error["error"].as_str().unwrap().contains("/p2p/<peer id>"),
+        "{error}"
+    );
+
+    // A wrong token: the server's own refusal, and the device stays unsubscribed.
+    let (status, error) = ui
+        .post(
+            "/backup/subscribe",
+            json!({"address": server.addr, "token": "0".repeat(64)}),
+        )
+        .await;
+    assert_eq!(status, 403, "{error}");
+    assert_eq!(error["errcode"], "M_FORBIDDEN");
+    assert_eq!(
+        error["error"],
+        "the backup server refused: Unknown or already used subscription token"
+    );
+    let (_, backup) = ui.get("/backup").await;
+    assert_eq!(backup["subscribed"], false, "{backup}");
+    assert_eq!(backup["server"], Value::Null, "{backup}");
+
+    // No such server there (a peer id nobody here has, at a closed port): a clear gateway
+    // error, still unsubscribed.
+    let nobody = "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+    let (status, error) = ui
+        .post(
+            "/backup/subscribe",
+            json!({"address": nobody, "token": token}),
+        )
+        .await;
+    assert_eq!(status, 504, "{error}");
+    assert_eq!(error["errcode"], "IO.HYPHAE.UNREACHABLE");
+    assert_eq!(ui.get("/backup").await.1["subscribed"], false);
+
+    // The right token.
+    let (status, backup) = ui
+        .post(
+            "/backup/subscribe",
+            json!({"address": server.addr, "token": format!(" {token}\n")}),
+        )
+        .await;
+    assert_eq!(status, 200, "{backup}");
+    assert_eq!(backup["subscribed"], true, "{backup}");
+    assert_eq!(backup["server"], server.name, "{backup}");
+    assert_eq!(backup["addresses"], json!([server.addr]), "{backup}");
+    let (status, error) = ui
+        .post(
+            "/backup/subscribe",
+            json!({"address": server.addr, "token": token}),
+        )
+        .await;
+    assert_eq!(status, 409, "{error}");
+    assert_eq!(error["errcode"], "IO.HYPHAE.ALREADY_SUBSCRIBED");
+
+    // A message: the server keeps it (with the room it is in).
+    let (status, room) = ui.post("/groups", json!({"name": "Kept safe"})).await;
+    assert_eq!(status, 200, "{room}");
+    let room_id = room["room_id"].as_str().unwrap();
+    let (status, sent) = ui
+        .post(
+            &format!("/rooms/{room_id}/messages"),
+            json!({"text": "remember this"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let backup = loop {
+        let (_, backup) = ui.get("/backup").await;
+        if backup["bytes_kept"].as_i64() > Some(0) && backup["pending"] == 0 {
+            break backup;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica did not reach the server: {backup}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(backup["events_kept"].as_i64() > Some(0), "{backup}");
+    assert_eq!(backup["events_refused"], 0, "{backup}");
+    assert_eq!(backup["last_error"], Value::Null, "{backup}");
+
+    // Key backup: the recovery key comes once; asking again does not mint or show another.
+    let (status, shown) = ui.post("/backup/keys", json!({})).await;
+    assert_eq!(status, 200, "{shown}");
+    let key = shown["recovery_key"].as_str().expect("a recovery key");
+    assert!(
+        key.split(' ').count() >= 10 && key.split(' ').all(|group| group.len() <= 4),
+        "{key}"
+    );
+    assert_eq!(shown["key_backup"]["enabled"], true, "{shown}");
+    let version = shown["key_backup"]["version"].clone();
+    let (status, again) = ui.post("/backup/keys", json!({})).await;
+    assert_eq!(status, 409, "{again}");
+    assert_eq!(again["errcode"], "IO.HYPHAE.KEY_BACKUP_ON");
+    assert!(again.get("recovery_key").is_none(), "{again}");
+    assert!(!again.to_string().contains(key), "{again}");
+    let (_, backup) = ui.get("/backup").await;
+    assert_eq!(backup["key_backup"]["enabled"], true, "{backup}");
+    assert_eq!(backup["key_backup"]["version"], version, "{backup}");
+    assert!(!backup.to_string().contains(key), "{backup}");
+
+    // Unsubscribing: the server deletes its copy, the device says it is not backed up.
+    let (status, backup) = ui.post("/backup/unsubscribe", json!({})).await;
+    assert_eq!(status, 200, "{backup}");
+    assert_eq!(backup["subscribed"], false, "{backup}");
+    assert_eq!(backup["server"], Value::Null, "{backup}");
+    assert_eq!(ui.get("/backup").await.1["subscribed"], false);
+    let (status, error) = ui.post("/backup/unsubscribe", json!({})).await;
+    assert_eq!(status, 409, "{error}");
+    assert_eq!(error["errcode"], "IO.HYPHAE.NOT_SUBSCRIBED");
 }

@@ -1,7 +1,8 @@
 //! The web UI as people use it: two `hyphae up` devices on loopback, each owner's page in
 //! headless Chromium (driven over WebDriver by chromedriver, started here on a loopback port).
 //! They name themselves in settings, see each other nearby, open a DM with one click and chat
-//! encrypted both ways, with delivery shown. Screenshots (phone and desktop size) go to
+//! encrypted both ways, with delivery shown. Another owner backs up to a backup server from the
+//! settings page and is shown a recovery key once. Screenshots (phone and desktop size) go to
 //! $HYPHAE_ARTIFACTS, by default a folder below the target dir that the test prints.
 //! Without chromium and chromedriver (Debian's `chromium`, `chromium-driver`; scripts/test.sh
 //! installs them) the browser test prints SKIPPED with the reason and passes.
@@ -455,23 +456,34 @@ async fn send(browser: &Browser, text: &str) {
     browser.click("#send").await;
 }
 
-#[tokio::test]
-async fn two_owners_find_each_other_and_chat_encrypted_in_their_browsers() {
-    let started = Instant::now();
-    let (Some(chromium), Some(chromedriver)) = (
+/// Chromium and chromedriver, or `None` after saying loudly that `test` is skipped.
+fn browser_programs(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let found = (
         find_program(
             "HYPHAE_CHROMIUM",
             &["chromium", "chromium-browser", "google-chrome"],
         ),
         find_program("HYPHAE_CHROMEDRIVER", &["chromedriver"]),
-    ) else {
-        eprintln!(
-            "\n======================================================================\n\
-             SKIPPED two_owners_find_each_other_and_chat_encrypted_in_their_browsers:\n\
-             chromium and chromedriver are not both installed (Debian: apt-get install \n\
-             chromium chromium-driver; scripts/test.sh does). The web UI was NOT tested.\n\
-             ======================================================================\n"
-        );
+    );
+    if let (Some(chromium), Some(chromedriver)) = found {
+        return Some((chromium, chromedriver));
+    }
+    eprintln!(
+        "\n======================================================================\n\
+         SKIPPED {test}:\n\
+         chromium and chromedriver are not both installed (Debian: apt-get install \n\
+         chromium chromium-driver; scripts/test.sh does). The web UI was NOT tested.\n\
+         ======================================================================\n"
+    );
+    None
+}
+
+#[tokio::test]
+async fn two_owners_find_each_other_and_chat_encrypted_in_their_browsers() {
+    let started = Instant::now();
+    let Some((chromium, chromedriver)) =
+        browser_programs("two_owners_find_each_other_and_chat_encrypted_in_their_browsers")
+    else {
         return;
     };
     let artifacts = artifacts_dir();
@@ -645,6 +657,254 @@ async fn two_owners_find_each_other_and_chat_encrypted_in_their_browsers() {
     desktop.close().await;
     phone.close().await;
     drop((alice.process, bob.process));
+}
+
+/// A running `hyphae backup-server` on loopback: its name and address ending in /p2p/<peer id>.
+struct BackupServer {
+    _process: Running,
+    name: String,
+    addr: String,
+}
+
+fn start_backup_server(data: &Path, log: &Path) -> BackupServer {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hyphae"))
+        .args([
+            "backup-server",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .arg("--data")
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("hyphae backup-server starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let process = Running(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut name, mut addr) = (None, None);
+    for line in lines.by_ref() {
+        let line = line.expect("the backup server's output");
+        let line = line.trim();
+        name = name.or(line
+            .strip_prefix("server name")
+            .map(|n| n.trim().to_owned()));
+        addr = addr.or(line.strip_prefix("p2p listen").map(|a| a.trim().to_owned()));
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    BackupServer {
+        _process: process,
+        name: name.expect("the backup server printed its name"),
+        addr: addr.expect("the backup server printed its address"),
+    }
+}
+
+/// A one-time token, as the backup server's operator hands it out.
+fn backup_invite(data: &Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_hyphae"))
+        .args(["backup-server", "invite", "--quota", "10M", "--data"])
+        .arg(data)
+        .output()
+        .expect("hyphae backup-server invite runs");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// The settings page's Backup section as its owner uses it: a mistyped token shows the server's
+/// refusal, the right one backs up (the status line names the server and follows the replica
+/// live), key backup shows its recovery key once, and Unsubscribe asks first.
+#[tokio::test]
+async fn the_owner_backs_up_from_the_settings_page() {
+    let Some((chromium, chromedriver)) =
+        browser_programs("the_owner_backs_up_from_the_settings_page")
+    else {
+        return;
+    };
+    // A folder of its own: the other browser test, running at the same time, clears its
+    // failure screenshots at start.
+    let artifacts = artifacts_dir().join("backup");
+    std::fs::create_dir_all(&artifacts).expect("artefacts folder");
+    let _ = std::fs::remove_file(artifacts.join("failure-backup-desktop.png"));
+    eprintln!("screenshots and logs: {}", artifacts.display());
+
+    let data = tempfile::tempdir().unwrap();
+    let server_data = data.path().join("backup-server");
+    let server = start_backup_server(&server_data, &artifacts.join("backup-server.log"));
+    let token = backup_invite(&server_data);
+    let device = start_device(
+        &data.path().join("carol"),
+        "carol",
+        None,
+        &artifacts.join("carol.log"),
+    );
+    let (_driver, driver) =
+        start_chromedriver(&chromedriver, &artifacts.join("chromedriver.log")).await;
+    let browser = Browser::open(&driver, &chromium, false, "backup-desktop", &artifacts).await;
+    browser.goto(&device.ui_url).await;
+    browser
+        .wait_for(
+            "the page to load",
+            "return document.body.dataset.ready === 'true'",
+            json!([]),
+        )
+        .await;
+
+    browser.click("#open-settings").await;
+    browser
+        .wait_for(
+            "the Backup section, not backed up",
+            "const s = document.getElementById('backup-status'); \
+             return document.body.dataset.view === 'settings' \
+               && document.getElementById('backup').getClientRects().length > 0 \
+               && s.dataset.state === 'unsubscribed' && s.textContent.startsWith('Not backed up');",
+            json!([]),
+        )
+        .await;
+
+    // A token the operator never made: the server's refusal shows, nothing changes.
+    browser.type_into("#backup-address", &server.addr).await;
+    browser.type_into("#backup-token", &"0".repeat(64)).await;
+    browser.click("#backup-subscribe").await;
+    let refused = browser
+        .wait_for(
+            "the server's refusal",
+            "const r = document.getElementById('backup-form-status'); \
+             return r.dataset.state === 'failed' && r.dataset.errcode === 'M_FORBIDDEN' \
+               && r.textContent;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        refused,
+        "Not subscribed: the backup server refused: Unknown or already used subscription token"
+    );
+    let still = browser
+        .js(
+            "return document.getElementById('backup-status').dataset.state",
+            json!([]),
+        )
+        .await;
+    assert_eq!(still, "unsubscribed");
+    browser.screenshot("desktop-backup-refused").await;
+
+    // The right one.
+    browser.type_into("#backup-token", &token).await;
+    browser.click("#backup-subscribe").await;
+    let line = browser
+        .wait_for(
+            "the status line to name the backup server",
+            "const [name] = arguments; const s = document.getElementById('backup-status'); \
+             return s.dataset.state === 'subscribed' && s.dataset.server === name \
+               && document.getElementById('backup-server').textContent === name \
+               && document.getElementById('backup-form').hidden && s.textContent;",
+            json!([server.name]),
+        )
+        .await;
+    let line = line.as_str().expect("the status line").to_owned();
+    let short = format!(
+        "Backed up to {}…{}: ",
+        &server.name[..8],
+        &server.name[60..]
+    );
+    assert!(line.starts_with(&short), "{line}");
+
+    // A chat made elsewhere (here through the page's API, as a second tab would): the status
+    // follows by itself while settings stay open.
+    browser
+        .js(
+            "api('POST', '/groups', { name: 'Kept safe' }); return true;",
+            json!([]),
+        )
+        .await;
+    let kept = browser
+        .wait_for(
+            "the status line to show what the server keeps",
+            "const t = document.getElementById('backup-status').textContent; \
+             return / (KB|MB) kept, 0 waiting$/.test(t) && t;",
+            json!([]),
+        )
+        .await;
+    eprintln!("backup status line: {kept}");
+
+    // Key backup: the recovery key is shown once, in its box, with a way to copy it.
+    browser.click("#key-backup-on").await;
+    let key = browser
+        .wait_for(
+            "the recovery key",
+            "const box = document.getElementById('recovery-key-box'); \
+             return !box.hidden && document.getElementById('key-backup-status').dataset.state === 'on' \
+               && box.textContent.includes('shown only this once') \
+               && !!box.querySelector('button[data-copy=\"recovery-key\"]') \
+               && document.getElementById('recovery-key').textContent;",
+            json!([]),
+        )
+        .await;
+    let key = key.as_str().expect("a recovery key").to_owned();
+    assert!(key.split(' ').count() >= 10, "{key}");
+    browser.screenshot("desktop-backup-recovery-key").await;
+    browser
+        .js("window.confirm = () => true; return true;", json!([]))
+        .await;
+    browser.click("#recovery-key-done").await;
+    browser
+        .wait_for(
+            "the recovery key to be gone",
+            "return document.getElementById('recovery-key-box').hidden \
+               && document.getElementById('recovery-key').textContent === '' \
+               && document.getElementById('key-backup-on').hidden \
+               && !document.getElementById('key-backup-new').hidden;",
+            json!([]),
+        )
+        .await;
+    // Opened again, the page shows that key backup is on, never the key.
+    browser
+        .goto(&format!("{}/app/#/settings", device.client_api))
+        .await;
+    browser
+        .wait_for(
+            "the settings page again, key backup on",
+            "return document.body.dataset.ready === 'true' \
+               && document.getElementById('key-backup-status').dataset.state === 'on' \
+               && document.getElementById('backup-status').dataset.state === 'subscribed';",
+            json!([]),
+        )
+        .await;
+    let text = browser
+        .js("return document.body.innerText", json!([]))
+        .await;
+    assert!(!text.as_str().unwrap_or_default().contains(&key), "{text}");
+    browser.screenshot("desktop-backup").await;
+
+    // Unsubscribe asks first, saying that the server deletes its copy.
+    browser
+        .js(
+            "window.confirm = (m) => { window.asked = m; return true; }; return true;",
+            json!([]),
+        )
+        .await;
+    browser.click("#backup-unsubscribe").await;
+    browser
+        .wait_for(
+            "the Backup section to say not backed up",
+            "return document.getElementById('backup-status').dataset.state === 'unsubscribed' \
+               && !document.getElementById('backup-form').hidden;",
+            json!([]),
+        )
+        .await;
+    let asked = browser.js("return window.asked", json!([])).await;
+    assert!(
+        asked
+            .as_str()
+            .unwrap_or_default()
+            .contains("deletes the copy"),
+        "{asked}"
+    );
+    browser.close().await;
+    drop(device.process);
 }
 
 /// The UI's API answers only the page that holds the key, and never another origin.

@@ -87,7 +87,7 @@ impl Node {
             .map_err(|e| NodeError::Startup(format!("server name: {e}")))?;
         let login_tokens = Arc::new(LoginTokens::default());
         let signing_key = SigningKey::new(server_name.clone(), &identity.secret_bytes());
-        let federation = Federation::new(store.clone(), server_name.clone());
+        let federation = Federation::new(store.clone(), signing_key.clone());
         let rooms = Rooms::new(store.clone(), signing_key.clone(), federation.clone());
         let state = AppState {
             rooms,
@@ -122,6 +122,13 @@ impl Node {
                 .attach(transport)
                 .await
                 .map_err(|e| NodeError::Startup(e.to_string()))?;
+            if config.backup_server
+                && let Err(e) = transport
+                    .start_providing(crate::backup::ANNOUNCE_KEY.to_vec())
+                    .await
+            {
+                tracing::warn!(error = %e, "cannot announce the backup server in the DHT");
+            }
         }
         let backup_server = store
             .backup_subscription()
@@ -130,6 +137,7 @@ impl Node {
         let (backup_target, backup_watch) = tokio::sync::watch::channel(backup_server);
         crate::backup::spawn_waker(&store, federation.clone(), transport.as_ref(), backup_watch)
             .await;
+        crate::backup::resume(&state, transport.as_ref()).await;
         let (stop, stopped) = oneshot::channel::<()>();
         let api = client_api::router(state.clone());
         let owner_client = match &config.owner {

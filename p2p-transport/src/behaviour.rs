@@ -22,6 +22,38 @@ const MAX_CONNECTIONS_PER_PEER: u32 = 4;
 const MAX_PENDING_INCOMING: u32 = 64;
 const MAX_ESTABLISHED_INCOMING: u32 = 256;
 
+/// How long one DHT query (lookup, put, provide) may run, and the upper bound on a
+/// `put_record` or `start_providing` call.
+pub(crate) const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
+/// The largest DHT record value we store or publish (a mailbox record is a small signed JSON
+/// blob). [`crate::Transport::put_record`] refuses larger ones; the store refuses them from peers.
+pub const MAX_RECORD_VALUE: usize = 16 * 1024;
+/// The longest DHT key we accept from callers (`/hyphae/mailbox/<server name>` is far shorter).
+pub const MAX_RECORD_KEY: usize = 1024;
+/// Records (others' and our own) and provider keys held at once. With the value cap this bounds
+/// what peers can make us keep to about 17 MiB of records; a mesh stores each record on its 20
+/// closest peers, so a node normally holds a few dozen.
+const MAX_STORED_RECORDS: usize = 1024;
+const MAX_PROVIDER_KEYS: usize = 1024;
+/// kad's default packet limit (16 KiB) is smaller than a full record plus its key, publisher and
+/// the closer peers a GET_VALUE answer carries: a value near the limit could not be sent at all.
+const MAX_KAD_PACKET: usize = 64 * 1024;
+/// Records expire a day after their last (re)publication: a device that changed its mailbox
+/// record, or left, stops being served stale versions after at most a day.
+const RECORD_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The publisher re-sends its records hourly (kad's default is 22 h, against a 48 h TTL): on a
+/// small or offline mesh the closest peers change often, and a peer that joins (or comes back)
+/// gets the current record, replacing an old version it may hold, within the hour.
+const RECORD_PUBLICATION_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// Holders re-replicate records to the current closest peers (kad's default): keeps a record
+/// alive while its publisher is offline, until its TTL.
+const RECORD_REPLICATION_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// Providers (backup servers) are always-on and re-announce hourly; a provider that went away
+/// drops out after a few missed announcements instead of kad's 48 h, so callers are not sent to
+/// dead servers for days.
+const PROVIDER_TTL: Duration = Duration::from_secs(6 * 60 * 60);
+const PROVIDER_PUBLICATION_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
     pub limits: connection_limits::Behaviour,
@@ -43,9 +75,25 @@ impl Behaviour {
     ) -> Behaviour {
         let peer = key.public().to_peer_id();
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
-        kad_config.set_query_timeout(Duration::from_secs(20));
-        let mut kad =
-            kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config);
+        kad_config
+            .set_query_timeout(KAD_QUERY_TIMEOUT)
+            .set_max_packet_size(MAX_KAD_PACKET)
+            .set_record_ttl(Some(RECORD_TTL))
+            .set_publication_interval(Some(RECORD_PUBLICATION_INTERVAL))
+            .set_replication_interval(Some(RECORD_REPLICATION_INTERVAL))
+            .set_provider_record_ttl(Some(PROVIDER_TTL))
+            .set_provider_publication_interval(Some(PROVIDER_PUBLICATION_INTERVAL));
+        let store = kad::store::MemoryStore::with_config(
+            peer,
+            kad::store::MemoryStoreConfig {
+                max_records: MAX_STORED_RECORDS,
+                // The store refuses values of `max_value_bytes` and more.
+                max_value_bytes: MAX_RECORD_VALUE + 1,
+                max_providers_per_key: kad::K_VALUE.get(),
+                max_provided_keys: MAX_PROVIDER_KEYS,
+            },
+        );
+        let mut kad = kad::Behaviour::with_config(peer, store, kad_config);
         // Left on automatic, a node serves the DHT only once AutoNAT confirms a public address,
         // which never happens on a LAN, offline, or behind NAT: then nobody can find anybody.
         kad.set_mode(Some(kad::Mode::Server));

@@ -31,6 +31,11 @@ pub struct TransportConfig {
     pub idle_timeout: Duration,
     /// Dial and upgrade of one connection.
     pub dial_timeout: Duration,
+    /// How long [`crate::Transport::get_records`] and [`crate::Transport::providers`] ask the
+    /// DHT before answering with what they found. Shorter than kad's own query timeout (20 s,
+    /// which bounds puts and announcements): a reader waits on it, and a lookup that stalls on
+    /// one unresponsive peer has usually heard from the others long before.
+    pub record_lookup_timeout: Duration,
     pub http: HttpConfig,
 }
 
@@ -50,6 +55,7 @@ impl Default for TransportConfig {
             relay_reservations: 2,
             idle_timeout: Duration::from_secs(60),
             dial_timeout: Duration::from_secs(10),
+            record_lookup_timeout: Duration::from_secs(10),
             http: HttpConfig::default(),
         }
     }

@@ -1,4 +1,5 @@
-//! The errors the crate hands out: starting the transport, and one HTTP request to a peer.
+//! The errors the crate hands out: starting the transport and its commands (dials, DHT records),
+//! and one HTTP request to a peer.
 
 use std::time::Duration;
 
@@ -20,6 +21,13 @@ pub enum TransportError {
     PeerNotFound(PeerId),
     #[error("the DHT has no peers to ask: configure a bootstrap peer")]
     NoKnownPeers,
+    #[error("a DHT record value of {size} bytes is over the limit of {limit} bytes")]
+    RecordTooLarge { size: usize, limit: usize },
+    #[error("a DHT key of {size} bytes is over the limit of {limit} bytes")]
+    KeyTooLarge { size: usize, limit: usize },
+    /// The local record store refused: it is full of records or provider keys.
+    #[error("the local DHT store refused the record: {0}")]
+    RecordStore(String),
     #[error("the transport has stopped")]
     Stopped,
 }

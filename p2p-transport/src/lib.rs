@@ -1,6 +1,7 @@
 //! hyphae-p2p: the libp2p overlay. It owns the node's identity, the swarm behind a
-//! cheap-to-clone [`Transport`] handle, discovery (mDNS with mdns-sd, Kademlia), QUIC and TCP,
-//! relay/dcutr/autonat, and HTTP/1.1 over libp2p streams. It knows nothing of Matrix rooms.
+//! cheap-to-clone [`Transport`] handle, discovery (mDNS with mdns-sd, Kademlia), DHT records and
+//! providers, QUIC and TCP, relay/dcutr/autonat, and HTTP/1.1 over libp2p streams. It knows
+//! nothing of Matrix rooms.
 
 mod address_book;
 mod behaviour;
@@ -13,6 +14,7 @@ mod identity;
 mod streams;
 mod transport;
 
+pub use behaviour::{MAX_RECORD_KEY, MAX_RECORD_VALUE};
 pub use config::{HttpConfig, MdnsConfig, TransportConfig};
 pub use error::{HttpError, TransportError};
 pub use events::{Discovery, Reachability, TransportEvent};

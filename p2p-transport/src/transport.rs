@@ -12,7 +12,10 @@ use axum::BoxError;
 use axum::body::{Body, HttpBody};
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use libp2p::core::transport::ListenerId;
+use libp2p::kad::store::{MemoryStore, RecordStore};
 use libp2p::kad::{self, QueryId, QueryResult};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -26,7 +29,7 @@ use tower::{Service, ServiceExt};
 
 use crate::Identity;
 use crate::address_book::AddressBook;
-use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, MAX_RECORD_KEY, MAX_RECORD_VALUE};
 use crate::config::{HttpConfig, TransportConfig};
 use crate::discovery::mdns::{Mdns, MdnsEvent};
 use crate::error::{HttpError, TransportError};
@@ -101,6 +104,23 @@ enum Command {
     Bootstrap {
         reply: Reply<()>,
     },
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        reply: Reply<usize>,
+    },
+    GetRecords {
+        key: Vec<u8>,
+        reply: Reply<Vec<Vec<u8>>>,
+    },
+    StartProviding {
+        key: Vec<u8>,
+        reply: Reply<()>,
+    },
+    Providers {
+        key: Vec<u8>,
+        reply: Reply<Vec<PeerId>>,
+    },
     /// Ends the swarm task: connections close, mDNS says goodbye.
     Shutdown {
         done: oneshot::Sender<()>,
@@ -158,6 +178,9 @@ impl Transport {
             waiting_streams: HashMap::new(),
             waiting_dials: HashMap::new(),
             lookups: HashMap::new(),
+            record_queries: HashMap::new(),
+            lookup_deadlines: FuturesUnordered::new(),
+            record_lookup_timeout: config.record_lookup_timeout,
             mdns: None,
             mdns_events: None,
             listen_as_external: config.relay_server && config.external_addrs.is_empty(),
@@ -351,6 +374,60 @@ impl Transport {
         rx.await.map_err(|_| TransportError::Stopped)?
     }
 
+    /// Stores `value` under `key` in our own record store and on the peers closest to the key,
+    /// and returns how many remote peers acknowledged it. With no peer to take it (an offline
+    /// mesh of one), or none answering within kad's query timeout (20 s), it is still stored
+    /// locally: that is `Ok(0)`, not an error. As long as this transport runs, kad republishes
+    /// the record hourly (so peers that join later get it) and peers hold a copy for 24 h after
+    /// its last publication. A later put under the same key replaces the value; old values may
+    /// linger at peers that missed the update, so readers must pick the newest valid one.
+    /// Values over [`MAX_RECORD_VALUE`] bytes and keys over [`MAX_RECORD_KEY`] are refused.
+    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<usize, TransportError> {
+        check_key(&key)?;
+        if value.len() > MAX_RECORD_VALUE {
+            return Err(TransportError::RecordTooLarge {
+                size: value.len(),
+                limit: MAX_RECORD_VALUE,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::PutRecord { key, value, reply })
+            .await?;
+        rx.await.map_err(|_| TransportError::Stopped)?
+    }
+
+    /// Every distinct value stored under `key`: ours first (if we hold one), then those other
+    /// peers answer with, as the DHT lookup finds them. The lookup stops after
+    /// [`TransportConfig::record_lookup_timeout`] (10 s by default) at most and answers with what
+    /// it found by then. No value anywhere is an empty list, not an error.
+    /// Values are not checked here: they may be old versions, or anything a peer chose to send.
+    pub async fn get_records(&self, key: Vec<u8>) -> Result<Vec<Vec<u8>>, TransportError> {
+        check_key(&key)?;
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::GetRecords { key, reply }).await?;
+        rx.await.map_err(|_| TransportError::Stopped)?
+    }
+
+    /// Announces this node as a provider of `key` to the peers closest to it, and keeps doing so
+    /// hourly while the transport runs; peers forget a provider 6 h after its last announcement.
+    /// Succeeds once stored locally, also with no peer to tell (they hear at the next round).
+    pub async fn start_providing(&self, key: Vec<u8>) -> Result<(), TransportError> {
+        check_key(&key)?;
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::StartProviding { key, reply }).await?;
+        rx.await.map_err(|_| TransportError::Stopped)?
+    }
+
+    /// The peers that announced themselves as providers of `key`, this node excluded, as found
+    /// within [`TransportConfig::record_lookup_timeout`] (10 s by default); none is an empty
+    /// list. Their addresses are not returned: a request by peer id looks one up as usual.
+    pub async fn providers(&self, key: Vec<u8>) -> Result<Vec<PeerId>, TransportError> {
+        check_key(&key)?;
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Providers { key, reply }).await?;
+        rx.await.map_err(|_| TransportError::Stopped)?
+    }
+
     /// Sends one HTTP request to a peer (by server name or peer id) with the configured
     /// timeouts and response cap, and returns the whole response.
     pub async fn request(
@@ -438,6 +515,16 @@ impl Transport {
     }
 }
 
+fn check_key(key: &[u8]) -> Result<(), TransportError> {
+    if key.len() > MAX_RECORD_KEY {
+        return Err(TransportError::KeyTooLarge {
+            size: key.len(),
+            limit: MAX_RECORD_KEY,
+        });
+    }
+    Ok(())
+}
+
 /// The relay's peer id and address (if given) in a circuit address
 /// `<relay addr>/p2p/<relay>/p2p-circuit`.
 fn relay_of_circuit(addr: &Multiaddr) -> Option<(PeerId, Vec<Multiaddr>)> {
@@ -497,6 +584,40 @@ struct Lookup {
     finders: Vec<Reply<Vec<Multiaddr>>>,
 }
 
+/// A DHT record or provider query and who waits for it. Lookups gather what each step finds
+/// and answer at the last step or at their deadline, whichever comes first.
+enum RecordQuery {
+    Put(Reply<usize>),
+    Provide(Reply<()>),
+    Get {
+        key: kad::RecordKey,
+        values: Vec<Vec<u8>>,
+        reply: Reply<Vec<Vec<u8>>>,
+    },
+    Providers {
+        found: Vec<PeerId>,
+        reply: Reply<Vec<PeerId>>,
+    },
+}
+
+impl RecordQuery {
+    /// Answers a lookup with what it found so far; a put or an announcement has no partial
+    /// answer and is handed back.
+    fn answer_lookup(self) -> Option<RecordQuery> {
+        match self {
+            RecordQuery::Get { values, reply, .. } => {
+                let _ = reply.send(Ok(values));
+                None
+            }
+            RecordQuery::Providers { found, reply } => {
+                let _ = reply.send(Ok(found));
+                None
+            }
+            other @ (RecordQuery::Put(_) | RecordQuery::Provide(_)) => Some(other),
+        }
+    }
+}
+
 struct SwarmTask {
     swarm: Swarm<Behaviour>,
     /// The remote address of each open connection: what a peer says of its own addresses is
@@ -514,6 +635,11 @@ struct SwarmTask {
     /// `dial` calls waiting for a connection.
     waiting_dials: HashMap<PeerId, Vec<Reply<()>>>,
     lookups: HashMap<QueryId, Lookup>,
+    record_queries: HashMap<QueryId, RecordQuery>,
+    /// Fire when a record or provider lookup has run for `record_lookup_timeout`; one whose
+    /// query already answered finds nothing to do.
+    lookup_deadlines: FuturesUnordered<BoxFuture<'static, QueryId>>,
+    record_lookup_timeout: Duration,
     mdns: Option<Mdns>,
     mdns_events: Option<mdns_sd::Receiver<mdns_sd::ServiceEvent>>,
     /// A relay with no configured external address announces its listen addresses instead.
@@ -567,6 +693,9 @@ impl SwarmTask {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(id) = self.lookup_deadlines.next(), if !self.lookup_deadlines.is_empty() => {
+                    self.on_lookup_deadline(id);
+                }
                 event = next_mdns(&self.mdns_events) => self.on_mdns(event),
             }
         }
@@ -649,10 +778,162 @@ impl SwarmTask {
                     .map_err(|_| TransportError::NoKnownPeers);
                 let _ = reply.send(result);
             }
+            Command::PutRecord { key, value, reply } => self.put_record(key, value, reply),
+            Command::GetRecords { key, reply } => {
+                let key = kad::RecordKey::new(&key);
+                let id = self.swarm.behaviour_mut().kad.get_record(key.clone());
+                self.start_lookup(
+                    id,
+                    RecordQuery::Get {
+                        key,
+                        values: Vec::new(),
+                        reply,
+                    },
+                );
+            }
+            Command::StartProviding { key, reply } => {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                match kad.start_providing(kad::RecordKey::new(&key)) {
+                    Ok(id) => {
+                        self.record_queries.insert(id, RecordQuery::Provide(reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(TransportError::RecordStore(e.to_string())));
+                    }
+                }
+            }
+            Command::Providers { key, reply } => {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                let id = kad.get_providers(kad::RecordKey::new(&key));
+                self.start_lookup(
+                    id,
+                    RecordQuery::Providers {
+                        found: Vec::new(),
+                        reply,
+                    },
+                );
+            }
             // Handled by the run loop, which owns the task's state.
             Command::Shutdown { done } => {
                 let _ = done.send(());
             }
+        }
+    }
+
+    fn put_record(&mut self, key: Vec<u8>, value: Vec<u8>, reply: Reply<usize>) {
+        let record = kad::Record::new(key, value);
+        let local = *self.swarm.local_peer_id();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        // Quorum::All only decides when the query ends (after every closest peer answered, so
+        // the count is complete); a failed quorum is not a failure here, since the record is
+        // stored locally and republished.
+        let mut result = kad.put_record(record.clone(), kad::Quorum::All);
+        if let Err(kad::store::Error::MaxRecords) = result
+            && evict_foreign_record(kad.store_mut(), &local)
+        {
+            result = kad.put_record(record, kad::Quorum::All);
+        }
+        match result {
+            Ok(id) => {
+                self.record_queries.insert(id, RecordQuery::Put(reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(TransportError::RecordStore(e.to_string())));
+            }
+        }
+    }
+
+    fn start_lookup(&mut self, id: QueryId, query: RecordQuery) {
+        self.record_queries.insert(id, query);
+        let timeout = self.record_lookup_timeout;
+        self.lookup_deadlines.push(Box::pin(async move {
+            tokio::time::sleep(timeout).await;
+            id
+        }));
+    }
+
+    /// A record or provider lookup ran out of time: answer with what it found, and stop it
+    /// (kad would go on asking peers until its own, longer, timeout).
+    fn on_lookup_deadline(&mut self, id: QueryId) {
+        let Some(query) = self.record_queries.remove(&id) else {
+            return;
+        };
+        if let Some(query) = query.answer_lookup() {
+            self.record_queries.insert(id, query);
+            return;
+        }
+        tracing::debug!(?id, "DHT lookup stopped at its deadline");
+        if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            query.finish();
+        }
+    }
+
+    fn on_record_query(&mut self, id: QueryId, result: QueryResult, last: bool) {
+        let local = *self.swarm.local_peer_id();
+        let Some(query) = self.record_queries.get_mut(&id) else {
+            return;
+        };
+        match (query, result) {
+            (
+                RecordQuery::Get { key, values, .. },
+                QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))),
+            ) => {
+                let record = found.record;
+                // A peer may answer anything: only values for this key, of a size we would
+                // store ourselves, are handed on.
+                if record.key != *key || record.value.len() > MAX_RECORD_VALUE {
+                    tracing::debug!(peer = ?found.peer, "ignoring a DHT record that does not fit");
+                } else if !values.contains(&record.value) {
+                    values.push(record.value);
+                }
+            }
+            (
+                RecordQuery::Providers { found, .. },
+                QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                    providers,
+                    ..
+                })),
+            ) => {
+                for peer in providers {
+                    if peer != local && !found.contains(&peer) {
+                        found.push(peer);
+                    }
+                }
+            }
+            (RecordQuery::Put(_), QueryResult::PutRecord(result)) => {
+                let stored = match result {
+                    // Quorum::All met: every one of the replication factor's closest peers.
+                    Ok(_) => kad::K_VALUE.get(),
+                    Err(
+                        kad::PutRecordError::QuorumFailed { success, .. }
+                        | kad::PutRecordError::Timeout { success, .. },
+                    ) => success.len(),
+                };
+                if let Some(RecordQuery::Put(reply)) = self.record_queries.remove(&id) {
+                    let _ = reply.send(Ok(stored));
+                }
+                return;
+            }
+            (RecordQuery::Provide(_), QueryResult::StartProviding(result)) => {
+                if let Err(e) = result {
+                    // Stored locally and announced again at the next round.
+                    tracing::debug!(error = %e, "provider announcement incomplete");
+                }
+                if let Some(RecordQuery::Provide(reply)) = self.record_queries.remove(&id) {
+                    let _ = reply.send(Ok(()));
+                }
+                return;
+            }
+            // The end of a lookup (nothing more found, not found, kad's timeout): the answer
+            // is what was gathered.
+            _ => {}
+        }
+        if last
+            && let Some(query) = self.record_queries.remove(&id)
+            && let Some(query) = query.answer_lookup()
+        {
+            // Not a lookup: it waits for its own result.
+            self.record_queries.insert(id, query);
         }
     }
 
@@ -947,19 +1228,23 @@ impl SwarmTask {
                     });
                 }
             }
-            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, .. }) => {
-                match result {
-                    QueryResult::GetClosestPeers(Ok(ok)) => self.on_lookup_done(id, ok.peers),
-                    QueryResult::GetClosestPeers(Err(kad::GetClosestPeersError::Timeout {
-                        peers,
-                        ..
-                    })) => self.on_lookup_done(id, peers),
-                    QueryResult::Bootstrap(Err(e)) => {
-                        tracing::debug!(error = %e, "DHT bootstrap step failed");
-                    }
-                    _ => {}
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            }) => match result {
+                QueryResult::GetClosestPeers(Ok(ok)) => self.on_lookup_done(id, ok.peers),
+                QueryResult::GetClosestPeers(Err(kad::GetClosestPeersError::Timeout {
+                    peers,
+                    ..
+                })) => self.on_lookup_done(id, peers),
+                QueryResult::Bootstrap(Err(e)) => {
+                    tracing::debug!(error = %e, "DHT bootstrap step failed");
                 }
-            }
+                result @ (QueryResult::GetRecord(_)
+                | QueryResult::PutRecord(_)
+                | QueryResult::StartProviding(_)
+                | QueryResult::GetProviders(_)) => self.on_record_query(id, result, step.last),
+                _ => {}
+            },
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
                 let reachability = match new {
                     autonat::NatStatus::Public(addr) => Reachability::Public(addr),
@@ -1069,6 +1354,24 @@ impl SwarmTask {
     }
 }
 
+/// Makes room in a full store for a record of our own by dropping one that another peer
+/// published (the one closest to expiry): peers must not be able to crowd out our own mailbox
+/// record by filling the store first. False when every stored record is ours.
+fn evict_foreign_record(store: &mut MemoryStore, local: &PeerId) -> bool {
+    let victim = store
+        .records()
+        .filter(|r| r.publisher.as_ref() != Some(local))
+        .min_by_key(|r| (r.expires.is_none(), r.expires))
+        .map(|r| r.key.clone());
+    match victim {
+        Some(key) => {
+            store.remove(&key);
+            true
+        }
+        None => false,
+    }
+}
+
 /// The next mDNS browse event, or never when mDNS is off or its daemon has stopped.
 async fn next_mdns(
     events: &Option<mdns_sd::Receiver<mdns_sd::ServiceEvent>>,
@@ -1083,7 +1386,216 @@ async fn next_mdns(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
+
+    /// A transport on loopback with its identity's folder, which must outlive it.
+    struct Node {
+        transport: Transport,
+        _dir: tempfile::TempDir,
+    }
+
+    impl std::ops::Deref for Node {
+        type Target = Transport;
+        fn deref(&self) -> &Transport {
+            &self.transport
+        }
+    }
+
+    async fn start_node(bootstrap: Vec<(PeerId, Multiaddr)>) -> Node {
+        start_with(TransportConfig {
+            bootstrap,
+            ..TransportConfig::loopback()
+        })
+        .await
+    }
+
+    async fn start_with(config: TransportConfig) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = Identity::load_or_create(dir.path()).unwrap();
+        let transport = Transport::start(config, &identity).await.unwrap();
+        Node {
+            transport,
+            _dir: dir,
+        }
+    }
+
+    /// A and C know only B, as DHT seed: A - B - C.
+    async fn line_of_three() -> (Node, Node, Node) {
+        let b = start_node(Vec::new()).await;
+        let tcp = (b.listen_addrs().await.unwrap().into_iter())
+            .find(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
+            .unwrap();
+        let seed = vec![(b.local_peer_id(), tcp)];
+        let a = start_node(seed.clone()).await;
+        let c = start_node(seed).await;
+        (a, b, c)
+    }
+
+    #[tokio::test]
+    async fn a_record_put_by_one_peer_is_found_by_another_and_so_is_its_update() {
+        let (a, _b, c) = line_of_three().await;
+        let key = b"/hyphae/mailbox/a.example".to_vec();
+
+        let stored = a.put_record(key.clone(), b"v1".to_vec()).await.unwrap();
+        assert!(stored >= 1, "no peer took the record");
+        let found = c.get_records(key.clone()).await.unwrap();
+        assert_eq!(found, vec![b"v1".to_vec()]);
+
+        a.put_record(key.clone(), b"v2".to_vec()).await.unwrap();
+        let found = c.get_records(key.clone()).await.unwrap();
+        assert!(found.contains(&b"v2".to_vec()), "{found:?}");
+
+        // A value at the limit travels too (kad's default packet size would cut it off).
+        let big_key = b"/hyphae/mailbox/big.example".to_vec();
+        let big: Vec<u8> = (0..MAX_RECORD_VALUE).map(|i| (i % 251) as u8).collect();
+        assert!(a.put_record(big_key.clone(), big.clone()).await.unwrap() >= 1);
+        assert_eq!(c.get_records(big_key).await.unwrap(), vec![big]);
+    }
+
+    #[tokio::test]
+    async fn a_missing_key_gives_no_values_within_the_lookup_bound() {
+        let (_a, _b, c) = line_of_three().await;
+        let started = Instant::now();
+        let found = c
+            .get_records(b"/hyphae/mailbox/nobody.example".to_vec())
+            .await
+            .unwrap();
+        assert!(found.is_empty(), "{found:?}");
+        assert!(
+            started.elapsed() < TransportConfig::default().record_lookup_timeout,
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_provider_is_found_by_others_and_never_by_itself() {
+        let (a, b, c) = line_of_three().await;
+        let key = b"/hyphae/backup".to_vec();
+        b.start_providing(key.clone()).await.unwrap();
+        assert_eq!(
+            c.providers(key.clone()).await.unwrap(),
+            vec![b.local_peer_id()]
+        );
+        assert_eq!(
+            a.providers(key.clone()).await.unwrap(),
+            vec![b.local_peer_id()]
+        );
+        assert_eq!(b.providers(key).await.unwrap(), Vec::<PeerId>::new());
+        assert!((c.providers(b"/hyphae/nothing".to_vec()).await.unwrap()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn alone_a_record_is_kept_locally_and_oversized_ones_are_refused() {
+        let a = start_node(Vec::new()).await;
+        let key = b"/hyphae/mailbox/alone.example".to_vec();
+        assert_eq!(
+            a.put_record(key.clone(), b"mine".to_vec()).await.unwrap(),
+            0
+        );
+        assert_eq!(
+            a.get_records(key.clone()).await.unwrap(),
+            vec![b"mine".to_vec()]
+        );
+        a.start_providing(key.clone()).await.unwrap();
+        assert!(a.providers(key.clone()).await.unwrap().is_empty());
+
+        let too_big = vec![0; MAX_RECORD_VALUE + 1];
+        match a.put_record(key.clone(), too_big).await {
+            Err(TransportError::RecordTooLarge { size, limit }) => {
+                assert_eq!((size, limit), (MAX_RECORD_VALUE + 1, MAX_RECORD_VALUE));
+            }
+            other => panic!("an oversized value was not refused: {other:?}"),
+        }
+        let long_key = vec![b'k'; MAX_RECORD_KEY + 1];
+        assert!(matches!(
+            a.put_record(long_key.clone(), b"x".to_vec()).await,
+            Err(TransportError::KeyTooLarge { .. })
+        ));
+        assert!(matches!(
+            a.get_records(long_key).await,
+            Err(TransportError::KeyTooLarge { .. })
+        ));
+        // The refused put left the stored value alone.
+        assert_eq!(a.get_records(key).await.unwrap(), vec![b"mine".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn a_lookup_stalled_by_a_silent_peer_answers_with_what_it_has_at_its_deadline() {
+        // A seed that accepts TCP connections and never says a word: each dial to it hangs for
+        // the connection timeout (10 s), far past the lookup bound set here.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                open.push(socket);
+            }
+        });
+        let seed: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        let bound = Duration::from_secs(2);
+        let a = start_with(TransportConfig {
+            bootstrap: vec![(PeerId::random(), seed)],
+            record_lookup_timeout: bound,
+            ..TransportConfig::loopback()
+        })
+        .await;
+        let key = b"/hyphae/mailbox/stalled.example".to_vec();
+
+        // The put waits on the silent seed too, but its first poll hands the command over and
+        // the record is stored locally when that is handled: commands are handled in order, so
+        // the lookup below sees the value.
+        let mut put = Box::pin(a.put_record(key.clone(), b"mine".to_vec()));
+        assert!(futures::poll!(&mut put).is_pending());
+        let started = Instant::now();
+        assert_eq!(
+            a.get_records(key.clone()).await.unwrap(),
+            vec![b"mine".to_vec()]
+        );
+        let took = started.elapsed();
+        assert!(took >= bound && took < bound * 2, "took {took:?}");
+
+        let started = Instant::now();
+        assert!(a.providers(key).await.unwrap().is_empty());
+        let took = started.elapsed();
+        assert!(took >= bound && took < bound * 2, "took {took:?}");
+
+        // No peer took it, which is not an error.
+        assert_eq!(put.await.unwrap(), 0);
+        held.abort();
+    }
+
+    #[test]
+    fn a_full_store_drops_a_foreign_record_for_our_own_and_never_ours() {
+        let local = PeerId::random();
+        let other = PeerId::random();
+        let mut store = MemoryStore::with_config(
+            local,
+            kad::store::MemoryStoreConfig {
+                max_records: 3,
+                ..Default::default()
+            },
+        );
+        let record = |key: &str, publisher: PeerId, expires_in: Option<u64>| kad::Record {
+            key: kad::RecordKey::new(&key),
+            value: b"v".to_vec(),
+            publisher: Some(publisher),
+            expires: expires_in.map(|s| std::time::Instant::now() + Duration::from_secs(s)),
+        };
+        store.put(record("ours", local, None)).unwrap();
+        store.put(record("later", other, Some(3600))).unwrap();
+        store.put(record("sooner", other, Some(60))).unwrap();
+        assert!(store.put(record("new", local, None)).is_err());
+
+        assert!(evict_foreign_record(&mut store, &local));
+        assert!(store.get(&kad::RecordKey::new(&"sooner")).is_none());
+        assert!(evict_foreign_record(&mut store, &local));
+        assert!(store.get(&kad::RecordKey::new(&"later")).is_none());
+        assert!(!evict_foreign_record(&mut store, &local));
+        assert!(store.get(&kad::RecordKey::new(&"ours")).is_some());
+    }
 
     #[test]
     fn the_relay_is_read_from_a_circuit_address() {

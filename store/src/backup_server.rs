@@ -196,6 +196,57 @@ impl Store {
         .await
     }
 
+    /// One PDU of `server`'s replica, as kept.
+    pub async fn backup_replica_pdu(
+        &self,
+        server: String,
+        event_id: String,
+    ) -> Result<Option<String>> {
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT pdu FROM backup_replica WHERE subscriber = ?1 AND event_id = ?2",
+                    params![server, event_id],
+                    |row| row.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Replaces a PDU of `server`'s replica with its redacted form, which is never larger; the
+    /// bytes it frees go back to the quota.
+    pub async fn backup_redact_replica_pdu(
+        &self,
+        server: String,
+        event_id: String,
+        redacted: String,
+    ) -> Result<()> {
+        self.write(move |conn| {
+            let old: Option<i64> = conn
+                .query_row(
+                    "SELECT length(pdu) FROM backup_replica WHERE subscriber = ?1 AND event_id = ?2",
+                    params![server, event_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let Some(old) = old else {
+                return Ok(());
+            };
+            conn.prepare_cached(
+                "UPDATE backup_replica SET pdu = ?3 WHERE subscriber = ?1 AND event_id = ?2",
+            )?
+            .execute(params![server, event_id, redacted])?;
+            conn.prepare_cached(
+                "UPDATE backup_subscribers SET bytes_used = max(0, bytes_used - ?2 + ?3)
+                 WHERE server = ?1",
+            )?
+            .execute(params![server, old, redacted.len() as i64])?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Keeps `server`'s sealed identity blob under `lookup_id`, replacing its previous one.
     /// `None` when it is not subscribed; `Some(false)` when another subscriber holds that lookup
     /// id (the same recovery key: refused rather than letting one subscriber take another's).

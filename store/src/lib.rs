@@ -16,6 +16,7 @@ mod dag;
 mod error;
 mod events;
 mod keys;
+mod mailbox;
 mod migrations;
 mod outbox;
 mod peers;
@@ -49,6 +50,7 @@ pub use crypto::{
 pub use error::{Result, StoreError};
 pub use events::{NewPdu, StoredPdu};
 pub use keys::{ClaimedKey, CrossSigningKey, KeySignature, KeyUpload, OneTimeKey};
+pub use mailbox::{MailOutcome, MailboxRecord};
 pub use migrations::SCHEMA_VERSION;
 pub use outbox::{OutboxEntry, OutboxKind};
 pub use peers::KnownPeer;

@@ -12,6 +12,9 @@ pub enum OutboxKind {
     Edu,
     /// A PDU (by event id) for this device's backup server's replica, not for `/send`.
     Replica,
+    /// On a backup server: a signed transaction held in a subscriber's mailbox (the id is the
+    /// mailbox row's, the payload the transaction). Never stored in the outbox table itself.
+    Mail,
 }
 
 impl OutboxKind {
@@ -20,6 +23,7 @@ impl OutboxKind {
             OutboxKind::Pdu => "pdu",
             OutboxKind::Edu => "edu",
             OutboxKind::Replica => "replica",
+            OutboxKind::Mail => "mail",
         }
     }
 }
@@ -140,11 +144,14 @@ impl Store {
         .await
     }
 
-    /// Destinations with something waiting: a starting node starts a sender for each.
+    /// Destinations with something waiting (in the outbox, or mail held for a subscriber): a
+    /// starting node starts a sender for each.
     pub async fn outbox_destinations(&self) -> Result<Vec<String>> {
         self.read(|conn| {
-            let mut statement = conn
-                .prepare_cached("SELECT DISTINCT destination FROM outbox ORDER BY destination")?;
+            let mut statement = conn.prepare_cached(
+                "SELECT destination FROM outbox UNION SELECT subscriber FROM backup_mailbox
+                 ORDER BY 1",
+            )?;
             let destinations = statement
                 .query_map([], |row| row.get(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()?;

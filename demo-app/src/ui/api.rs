@@ -39,60 +39,73 @@ pub(super) fn router() -> Router<Ui> {
 }
 
 /// Why a request failed, as the page shows it.
-struct Failure {
-    status: StatusCode,
-    message: String,
+pub(super) struct Failure {
+    pub(super) status: StatusCode,
+    /// The Matrix error code (`M_FORBIDDEN`, …), or one of ours (`IO.HYPHAE.…`, namespaced as
+    /// the spec asks of codes it does not define).
+    pub(super) errcode: String,
+    pub(super) message: String,
+}
+
+impl Failure {
+    pub(super) fn new(
+        status: StatusCode,
+        errcode: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Failure {
+        Failure {
+            status,
+            errcode: errcode.into(),
+            message: message.into(),
+        }
+    }
 }
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        error(self.status, self.message)
+        error(self.status, &self.errcode, self.message)
     }
 }
 
 impl From<AppError> for Failure {
     fn from(e: AppError) -> Failure {
-        let status = match &e {
-            AppError::BadInput(_) => StatusCode::BAD_REQUEST,
+        let (status, errcode) = match &e {
+            AppError::BadInput(_) | AppError::RecoveryKey(_) => {
+                (StatusCode::BAD_REQUEST, "M_INVALID_PARAM".to_owned())
+            }
             AppError::Api(api) => match api {
-                hyphae_node::app::ApiError::Matrix { status, .. }
-                    if (400..500).contains(status) =>
-                {
-                    StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
-                }
-                _ => StatusCode::BAD_GATEWAY,
+                hyphae_node::app::ApiError::Matrix {
+                    status, errcode, ..
+                } if (400..500).contains(status) => (
+                    StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
+                    errcode.clone(),
+                ),
+                _ => (StatusCode::BAD_GATEWAY, "M_UNKNOWN".to_owned()),
             },
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN".to_owned()),
         };
         if status.is_server_error() {
             tracing::warn!(error = %e, "the web UI's request failed");
         }
-        Failure {
-            status,
-            message: e.to_string(),
-        }
+        Failure::new(status, errcode, e.to_string())
     }
 }
 
-fn bad(message: impl Into<String>) -> Failure {
-    Failure {
-        status: StatusCode::BAD_REQUEST,
-        message: message.into(),
-    }
+/// Input the page (or a person typing) got wrong.
+pub(super) fn bad(message: impl Into<String>) -> Failure {
+    Failure::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", message)
 }
 
-type Answer = Result<Response, Failure>;
+pub(super) type Answer = Result<Response, Failure>;
 
-fn ok(value: impl serde::Serialize) -> Answer {
+pub(super) fn ok(value: impl serde::Serialize) -> Answer {
     Ok(Json(value).into_response())
 }
 
 /// The guard lets nothing through before the node is attached; this is its other half.
-fn ready(ui: &Ui) -> Result<&Ready, Failure> {
-    ui.ready().ok_or_else(|| Failure {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        message: "starting up".into(),
-    })
+pub(super) fn ready(ui: &Ui) -> Result<&Ready, Failure> {
+    ui.ready()
+        .ok_or_else(|| Failure::new(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", "starting up"))
 }
 
 fn app(ui: &Ui) -> Result<&AppClient, Failure> {

@@ -18,7 +18,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(20);
 
 pub(super) async fn stream(State(ui): State<Ui>) -> Response {
     let Some(ready) = ui.ready() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "starting up");
+        return error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", "starting up");
     };
     let events = ready.app.subscribe();
     Sse::new(updates(events, ui.stopping()))

@@ -7,6 +7,7 @@
 //! SameSite=Strict cookie. Requests another origin makes are refused as well.
 
 mod api;
+mod backup;
 mod events;
 
 use std::io::Write;
@@ -23,7 +24,7 @@ use hyphae_node::Node;
 use hyphae_node::app::AppClient;
 use include_dir::{Dir, include_dir};
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::sync::{Mutex, watch};
 
 /// The page, its script and styles: plain files, embedded as they are.
 static ASSETS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/assets");
@@ -60,6 +61,11 @@ struct Shared {
 /// What the UI serves once the node runs.
 pub(crate) struct Ready {
     pub(crate) app: AppClient,
+    /// For what only the node does: the backup subscription.
+    pub(crate) node: Node,
+    /// Held while the backup settings change, so two clicks (or two tabs) cannot subscribe
+    /// twice or mint two recovery keys of which the page shows only one.
+    pub(crate) backup_busy: Mutex<()>,
     pub(crate) server_name: String,
     pub(crate) peer_id: Option<String>,
     secret: String,
@@ -86,6 +92,7 @@ impl Ui {
     /// The UI's routes, all below `/app`.
     pub fn router(&self) -> Router {
         let api = api::router()
+            .merge(backup::router())
             .route("/events", get(events::stream))
             .layer(middleware::from_fn_with_state(self.clone(), guard));
         Router::new()
@@ -103,6 +110,8 @@ impl Ui {
         let addr = node.client_addr();
         let ready = Ready {
             app,
+            node: node.clone(),
+            backup_busy: Mutex::new(()),
             server_name: node.server_name().to_owned(),
             peer_id: node.transport().map(|t| t.local_peer_id().to_string()),
             cookie: format!("hyphae_ui_{}", addr.port()),
@@ -260,9 +269,11 @@ fn cross_origin(headers: &HeaderMap) -> Option<&'static str> {
     None
 }
 
-/// Answers for the UI's API: `{"error": "…"}` with a status.
-pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    let body = serde_json::json!({ "error": message.into() });
+/// Answers for the UI's API: `{"errcode": "M_…", "error": "…"}` with a status, shaped like the
+/// Client-Server API's errors so a page (or a script) can tell causes apart by `errcode` and
+/// show `error` to a person.
+pub(crate) fn error(status: StatusCode, errcode: &str, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "errcode": errcode, "error": message.into() });
     (status, no_store(), axum::Json(body)).into_response()
 }
 
@@ -273,14 +284,15 @@ fn no_store() -> [(header::HeaderName, HeaderValue); 1] {
 /// Lets through only the owner's own page: signed in, same origin.
 async fn guard(State(ui): State<Ui>, request: Request, next: Next) -> Response {
     let Some(ready) = ui.ready() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "starting up");
+        return error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", "starting up");
     };
     if let Some(reason) = cross_origin(request.headers()) {
-        return error(StatusCode::FORBIDDEN, reason);
+        return error(StatusCode::FORBIDDEN, "M_FORBIDDEN", reason);
     }
     if !signed_in(ready, request.headers()) {
         return error(
             StatusCode::UNAUTHORIZED,
+            "M_MISSING_TOKEN",
             "open the link `hyphae up` printed to sign in",
         );
     }

@@ -76,6 +76,8 @@ impl Node {
             .await?;
         tracing::info!(server, queued, quota = %answer["quota_bytes"], "subscribed to a backup server");
         self.backup_target().send_replace(Some(name));
+        let addresses: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        super::mailbox::publish_record(state, Some(transport), Some((server, &addresses))).await;
         // Key backup on already: the identity (sealed with its recovery key) goes there now.
         if let Some(app) = self.app() {
             app.back_up_identity_or_warn().await;
@@ -100,8 +102,23 @@ impl Node {
             .await?;
         self.store().unsubscribe_backup().await?;
         self.backup_target().send_replace(None);
+        super::mailbox::publish_record(self.app_state(), self.transport(), None).await;
         tracing::info!(server = %name, "unsubscribed from the backup server");
         Ok(())
+    }
+
+    /// The backup servers announced in the DHT (their server names), as far as this node can
+    /// see; subscribing to one still takes a token from its operator.
+    pub async fn find_backup_servers(&self) -> Result<Vec<String>, BackupError> {
+        let transport = self.transport().ok_or(BackupError::Offline)?;
+        let peers = transport
+            .providers(super::ANNOUNCE_KEY.to_vec())
+            .await
+            .map_err(|e| BackupError::Unreachable(e.to_string()))?;
+        Ok(peers
+            .iter()
+            .filter_map(|peer| hyphae_p2p::server_name_of_peer(peer).ok())
+            .collect())
     }
 
     /// The subscription and how far the replica has come; `None` when not subscribed.
@@ -287,4 +304,33 @@ pub(crate) async fn send_replica(
         tracing::warn!(%destination, error = %e, "cannot record the backup server's answer");
     }
     ReplicaSent::Done
+}
+
+/// At start, for a subscribed device: connects to the backup server (so the mailbox pushes
+/// what it holds at once) and signs and spreads its mailbox record again.
+pub(crate) async fn resume(state: &crate::node::AppState, transport: Option<&Transport>) {
+    let (Some(transport), Ok(Some(subscription))) =
+        (transport, state.store.backup_subscription().await)
+    else {
+        return;
+    };
+    let (state, transport) = (state.clone(), transport.clone());
+    tokio::spawn(async move {
+        if let Ok(peer) = hyphae_p2p::peer_id_for_server_name(&subscription.server) {
+            let addrs = subscription
+                .addresses
+                .iter()
+                .filter_map(|a| a.parse::<Multiaddr>().ok())
+                .collect();
+            if let Err(e) = transport.dial(peer, addrs).await {
+                tracing::info!(server = %subscription.server, error = %e, "backup server not reachable now");
+            }
+        }
+        super::mailbox::publish_record(
+            &state,
+            Some(&transport),
+            Some((&subscription.server, &subscription.addresses)),
+        )
+        .await;
+    });
 }

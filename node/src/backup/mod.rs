@@ -2,11 +2,15 @@
 //! quotas, and the replica of a device's PDUs. `server` answers the unstable
 //! `io.hyphae.backup` federation endpoints; `device` is the subscribing node's side; `invite`
 //! makes tokens for a server's operator; `identity` keeps the device's sealed identity there and
-//! `restore` makes a new device the same server from it. The mailbox comes later.
+//! `restore` makes a new device the same server from it; `mailbox` holds mail for a device
+//! that is away.
 
 mod device;
 pub(crate) mod identity;
 mod invite;
+pub(crate) mod mailbox;
+#[cfg(test)]
+mod mailbox_tests;
 mod restore;
 #[cfg(test)]
 mod restore_tests;
@@ -15,7 +19,7 @@ pub(crate) mod server;
 mod tests;
 
 pub use device::BackupStatus;
-pub(crate) use device::{ReplicaSent, send_replica, spawn_waker};
+pub(crate) use device::{ReplicaSent, resume, send_replica, spawn_waker};
 pub(crate) use invite::INVITES_DIR;
 pub use invite::{DEFAULT_QUOTA, create_invite, parse_size};
 pub use restore::{Restored, restore_from_backup};
@@ -31,6 +35,9 @@ pub(crate) const REPLICA_PATH: &str = "/_matrix/federation/unstable/io.hyphae.ba
 pub(crate) const STATUS_PATH: &str = "/_matrix/federation/unstable/io.hyphae.backup/status";
 /// `PUT` by the subscriber; `GET …/identity/{lookup_id}` by anyone (a device being restored).
 pub(crate) const IDENTITY_PATH: &str = "/_matrix/federation/unstable/io.hyphae.backup/identity";
+
+/// The DHT key backup servers announce themselves under (as providers).
+pub(crate) const ANNOUNCE_KEY: &[u8] = b"/hyphae/backup-server/1";
 
 /// Why a backup operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::create_invite;
-use crate::app::{AppClient, ItemKind, TimelineItem};
+use super::tests::{app, texts};
 use crate::client_api::test_support::Api;
 use crate::federation::room_tests::eventually;
 use crate::{BackupError, Config, restore_from_backup};
@@ -19,20 +19,6 @@ async fn owned(name: &str) -> Api {
         config.p2p = Some(crate::TransportConfig::loopback());
     })
     .await
-}
-
-fn app(api: &Api) -> &AppClient {
-    api.node.app().expect("the node has an owner")
-}
-
-fn texts(timeline: &[TimelineItem]) -> Vec<String> {
-    timeline
-        .iter()
-        .filter_map(|item| match &item.kind {
-            ItemKind::Text { body } => Some(body.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 fn config(dir: &std::path::Path) -> Config {
@@ -55,13 +41,7 @@ async fn a_lost_device_comes_back_with_its_name_rooms_history_and_keys() {
         config.backup_server = true;
     })
     .await;
-    let server_addrs = server
-        .node
-        .transport()
-        .unwrap()
-        .listen_addrs()
-        .await
-        .unwrap();
+    let server_addrs = server.p2p_addrs().await;
     let server_name = server.node.server_name().to_owned();
     let a = owned("alice").await;
     let b = owned("bob").await;
@@ -333,13 +313,7 @@ async fn restore_time_for_a_long_history() {
         config.backup_server = true;
     })
     .await;
-    let server_addrs = server
-        .node
-        .transport()
-        .unwrap()
-        .listen_addrs()
-        .await
-        .unwrap();
+    let server_addrs = server.p2p_addrs().await;
     let server_name = server.node.server_name().to_owned();
     let a = owned("alice").await;
     let token = create_invite(server.data_dir(), 1 << 30).unwrap();

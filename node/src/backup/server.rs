@@ -140,9 +140,13 @@ pub(crate) async fn put_replica(
     }
     let mut results: Vec<Option<Value>> = Vec::with_capacity(batch.pdus.len());
     let mut checked = Vec::new();
+    let mut redactions = Vec::new();
     for item in &batch.pdus {
         match check(item) {
             Ok(pdu) => {
+                if pdu.json.contains("m.room.redaction") {
+                    redactions.push((item.room_version.clone(), pdu.json.clone()));
+                }
                 checked.push(pdu);
                 results.push(None);
             }
@@ -162,6 +166,9 @@ pub(crate) async fn put_replica(
             "Not subscribed to this backup server",
         ));
     };
+    for (version, redaction) in redactions {
+        redact_replica(&state, &origin, &version, &redaction).await?;
+    }
     let subscriber = subscriber_of(&state, &origin).await?;
     let mut outcomes = outcomes.into_iter();
     let results: Vec<Value> = results
@@ -183,6 +190,68 @@ pub(crate) async fn put_replica(
     let mut answer = usage(&subscriber);
     answer["results"] = Value::Array(results);
     Ok(Json(answer))
+}
+
+/// Applies a redaction the subscriber kept to the replica's copy of its target, so what a
+/// user deleted does not outlive the deletion here. Without the room's state this server
+/// cannot tell a moderator's power, so only a sender's redaction of their own event (which
+/// the auth rules always allow) is applied here; the device applies the others, and a restore
+/// brings back what it kept.
+async fn redact_replica(
+    state: &AppState,
+    origin: &Origin,
+    version: &str,
+    redaction: &str,
+) -> Result<(), MatrixError> {
+    let Ok(redaction) = serde_json::from_str::<CanonicalJsonObject>(redaction) else {
+        return Ok(());
+    };
+    let field = |object: &CanonicalJsonObject, name: &str| match object.get(name) {
+        Some(ruma::CanonicalJsonValue::String(value)) => Some(value.clone()),
+        _ => None,
+    };
+    if field(&redaction, "type").as_deref() != Some("m.room.redaction") {
+        return Ok(());
+    }
+    // `redacts` is in the content from room version 11 on, at the top level before.
+    let content_redacts = match redaction.get("content") {
+        Some(ruma::CanonicalJsonValue::Object(content)) => field(content, "redacts"),
+        _ => None,
+    };
+    let Some(target_id) = content_redacts.or_else(|| field(&redaction, "redacts")) else {
+        return Ok(());
+    };
+    let subscriber = origin.0.to_string();
+    let Some(target) = state
+        .store
+        .backup_replica_pdu(subscriber.clone(), target_id.clone())
+        .await?
+    else {
+        return Ok(());
+    };
+    let (Ok(target), Ok(version)) = (
+        serde_json::from_str::<CanonicalJsonObject>(&target),
+        RoomVersionId::try_from(version),
+    ) else {
+        return Ok(());
+    };
+    if field(&target, "sender") != field(&redaction, "sender") {
+        return Ok(());
+    }
+    let Some(rules) = version.rules() else {
+        return Ok(());
+    };
+    let because = ruma::canonical_json::RedactedBecause::from_json(redaction);
+    let Ok(redacted) = ruma::canonical_json::redact(target, &rules.redaction, Some(because)) else {
+        return Ok(());
+    };
+    let redacted =
+        serde_json::to_string(&redacted).map_err(|e| MatrixError::unknown(e.to_string()))?;
+    state
+        .store
+        .backup_redact_replica_pdu(subscriber, target_id, redacted)
+        .await?;
+    Ok(())
 }
 
 /// A replica PDU, checked as any received PDU is (format, signatures, content hash; a PDU

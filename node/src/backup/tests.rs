@@ -13,7 +13,7 @@ use crate::federation::room_tests::{eventually, person, send_text, two_nodes_in_
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn backup_server() -> Api {
+pub(super) async fn backup_server() -> Api {
     Api::start_with(|config| {
         config.p2p = Some(crate::TransportConfig::loopback());
         config.backup_server = true;
@@ -21,14 +21,24 @@ async fn backup_server() -> Api {
     .await
 }
 
+/// The owner's in-process client of a test node.
+pub(super) fn app(api: &Api) -> &crate::app::AppClient {
+    api.node.app().expect("the node has an owner")
+}
+
+/// The texts of a timeline's messages, in order.
+pub(super) fn texts(timeline: &[crate::app::TimelineItem]) -> Vec<String> {
+    timeline
+        .iter()
+        .filter_map(|item| match &item.kind {
+            crate::app::ItemKind::Text { body } => Some(body.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 async fn subscribe(device: &Api, server: &Api, token: &str) -> Result<(), BackupError> {
-    let addrs = server
-        .node
-        .transport()
-        .unwrap()
-        .listen_addrs()
-        .await
-        .unwrap();
+    let addrs = server.p2p_addrs().await;
     device
         .node
         .subscribe_backup(server.node.server_name(), addrs, token)
@@ -118,6 +128,45 @@ async fn backlog_then_local_and_received_messages_reach_the_replica() {
         (code, body["errcode"].as_str()),
         (403, Some("M_FORBIDDEN")),
         "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_message_its_sender_deletes_is_deleted_from_the_replica_too() {
+    let (a, b, alice, bob, room) = two_nodes_in_a_room().await;
+    let server = backup_server().await;
+    let token = create_invite(server.data_dir(), super::DEFAULT_QUOTA).unwrap();
+    subscribe(&a, &server, &token).await.unwrap();
+    let mine = send_text(&a, &alice, &room, "alice regrets this").await;
+    let bobs = send_text(&b, &bob, &room, "bob stands by this").await;
+    eventually(WAIT, "both in the replica", || {
+        replica_has(&a, &["alice regrets this", "bob stands by this"])
+    })
+    .await;
+    for (api, who, target) in [(&a, &alice, &mine), (&b, &bob, &bobs)] {
+        let (status, body) = api
+            .put(
+                &format!("/v3/rooms/{room}/redact/{target}/r{}", target.len()),
+                Some(&who.token),
+                json!({"reason": "deleted"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    eventually(WAIT, "both deletions applied to the replica", || async {
+        replica_texts(&a).await.is_empty()
+    })
+    .await;
+    // The redacted copies are what remains, each saying which redaction emptied it.
+    let (pdus, _) = a.node.backup_replica(None, 0, 500).await.unwrap();
+    let redacted: Vec<&Value> = pdus
+        .iter()
+        .filter(|p| p["unsigned"]["redacted_because"].is_object())
+        .collect();
+    assert_eq!(redacted.len(), 2, "{pdus:?}");
+    assert!(
+        redacted.iter().all(|p| p["content"] == json!({})),
+        "{redacted:?}"
     );
 }
 

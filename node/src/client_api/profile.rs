@@ -42,6 +42,9 @@ pub(crate) async fn get(
     if let Some(url) = avatar_url {
         response.set("avatar_url".into(), url.into());
     }
+    if let Some(record) = crate::backup::mailbox::own_record(&state, Some(&request.user_id)).await {
+        response.set(crate::backup::mailbox::PROFILE_FIELD.into(), record);
+    }
     Ok(Ruma(response))
 }
 

@@ -80,6 +80,12 @@ impl Api {
         self.restart_with(|_| {}).await
     }
 
+    /// Where this node's overlay listens.
+    pub(crate) async fn p2p_addrs(&self) -> Vec<hyphae_p2p::Multiaddr> {
+        let transport = self.node.transport().expect("a federated test node");
+        transport.listen_addrs().await.unwrap()
+    }
+
     /// Connects this node's overlay to `other`'s, so they can federate.
     pub(crate) async fn connect(&self, other: &Api) {
         let theirs = other.node.transport().expect("a federated test node");

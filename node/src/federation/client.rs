@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::sender::{self, SenderHandle};
+use crate::signing::SigningKey;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FederationError {
@@ -45,6 +46,8 @@ pub(crate) struct Federation {
 
 pub(super) struct Inner {
     pub(super) server_name: OwnedServerName,
+    /// Signs transactions left in a mailbox.
+    signing_key: SigningKey,
     pub(super) store: Store,
     /// Set once the transport runs. Weak: the transport serves a router that holds this
     /// handle, and must not be kept alive by it.
@@ -64,10 +67,11 @@ const OWNER_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
 pub(crate) const OWNER_PATH: &str = "/_matrix/federation/unstable/io.hyphae/owner";
 
 impl Federation {
-    pub(crate) fn new(store: Store, server_name: OwnedServerName) -> Self {
+    pub(crate) fn new(store: Store, signing_key: SigningKey) -> Self {
         Federation {
             inner: Arc::new(Inner {
-                server_name,
+                server_name: signing_key.server_name().clone(),
+                signing_key,
                 store,
                 transport: OnceLock::new(),
                 senders: Mutex::new(HashMap::new()),
@@ -132,6 +136,10 @@ impl Federation {
         if user_id.server_name() != server_name {
             return None;
         }
+        if let Some(record) = answer.get("mailbox").filter(|r| r.is_object()) {
+            crate::backup::mailbox::learn_record(&self.inner.store, &record.to_string(), server)
+                .await;
+        }
         let owner = (
             user_id.to_string(),
             answer["displayname"].as_str().map(str::to_owned),
@@ -179,7 +187,7 @@ impl Federation {
         let sender = senders.entry(destination.to_owned()).or_insert_with(|| {
             sender::spawn(
                 self.inner.store.clone(),
-                self.inner.server_name.clone(),
+                self.inner.signing_key.clone(),
                 destination.to_owned(),
                 transport.clone(),
             )

@@ -38,6 +38,16 @@ pub(super) async fn receive(state: &AppState, origin: &ServerName, edu: &serde_j
         .get("edu_type")
         .and_then(serde_json::Value::as_str)
         .unwrap_or_default();
+    if edu_type == crate::backup::mailbox::RECORD_EDU {
+        // Signed by the server it speaks for, so it may come from anywhere.
+        match edu["content"]["record"].as_str() {
+            Some(record) => {
+                crate::backup::mailbox::learn_record(&state.store, record, origin.as_str()).await
+            }
+            None => tracing::warn!(%origin, edu_type, "EDU dropped: no record"),
+        }
+        return;
+    }
     let result = match serde_json::from_str::<Edu>(&edu.to_string()) {
         Ok(Edu::DirectToDevice(content)) => direct_to_device(state, origin, content).await,
         Ok(Edu::DeviceListUpdate(content)) => device_list_update(state, origin, content).await,

@@ -70,6 +70,7 @@ pub(crate) async fn owner(
     Ok(axum::Json(serde_json::json!({
         "user_id": format!("@{localpart}:{}", state.server_name),
         "displayname": displayname,
+        "mailbox": crate::backup::mailbox::own_record(&state, None).await,
     })))
 }
 

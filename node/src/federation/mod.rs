@@ -14,7 +14,7 @@ mod origin;
 mod partition_tests;
 #[cfg(test)]
 pub(crate) mod room_tests;
-mod send;
+pub(crate) mod send;
 mod sender;
 mod user_keys;
 
@@ -108,6 +108,14 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(
             crate::backup::REPLICA_PATH,
             post(crate::backup::server::put_replica).get(crate::backup::server::get_replica),
+        )
+        .route(
+            "/_matrix/federation/unstable/io.hyphae.backup/mailbox/{txn_id}",
+            put(crate::backup::mailbox::take_mail),
+        )
+        .route(
+            crate::backup::mailbox::MAIL_PATH,
+            post(crate::backup::mailbox::deliver_mail),
         )
         .route(
             crate::backup::STATUS_PATH,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
+use ruma::ServerName;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -15,16 +16,16 @@ use crate::node::AppState;
 use crate::rooms::{Received, RoomError};
 
 /// The spec's limits for one transaction.
-const MAX_PDUS: usize = 50;
-const MAX_EDUS: usize = 100;
+pub(crate) const MAX_PDUS: usize = 50;
+pub(crate) const MAX_EDUS: usize = 100;
 
 #[derive(Deserialize)]
 pub(crate) struct Transaction {
-    origin: String,
+    pub(crate) origin: String,
     #[serde(default)]
-    pdus: Vec<Box<RawValue>>,
+    pub(crate) pdus: Vec<Box<RawValue>>,
     #[serde(default)]
-    edus: Vec<Value>,
+    pub(crate) edus: Vec<Value>,
 }
 
 pub(crate) async fn send_transaction(
@@ -51,9 +52,21 @@ pub(crate) async fn send_transaction(
             format!("At most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs per transaction"),
         ));
     }
+    let results = process(&state, &origin, &transaction.pdus, &transaction.edus).await;
+    Ok(Json(json!({ "pdus": results })))
+}
+
+/// Takes a transaction's PDUs and EDUs from `origin`, each on its own, and answers per PDU
+/// (whether it came straight from `origin` or through its mailbox).
+pub(crate) async fn process(
+    state: &AppState,
+    origin: &ServerName,
+    pdus: &[Box<RawValue>],
+    edus: &[Value],
+) -> BTreeMap<String, Value> {
     let mut results = BTreeMap::new();
-    for raw in &transaction.pdus {
-        match state.rooms.receive_pdu(&origin, raw).await {
+    for raw in pdus {
+        match state.rooms.receive_pdu(origin, raw).await {
             Ok((event_id, received)) => {
                 let result = match received {
                     Received::Accepted | Received::Duplicate => json!({}),
@@ -76,10 +89,10 @@ pub(crate) async fn send_transaction(
             }
         }
     }
-    for edu in &transaction.edus {
-        super::edus::receive(&state, &origin, edu).await;
+    for edu in edus {
+        super::edus::receive(state, origin, edu).await;
     }
-    Ok(Json(json!({ "pdus": results })))
+    results
 }
 
 /// The event id a refused PDU is answered under: its reference hash when it parses at all.

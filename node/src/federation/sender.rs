@@ -1,6 +1,8 @@
 //! One outbox sender per destination: it sends what the outbox holds for that server as
 //! `/send` transactions (at most 50 PDUs and 100 EDUs each), removes what the server
-//! acknowledged, and backs off while the server cannot be reached.
+//! acknowledged, and backs off while the server cannot be reached. When sends to it keep
+//! failing and it named a mailbox, transactions go there instead (`backup::mailbox`). On a
+//! backup server the same sender pushes held mail to a subscriber.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use hyphae_p2p::WeakTransport;
+
+use crate::backup::mailbox::{self, DIRECT_PROBE, MAILBOX_AFTER_FAILURES, MailboxSent};
+use crate::signing::SigningKey;
 
 const MAX_PDUS: u32 = 50;
 const MAX_EDUS: u32 = 100;
@@ -38,7 +43,7 @@ impl Drop for SenderHandle {
 
 pub(super) fn spawn(
     store: Store,
-    origin: OwnedServerName,
+    signing_key: SigningKey,
     destination: OwnedServerName,
     transport: WeakTransport,
 ) -> SenderHandle {
@@ -46,7 +51,8 @@ pub(super) fn spawn(
     let reachable = Arc::new(Notify::new());
     let sender = Sender {
         store,
-        origin,
+        origin: signing_key.server_name().clone(),
+        signing_key,
         destination,
         transport,
         more: more.clone(),
@@ -63,10 +69,20 @@ pub(super) fn spawn(
 struct Sender {
     store: Store,
     origin: OwnedServerName,
+    signing_key: SigningKey,
     destination: OwnedServerName,
     transport: WeakTransport,
     more: Arc<Notify>,
     reachable: Arc<Notify>,
+}
+
+/// How long sends to the destination have been failing, to decide when its mailbox takes over.
+#[derive(Default)]
+struct Away {
+    /// Direct sends that failed in a row.
+    failures: u32,
+    /// When the destination itself was last tried.
+    last_direct: Option<std::time::Instant>,
 }
 
 enum Outcome {
@@ -78,6 +94,7 @@ enum Outcome {
 impl Sender {
     async fn run(self) {
         let mut backoff: Option<Duration> = None;
+        let mut away = Away::default();
         loop {
             // Federation traffic first; a backup server's replica when there is none.
             let batch = match self.next_batch().await {
@@ -96,17 +113,10 @@ impl Sender {
                 }
                 continue;
             }
-            match self.send(&batch).await {
+            match self.send(&batch, &mut away).await {
                 Outcome::Sent => {
                     backoff = None;
-                    let ids = batch.iter().map(|e| e.id).collect();
-                    if let Err(e) = self
-                        .store
-                        .outbox_ack(self.destination.to_string(), ids)
-                        .await
-                    {
-                        tracing::warn!(destination = %self.destination, error = %e, "could not clear the outbox");
-                    }
+                    self.acknowledge(&batch).await;
                 }
                 Outcome::Retry(reason) => {
                     let wait = backoff.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
@@ -114,10 +124,32 @@ impl Sender {
                     tracing::debug!(destination = %self.destination, ?wait, %reason, "transaction not delivered; backing off");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = self.reachable.notified() => backoff = None,
+                        _ = self.reachable.notified() => {
+                            backoff = None;
+                            away = Away::default();
+                        }
                     }
                 }
             }
+        }
+    }
+
+    /// Removes what was delivered: outbox entries, or held mail.
+    async fn acknowledge(&self, batch: &[OutboxEntry]) {
+        let destination = self.destination.to_string();
+        let (mail, outbox): (Vec<&OutboxEntry>, Vec<&OutboxEntry>) =
+            batch.iter().partition(|e| e.kind == OutboxKind::Mail);
+        let mut result = Ok(());
+        if !outbox.is_empty() {
+            let ids = outbox.iter().map(|e| e.id).collect();
+            result = self.store.outbox_ack(destination.clone(), ids).await;
+        }
+        if !mail.is_empty() && result.is_ok() {
+            let ids = mail.iter().map(|e| e.id).collect();
+            result = self.store.backup_mail_delivered(destination, ids).await;
+        }
+        if let Err(e) = result {
+            tracing::warn!(destination = %self.destination, error = %e, "could not clear the outbox");
         }
     }
 
@@ -130,17 +162,30 @@ impl Sender {
         if !batch.is_empty() {
             return Ok(batch);
         }
+        let mail = self
+            .store
+            .backup_mail_batch(destination.clone(), mailbox::MAIL_BATCH)
+            .await?;
+        if !mail.is_empty() {
+            return Ok(mail);
+        }
         self.store
             .outbox_replica_batch(destination, MAX_REPLICA)
             .await
     }
 
-    async fn send(&self, batch: &[OutboxEntry]) -> Outcome {
+    async fn send(&self, batch: &[OutboxEntry], away: &mut Away) -> Outcome {
         let Some(transport) = self.transport.upgrade() else {
             // The transport is gone, so is the node; the entries wait in the store.
             std::future::pending::<()>().await;
             return Outcome::Retry("stopped".into());
         };
+        if batch.iter().all(|e| e.kind == OutboxKind::Mail) {
+            return match mailbox::send_mail(&transport, &self.destination, batch).await {
+                Ok(()) => Outcome::Sent,
+                Err(reason) => Outcome::Retry(reason),
+            };
+        }
         if batch.iter().all(|e| e.kind == OutboxKind::Replica) {
             return match crate::backup::send_replica(
                 &self.store,
@@ -180,7 +225,29 @@ impl Sender {
             Ok(request) => request,
             Err(e) => return Outcome::Retry(e.to_string()),
         };
-        match transport.request(self.destination.as_str(), request).await {
+        // Away for a while: the destination's mailbox takes it, unless it is time to try the
+        // destination itself again.
+        if away.failures >= MAILBOX_AFTER_FAILURES
+            && away
+                .last_direct
+                .is_some_and(|at| at.elapsed() < DIRECT_PROBE)
+        {
+            match mailbox::send_to_mailbox(
+                &self.store,
+                &transport,
+                &self.signing_key,
+                &self.destination,
+                &txn_id,
+                body,
+            )
+            .await
+            {
+                MailboxSent::Taken => return Outcome::Sent,
+                MailboxSent::NotTaken(reason) => return Outcome::Retry(reason),
+            }
+        }
+        away.last_direct = Some(std::time::Instant::now());
+        let outcome = match transport.request(self.destination.as_str(), request).await {
             Ok(response) if response.status().is_success() => Outcome::Sent,
             Ok(response)
                 if response.status().is_server_error()
@@ -200,7 +267,12 @@ impl Sender {
                 Outcome::Sent
             }
             Err(e) => Outcome::Retry(e.to_string()),
+        };
+        match &outcome {
+            Outcome::Sent => *away = Away::default(),
+            Outcome::Retry(_) => away.failures += 1,
         }
+        outcome
     }
 
     /// The PDUs (read from the store, as they are now: redacted if redacted since) and EDUs of

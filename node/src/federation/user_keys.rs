@@ -91,6 +91,13 @@ pub(super) async fn profile(
             response.set(field.to_owned(), value.into());
         }
     }
+    let field = crate::backup::mailbox::PROFILE_FIELD;
+    if wanted(field)
+        && let Some(record) =
+            crate::backup::mailbox::own_record(&state, Some(&request.user_id)).await
+    {
+        response.set(field.to_owned(), record);
+    }
     Ok(Ruma(response))
 }
 

@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 use crate::federation::Federation;
 use crate::signing::SigningKey;
 pub(crate) use create::NewRoom;
-pub(crate) use incoming::{Received, urlencode, verify_pdu};
+pub(crate) use incoming::{Received, urlencode, verify_key_of, verify_pdu};
 pub(crate) use pdu::Pdu;
 pub(crate) use remote::{INVITE_STATE, stripped};
 

@@ -1,0 +1,520 @@
+//! Mailboxes (DESIGN.md "Backup server"). A subscribed device names its backup server as its
+//! mailbox in a record it signs (kept in the DHT, sent to the servers it shares rooms with,
+//! served with its owner). A server whose sends to the device keep failing signs the
+//! transaction it could not deliver and leaves it in the mailbox (`take_mail`); the mailbox
+//! pushes held mail to the device as soon as it can reach it (`send_mail`, from the outbox
+//! sender), and the device checks the sender's signature and takes the transaction as if it had
+//! come directly (`deliver_mail`). The mailbox can neither read nor forge what it holds.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use hyphae_p2p::{Multiaddr, Transport};
+use hyphae_store::{MailOutcome, MailboxRecord, OutboxEntry, Store};
+use ruma::api::error::ErrorKind;
+use ruma::serde::Base64;
+use ruma::signatures::PublicKeyMap;
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, ServerName};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::client_api::MatrixError;
+use crate::federation::Origin;
+use crate::federation::send::{MAX_EDUS, MAX_PDUS};
+use crate::node::AppState;
+use crate::rooms::verify_key_of;
+use crate::signing::{KEY_ID, SigningKey};
+
+/// `PUT …/mailbox/{txnId}` on a backup server: mail for one of its subscribers.
+pub(crate) const MAILBOX_PATH: &str = "/_matrix/federation/unstable/io.hyphae.backup/mailbox";
+/// `POST` on a subscribed device, by its backup server only: held mail, delivered.
+pub(crate) const MAIL_PATH: &str = "/_matrix/federation/unstable/io.hyphae.backup/mail";
+/// The EDU a device sends its signed mailbox record in.
+pub(crate) const RECORD_EDU: &str = "io.hyphae.mailbox";
+/// Transactions pushed to a device per request.
+pub(crate) const MAIL_BATCH: u32 = 10;
+/// Records larger than this are refused unread: a record is a name, a few addresses and a
+/// signature.
+const MAX_RECORD_BYTES: usize = 4096;
+const MAX_RECORD_ADDRESSES: usize = 16;
+
+/// The DHT key a server's mailbox record is kept under.
+pub(crate) fn dht_key(server: &str) -> Vec<u8> {
+    format!("/hyphae/mailbox/{server}").into_bytes()
+}
+
+/// One server's verify key, as ruma's signature checks take it.
+fn key_map(server: &str) -> Option<PublicKeyMap> {
+    let key = verify_key_of(server)?;
+    Some(PublicKeyMap::from([(
+        server.to_owned(),
+        [(KEY_ID.to_owned(), Base64::new(key.to_vec()))].into(),
+    )]))
+}
+
+/// Whether `object` carries a valid signature of `server` (whose key is its name).
+fn signed_by(object: &CanonicalJsonObject, server: &str) -> bool {
+    key_map(server).is_some_and(|keys| ruma::signatures::verify_json(&keys, object).is_ok())
+}
+
+/// A record naming `mailbox` (dialled at `addresses`) as this server's mailbox, or saying it
+/// has none, signed now.
+pub(crate) fn signed_record(
+    key: &SigningKey,
+    mailbox: Option<&str>,
+    addresses: &[String],
+) -> Result<MailboxRecord, String> {
+    let ts = i64::from(ruma::MilliSecondsSinceUnixEpoch::now().0);
+    let mut object: CanonicalJsonObject = serde_json::from_value(json!({
+        "server": key.server_name().as_str(),
+        "mailbox": mailbox,
+        "addresses": addresses,
+        "ts": ts,
+    }))
+    .map_err(|e| e.to_string())?;
+    key.sign_json(&mut object).map_err(|e| e.to_string())?;
+    Ok(MailboxRecord {
+        server: key.server_name().to_string(),
+        mailbox: mailbox.map(str::to_owned),
+        addresses: addresses.to_vec(),
+        ts,
+        record: serde_json::to_string(&object).map_err(|e| e.to_string())?,
+    })
+}
+
+/// A mailbox record from anywhere (an EDU, the DHT), if it is well-formed and signed by the
+/// server it speaks for.
+pub(crate) fn verify_record(record: &str) -> Result<MailboxRecord, String> {
+    if record.len() > MAX_RECORD_BYTES {
+        return Err(format!(
+            "{} bytes, more than {MAX_RECORD_BYTES}",
+            record.len()
+        ));
+    }
+    let object: CanonicalJsonObject =
+        serde_json::from_str(record).map_err(|e| format!("not canonical JSON: {e}"))?;
+    let Some(CanonicalJsonValue::String(server)) = object.get("server") else {
+        return Err("no server".into());
+    };
+    if !signed_by(&object, server) {
+        return Err(format!("not signed by {server}"));
+    }
+    let mailbox = match object.get("mailbox") {
+        Some(CanonicalJsonValue::String(mailbox)) if verify_key_of(mailbox).is_some() => {
+            Some(mailbox.clone())
+        }
+        None | Some(CanonicalJsonValue::Null) => None,
+        Some(other) => return Err(format!("mailbox {other} is not a server name")),
+    };
+    let Some(CanonicalJsonValue::Integer(ts)) = object.get("ts") else {
+        return Err("no ts".into());
+    };
+    let addresses: Vec<String> = match object.get("addresses") {
+        Some(CanonicalJsonValue::Array(addresses)) => addresses
+            .iter()
+            .take(MAX_RECORD_ADDRESSES)
+            .filter_map(|a| match a {
+                CanonicalJsonValue::String(a) if a.parse::<Multiaddr>().is_ok() => Some(a.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(MailboxRecord {
+        server: server.clone(),
+        mailbox,
+        addresses,
+        ts: i64::from(*ts),
+        record: record.to_owned(),
+    })
+}
+
+/// Keeps a record that came from elsewhere if it is valid and newer than the one held.
+pub(crate) async fn learn_record(store: &Store, record: &str, from: &str) {
+    match verify_record(record) {
+        Ok(record) => {
+            let server = record.server.clone();
+            let mailbox = record.mailbox.clone();
+            match store.put_mailbox_record(record).await {
+                Ok(true) => tracing::debug!(%server, ?mailbox, from, "learnt a mailbox"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot keep a mailbox record"),
+            }
+        }
+        Err(reason) => tracing::warn!(from, %reason, "mailbox record refused"),
+    }
+}
+
+/// Signs and spreads this device's mailbox record: kept here, put in the DHT, and sent to the
+/// servers its owner shares rooms with. `mailbox` is `None` when the device withdrew it.
+pub(crate) async fn publish_record(
+    state: &AppState,
+    transport: Option<&Transport>,
+    mailbox: Option<(&str, &[String])>,
+) {
+    let (name, addresses) = mailbox.map_or((None, &[][..]), |(n, a)| (Some(n), a));
+    let record = match signed_record(&state.signing_key, name, addresses) {
+        Ok(record) => record,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot sign the mailbox record");
+            return;
+        }
+    };
+    let json = record.record.clone();
+    if let Err(e) = state.store.put_mailbox_record(record).await {
+        tracing::warn!(error = %e, "cannot keep the mailbox record");
+    }
+    if let Some(transport) = transport {
+        match transport
+            .put_record(
+                dht_key(state.server_name.as_str()),
+                json.clone().into_bytes(),
+            )
+            .await
+        {
+            Ok(peers) => tracing::debug!(peers, "mailbox record put in the DHT"),
+            Err(e) => tracing::debug!(error = %e, "mailbox record not put in the DHT"),
+        }
+    }
+    let Some(owner) = &state.owner else {
+        return;
+    };
+    let Ok(owner) = ruma::UserId::parse(format!("@{owner}:{}", state.server_name)) else {
+        return;
+    };
+    let servers = match crate::client_api::servers_sharing_rooms(state, &owner).await {
+        Ok(servers) => servers,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell which servers to send the mailbox record");
+            return;
+        }
+    };
+    let edu = json!({"edu_type": RECORD_EDU, "content": {"record": json}});
+    if let Err(e) = state.federation.queue_edu(servers, edu).await {
+        tracing::warn!(error = %e, "cannot queue the mailbox record");
+    }
+}
+
+/// The profile field a device's owner shows its signed mailbox record in.
+pub(crate) const PROFILE_FIELD: &str = "io.hyphae.mailbox";
+
+/// This node's own signed record, to serve with its owner (`io.hyphae/owner` and the owner's
+/// profile); `None` for anyone else, or when the node has no mailbox.
+pub(crate) async fn own_record(state: &AppState, user_id: Option<&ruma::UserId>) -> Option<Value> {
+    if let Some(user_id) = user_id
+        && (user_id.server_name() != state.server_name
+            || state.owner.as_deref() != Some(user_id.localpart()))
+    {
+        return None;
+    }
+    let record = state
+        .store
+        .mailbox_record(state.server_name.to_string())
+        .await
+        .ok()??;
+    record.mailbox.as_ref()?;
+    serde_json::from_str(&record.record).ok()
+}
+
+/// Where `destination` takes mail, as it last said: from what this node holds, else from the
+/// DHT (the newest valid record found there is kept).
+pub(crate) async fn find_mailbox(
+    store: &Store,
+    transport: &Transport,
+    destination: &ServerName,
+) -> Option<(OwnedServerName, Vec<Multiaddr>)> {
+    let mut record = store
+        .mailbox_record(destination.to_string())
+        .await
+        .ok()
+        .flatten();
+    if record.is_none() {
+        let found = transport
+            .get_records(dht_key(destination.as_str()))
+            .await
+            .unwrap_or_default();
+        for value in found {
+            if let Ok(text) = String::from_utf8(value) {
+                learn_record(store, &text, "the DHT").await;
+            }
+        }
+        record = store
+            .mailbox_record(destination.to_string())
+            .await
+            .ok()
+            .flatten();
+    }
+    let record = record.filter(|r| r.server == destination.as_str())?;
+    let mailbox = OwnedServerName::try_from(record.mailbox?).ok()?;
+    let addresses = record
+        .addresses
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    Some((mailbox, addresses))
+}
+
+/// What became of a transaction offered to a mailbox.
+pub(crate) enum MailboxSent {
+    /// The mailbox holds it: the destination will have it.
+    Taken,
+    /// No mailbox, or it did not take the mail; the sender keeps it and tries again later.
+    NotTaken(String),
+}
+
+/// Signs the transaction `txn_id` (`body`, as it would go to `/send`) for `destination` and
+/// leaves it in the destination's mailbox.
+pub(crate) async fn send_to_mailbox(
+    store: &Store,
+    transport: &Transport,
+    key: &SigningKey,
+    destination: &ServerName,
+    txn_id: &str,
+    mut body: Value,
+) -> MailboxSent {
+    let Some((mailbox, addresses)) = find_mailbox(store, transport, destination).await else {
+        return MailboxSent::NotTaken("no mailbox known".into());
+    };
+    if mailbox == *key.server_name() || mailbox == destination {
+        return MailboxSent::NotTaken("the mailbox is this server or the destination".into());
+    }
+    body["destination"] = json!(destination.as_str());
+    let signed = serde_json::from_value::<CanonicalJsonObject>(body)
+        .map_err(|e| e.to_string())
+        .and_then(|mut object| {
+            key.sign_json(&mut object).map_err(|e| e.to_string())?;
+            Ok(object)
+        });
+    let signed = match signed {
+        Ok(signed) => signed,
+        Err(e) => return MailboxSent::NotTaken(format!("cannot sign the transaction: {e}")),
+    };
+    if let Ok(peer) = hyphae_p2p::peer_id_for_server_name(mailbox.as_str()) {
+        for addr in addresses {
+            let _ = transport.add_address(peer, addr).await;
+        }
+    }
+    let request = axum::http::Request::builder()
+        .method(Method::PUT)
+        .uri(format!("{MAILBOX_PATH}/{txn_id}"))
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        .body(axum::body::Bytes::from(
+            json!({"destination": destination.as_str(), "transaction": signed}).to_string(),
+        ));
+    let request = match request {
+        Ok(request) => request,
+        Err(e) => return MailboxSent::NotTaken(e.to_string()),
+    };
+    match transport.request(mailbox.as_str(), request).await {
+        Ok(response) if response.status().is_success() => {
+            tracing::info!(%destination, %mailbox, txn_id, "left a transaction in the destination's mailbox");
+            MailboxSent::Taken
+        }
+        Ok(response) => MailboxSent::NotTaken(format!(
+            "mailbox {mailbox} answered {}: {}",
+            response.status(),
+            String::from_utf8_lossy(response.body())
+        )),
+        Err(e) => MailboxSent::NotTaken(format!("mailbox {mailbox}: {e}")),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct Mail {
+    destination: String,
+    transaction: CanonicalJsonObject,
+}
+
+/// `PUT …/mailbox/{txnId} {"destination", "transaction"}` on a backup server: holds the
+/// sending server's signed transaction for a subscriber and wakes the push to it. Only the
+/// transaction's own server may leave it, signed, and only for a subscriber.
+pub(crate) async fn take_mail(
+    State(state): State<AppState>,
+    Origin(origin): Origin,
+    Path(txn_id): Path<String>,
+    Json(mail): Json<Mail>,
+) -> Result<Json<Value>, MatrixError> {
+    super::server::invites(&state)?;
+    let field = |name: &str| match mail.transaction.get(name) {
+        Some(CanonicalJsonValue::String(value)) => Some(value.as_str()),
+        _ => None,
+    };
+    if field("origin") != Some(origin.as_str()) {
+        return Err(MatrixError::forbidden(
+            "The transaction's origin is not the sending server",
+        ));
+    }
+    if field("destination") != Some(mail.destination.as_str()) {
+        return Err(MatrixError::forbidden(
+            "The transaction is not addressed to this destination",
+        ));
+    }
+    if !signed_by(&mail.transaction, origin.as_str()) {
+        tracing::warn!(%origin, "unsigned or badly signed mail refused");
+        return Err(MatrixError::forbidden(
+            "Mail must be signed by its origin server",
+        ));
+    }
+    let count = |name: &str| match mail.transaction.get(name) {
+        Some(CanonicalJsonValue::Array(items)) => items.len(),
+        _ => 0,
+    };
+    if count("pdus") > MAX_PDUS || count("edus") > MAX_EDUS {
+        return Err(MatrixError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::TooLarge,
+            format!("At most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs per transaction"),
+        ));
+    }
+    let txn = serde_json::to_string(&mail.transaction)
+        .map_err(|e| MatrixError::bad_json(e.to_string()))?;
+    let outcome = state
+        .store
+        .backup_take_mail(
+            mail.destination.clone(),
+            origin.to_string(),
+            txn_id.clone(),
+            txn,
+        )
+        .await?;
+    match outcome {
+        MailOutcome::Stored | MailOutcome::Duplicate => {
+            tracing::info!(%origin, destination = %mail.destination, txn_id, "holding mail");
+            if let Ok(destination) = OwnedServerName::try_from(mail.destination) {
+                state.federation.wake(&destination);
+            }
+            Ok(Json(json!({})))
+        }
+        MailOutcome::OverQuota => Err(MatrixError::new(
+            StatusCode::FORBIDDEN,
+            // No contact to give: the subscriber's own operator invited it, not the sender.
+            ErrorKind::ResourceLimitExceeded(
+                ruma::api::error::ResourceLimitExceededErrorData::new(String::new()),
+            ),
+            "The destination's mailbox is full",
+        )),
+        MailOutcome::NotSubscribed => Err(MatrixError::not_found(
+            "The destination has no mailbox here",
+        )),
+    }
+}
+
+/// Pushes held transactions (`OutboxKind::Mail` entries) to their subscriber. `Ok` when the
+/// device answered, so they can go; `Err` to try again later.
+pub(crate) async fn send_mail(
+    transport: &Transport,
+    destination: &ServerName,
+    batch: &[OutboxEntry],
+) -> Result<(), String> {
+    let mail: Vec<Box<RawValue>> = batch
+        .iter()
+        .filter_map(|e| RawValue::from_string(e.payload.clone()).ok())
+        .collect();
+    let request = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri(MAIL_PATH)
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        .body(axum::body::Bytes::from(json!({"mail": mail}).to_string()))
+        .map_err(|e| e.to_string())?;
+    let response = transport
+        .request(destination.as_str(), request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    if status.is_success() {
+        tracing::info!(%destination, transactions = batch.len(), "delivered held mail");
+        Ok(())
+    } else if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        Err(format!("status {status}"))
+    } else {
+        // Refused as such (no longer subscribed here, say): holding it longer helps nobody.
+        tracing::warn!(%destination, %status, body = %String::from_utf8_lossy(response.body()), "the device refused its mail; dropping it");
+        Ok(())
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct Delivery {
+    mail: Vec<CanonicalJsonObject>,
+}
+
+/// `POST …/mail {"mail": [transaction]}` on a device, from its backup server only: each
+/// transaction is checked against its origin's signature and taken as if that server had sent
+/// it directly. A transaction that fails the check is dropped with a logged reason.
+pub(crate) async fn deliver_mail(
+    State(state): State<AppState>,
+    Origin(mailbox): Origin,
+    Json(delivery): Json<Delivery>,
+) -> Result<Json<Value>, MatrixError> {
+    let subscribed = state.store.backup_subscription().await?;
+    if subscribed.is_none_or(|s| s.server != mailbox.as_str()) {
+        tracing::warn!(%mailbox, "mail from a server that is not this device's mailbox");
+        return Err(MatrixError::forbidden("Not this device's mailbox"));
+    }
+    if delivery.mail.len() > MAIL_BATCH as usize {
+        return Err(MatrixError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::TooLarge,
+            format!("At most {MAIL_BATCH} transactions per delivery"),
+        ));
+    }
+    let mut delivered = 0;
+    for transaction in delivery.mail {
+        match open_mail(&state.server_name, transaction) {
+            Ok((origin, pdus, edus)) => {
+                let started = std::time::Instant::now();
+                crate::federation::send::process(&state, &origin, &pdus, &edus).await;
+                tracing::info!(%origin, %mailbox, pdus = pdus.len(), edus = edus.len(), took = ?started.elapsed(), "took mail");
+                delivered += 1;
+            }
+            Err(reason) => tracing::warn!(%mailbox, %reason, "mail dropped"),
+        }
+    }
+    Ok(Json(json!({"delivered": delivered})))
+}
+
+type Opened = (OwnedServerName, Vec<Box<RawValue>>, Vec<Value>);
+
+/// A held transaction's origin, PDUs and EDUs, once its origin's signature and its address
+/// check out.
+pub(super) fn open_mail(
+    own_name: &ServerName,
+    transaction: CanonicalJsonObject,
+) -> Result<Opened, String> {
+    let Some(CanonicalJsonValue::String(origin)) = transaction.get("origin") else {
+        return Err("no origin".into());
+    };
+    let origin = OwnedServerName::try_from(origin.as_str()).map_err(|e| format!("origin: {e}"))?;
+    if !matches!(transaction.get("destination"), Some(CanonicalJsonValue::String(d)) if d == own_name.as_str())
+    {
+        return Err(format!("from {origin}: addressed to another server"));
+    }
+    if !signed_by(&transaction, origin.as_str()) {
+        return Err(format!("from {origin}: not signed by it"));
+    }
+    let items = |name: &str| match transaction.get(name) {
+        Some(CanonicalJsonValue::Array(items)) => items.clone(),
+        _ => Vec::new(),
+    };
+    let pdus = items("pdus")
+        .iter()
+        .filter_map(|pdu| {
+            let text = serde_json::to_string(pdu).ok()?;
+            RawValue::from_string(text).ok()
+        })
+        .collect();
+    let edus = items("edus")
+        .into_iter()
+        .filter_map(|edu| serde_json::to_value(edu).ok())
+        .collect();
+    Ok((origin, pdus, edus))
+}
+
+/// Direct sends to a destination that fail in a row before its mailbox is used. Each failure
+/// can take a dial timeout (about 5 s), and a device that comes back soon loses little: the
+/// mailbox pushes to it as soon as it connects.
+pub(crate) const MAILBOX_AFTER_FAILURES: u32 = 2;
+/// While a destination's mail goes to its mailbox, it is still tried directly this often.
+pub(crate) const DIRECT_PROBE: Duration = Duration::from_secs(60);

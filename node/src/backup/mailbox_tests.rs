@@ -1,0 +1,296 @@
+//! The mailbox over real loopback libp2p: a peer that cannot reach a subscribed device leaves
+//! its transactions with the device's backup server, which hands them over when the device is
+//! back, with the peer gone by then; and what the mailbox and the device refuse.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use super::create_invite;
+use super::mailbox::{MAIL_PATH, MAILBOX_PATH, find_mailbox};
+use super::tests::{app, backup_server, texts};
+use crate::client_api::test_support::Api;
+use crate::federation::room_tests::eventually;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn owner(name: &str) -> impl FnOnce(&mut crate::Config) {
+    let name = name.to_owned();
+    move |config| {
+        config.owner = Some(name);
+        config.p2p = Some(crate::TransportConfig::loopback());
+    }
+}
+
+async fn mail_waiting(server: &Api, device: &str) -> i64 {
+    let store = server.node.store();
+    store.backup_mail_waiting(device.to_owned()).await.unwrap()
+}
+
+#[tokio::test]
+async fn mail_sent_while_the_device_is_away_reaches_it_from_its_mailbox_with_the_sender_gone() {
+    crate::federation::room_tests::log_to_test_output();
+    let server = backup_server().await;
+    let server_addrs = server.p2p_addrs().await;
+    let server_name = server.node.server_name().to_owned();
+    let a = Api::start_with(owner("alice")).await;
+    let b = Api::start_with(owner("bob")).await;
+    a.connect(&b).await;
+    let alice_name = a.node.server_name().to_owned();
+
+    // An encrypted DM with a message each way, so Bob's room key is with Alice already.
+    let room = {
+        let (alice, bob) = (app(&a), app(&b));
+        let room = alice.create_dm(bob.user_id()).await.unwrap();
+        eventually(WAIT, "Bob invited", || async {
+            !bob.invites().await.unwrap().is_empty()
+        })
+        .await;
+        bob.join(&room).await.unwrap();
+        for (from, to, text) in [(alice, bob, "hello bob"), (bob, alice, "hello alice")] {
+            from.send_text(&room, text).await.unwrap();
+            eventually(WAIT, "the message arrived", || async {
+                texts(&to.timeline(&room, 50).await.unwrap()).contains(&text.to_owned())
+            })
+            .await;
+        }
+        room
+    };
+
+    // Alice subscribes; the servers she shares rooms with learn her mailbox from her signed
+    // record, and so does the DHT.
+    let token = create_invite(server.data_dir(), super::DEFAULT_QUOTA).unwrap();
+    a.node
+        .subscribe_backup(&server_name, server_addrs.clone(), &token)
+        .await
+        .unwrap();
+    eventually(WAIT, "Bob knows Alice's mailbox", || async {
+        let record = b
+            .node
+            .store()
+            .mailbox_record(alice_name.clone())
+            .await
+            .unwrap();
+        record.and_then(|r| r.mailbox).as_deref() == Some(server_name.as_str())
+    })
+    .await;
+    // A third server that shares no room with Alice finds the mailbox through the DHT.
+    let c = Api::start_federated().await;
+    c.connect(&server).await;
+    let alice_server = ruma::ServerName::parse(&alice_name).unwrap();
+    eventually(WAIT, "Carol finds Alice's mailbox in the DHT", || async {
+        let found = find_mailbox(c.node.store(), c.node.transport().unwrap(), &alice_server).await;
+        found.is_some_and(|(mailbox, _)| mailbox.as_str() == server_name)
+    })
+    .await;
+    // And the backup server announces itself there.
+    let announced = c.node.find_backup_servers().await.unwrap();
+    assert_eq!(announced, std::slice::from_ref(&server_name));
+    drop(c);
+
+    // Alice's device goes away. Bob keeps writing; his sends to her fail, then go to her
+    // mailbox.
+    let a = a.stop().await;
+    let sent: Vec<String> = (1..=5)
+        .map(|i| format!("while you were away {i}"))
+        .collect();
+    for text in &sent {
+        app(&b).send_text(&room, text).await.unwrap();
+    }
+    eventually(WAIT, "Bob's messages are in Alice's mailbox", || async {
+        let held = mail_waiting(&server, &alice_name).await;
+        let pending = b
+            .node
+            .store()
+            .outbox_destinations()
+            .await
+            .unwrap()
+            .contains(&alice_name);
+        held > 0 && !pending
+    })
+    .await;
+    // The mailbox holds them as Bob signed them; it cannot read the encrypted text.
+    let held = server
+        .node
+        .store()
+        .backup_mail_batch(alice_name.clone(), 100)
+        .await
+        .unwrap();
+    for mail in &held {
+        assert!(
+            !mail.payload.contains("while you were away"),
+            "{}",
+            mail.payload
+        );
+        assert!(
+            mail.payload.contains("m.room.encrypted"),
+            "{}",
+            mail.payload
+        );
+    }
+
+    // Bob is gone for good before Alice comes back.
+    drop(b.stop().await);
+    let a = a.start_with(owner("alice")).await;
+    let alice = app(&a);
+    eventually(WAIT, "every message reached Alice, decrypted", || async {
+        let got = texts(&alice.timeline(&room, 50).await.unwrap());
+        sent.iter().all(|text| got.contains(text))
+    })
+    .await;
+    let got = texts(&alice.timeline(&room, 50).await.unwrap());
+    let mut expected = vec!["hello bob".to_owned(), "hello alice".to_owned()];
+    expected.extend(sent.iter().cloned());
+    assert_eq!(got, expected, "in order, each once");
+    eventually(WAIT, "the mailbox is emptied once delivered", || async {
+        mail_waiting(&server, &alice_name).await == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_mailbox_takes_only_signed_mail_from_its_origin_for_a_subscriber() {
+    let server = backup_server().await;
+    let server_addrs = server.p2p_addrs().await;
+    let a = Api::start_federated().await;
+    let b = Api::start_federated().await;
+    b.connect(&server).await;
+    let token = create_invite(server.data_dir(), super::DEFAULT_QUOTA).unwrap();
+    a.node
+        .subscribe_backup(server.node.server_name(), server_addrs, &token)
+        .await
+        .unwrap();
+    let alice = a.node.server_name().to_owned();
+    let bob = b.node.server_name().to_owned();
+    let transaction = |origin: &str, destination: &str| {
+        json!({
+            "origin": origin,
+            "origin_server_ts": 1,
+            "destination": destination,
+            "pdus": [],
+            "edus": [{"edu_type": "m.typing", "content": {}}],
+        })
+    };
+    let sign = |mut txn: serde_json::Value| {
+        let mut object: ruma::CanonicalJsonObject = serde_json::from_value(txn.take()).unwrap();
+        b.node
+            .app_state()
+            .signing_key
+            .sign_json(&mut object)
+            .unwrap();
+        serde_json::to_value(object).unwrap()
+    };
+    let path = |txn: &str| format!("{MAILBOX_PATH}/{txn}");
+
+    // Unsigned: refused.
+    let (status, body) = b
+        .federation(
+            &server,
+            Method::PUT,
+            &path("1"),
+            Some(json!({"destination": alice, "transaction": transaction(&bob, &alice)})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN"))
+    );
+    // Signed, but claiming another origin than the peer: refused.
+    let (status, _) = b
+        .federation(
+            &server,
+            Method::PUT,
+            &path("2"),
+            Some(json!({"destination": alice, "transaction": sign(transaction(&alice, &alice))})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    // Signed and altered afterwards: refused.
+    let mut altered = sign(transaction(&bob, &alice));
+    altered["edus"][0]["edu_type"] = json!("m.receipt");
+    let (status, _) = b
+        .federation(
+            &server,
+            Method::PUT,
+            &path("3"),
+            Some(json!({"destination": alice, "transaction": altered})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    // For a server that is not subscribed here: not found.
+    let (status, body) = b
+        .federation(
+            &server,
+            Method::PUT,
+            &path("4"),
+            Some(json!({"destination": bob, "transaction": sign(transaction(&bob, &bob))})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND"))
+    );
+    assert_eq!(
+        mail_waiting(&server, &alice).await,
+        0,
+        "nothing refused was kept"
+    );
+    // Signed by its origin, for a subscriber: held, once however often it is sent.
+    for _ in 0..2 {
+        let (status, _) = b
+            .federation(
+                &server,
+                Method::PUT,
+                &path("5"),
+                Some(json!({"destination": alice, "transaction": sign(transaction(&bob, &alice))})),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    // Delivered to Alice (connected), and dropped from the mailbox.
+    eventually(WAIT, "the mail is delivered", || async {
+        mail_waiting(&server, &alice).await == 0
+    })
+    .await;
+
+    // Only the device's own mailbox may deliver to it.
+    b.connect(&a).await;
+    let (status, body) = b
+        .federation(
+            &a,
+            Method::POST,
+            MAIL_PATH,
+            Some(json!({"mail": [sign(transaction(&bob, &alice))]})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN"))
+    );
+}
+
+#[test]
+fn a_device_opens_only_mail_signed_by_its_origin_and_addressed_to_it() {
+    // The key's name is its public key, as for any Hyphae server.
+    let seed = [7; 32];
+    let unnamed = crate::signing::SigningKey::new("unnamed".try_into().unwrap(), &seed);
+    let origin = hex::encode(unnamed.public_key());
+    let key = crate::signing::SigningKey::new(origin.clone().try_into().unwrap(), &seed);
+    let me = ruma::ServerName::parse(hex::encode([9u8; 32])).unwrap();
+    let signed = |destination: &str, pdus: serde_json::Value| {
+        let mut object: ruma::CanonicalJsonObject = serde_json::from_value(json!({
+            "origin": origin, "destination": destination, "pdus": pdus, "edus": [],
+        }))
+        .unwrap();
+        key.sign_json(&mut object).unwrap();
+        object
+    };
+    let (from, pdus, _) =
+        super::mailbox::open_mail(&me, signed(me.as_str(), json!([{"a": 1}]))).unwrap();
+    assert_eq!((from.as_str(), pdus.len()), (origin.as_str(), 1));
+    assert!(super::mailbox::open_mail(&me, signed("elsewhere", json!([]))).is_err());
+    let mut forged = signed(me.as_str(), json!([{"a": 1}]));
+    forged.insert("pdus".into(), ruma::CanonicalJsonValue::Array(vec![]));
+    assert!(super::mailbox::open_mail(&me, forged).is_err());
+}
