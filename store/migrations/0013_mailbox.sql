@@ -26,3 +26,25 @@ CREATE TABLE mailbox_records (
     ts          INTEGER NOT NULL,
     record      TEXT NOT NULL
 ) STRICT;
+
+-- The room-key backup on the backup server, key by key (it used to ride in the sealed identity,
+-- resealed whole on every change). On the server: each subscriber's entries of its current
+-- backup version, as the device's key backup holds them (encrypted to the backup key: the
+-- server cannot read them). On the device: which of its own entries the server has.
+CREATE TABLE backup_room_keys (
+    id                   INTEGER PRIMARY KEY AUTOINCREMENT,
+    subscriber           TEXT NOT NULL REFERENCES backup_subscribers (server) ON DELETE CASCADE,
+    version              TEXT NOT NULL,
+    room_id              TEXT NOT NULL,
+    session_id           TEXT NOT NULL,
+    first_message_index  INTEGER NOT NULL,
+    forwarded_count      INTEGER NOT NULL,
+    is_verified          INTEGER NOT NULL,
+    data                 TEXT NOT NULL,
+    UNIQUE (subscriber, room_id, session_id)
+) STRICT;
+
+-- A replaced row (a better copy of the session) starts again at 0, so it is sent again.
+ALTER TABLE backup_keys ADD COLUMN on_backup_server INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX backup_keys_not_on_backup_server ON backup_keys (localpart, version)
+    WHERE on_backup_server = 0;

@@ -195,6 +195,75 @@ impl Store {
         .await
     }
 
+    /// Up to `limit` keys of `localpart`'s current backup version that its backup server does
+    /// not have yet, with that version.
+    pub async fn backup_keys_not_on_server(
+        &self,
+        localpart: String,
+        limit: u32,
+    ) -> Result<Option<(String, Vec<BackupKey>)>> {
+        self.read(move |conn| {
+            let Some(number) = current_version(conn, &localpart)? else {
+                return Ok(None);
+            };
+            let mut statement = conn.prepare_cached(
+                "SELECT room_id, session_id, first_message_index, forwarded_count, is_verified,
+                        data
+                 FROM backup_keys
+                 WHERE localpart = ?1 AND version = ?2 AND on_backup_server = 0
+                 LIMIT ?3",
+            )?;
+            let keys = statement
+                .query_map(params![localpart, number, limit], key_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some((number.to_string(), keys)))
+        })
+        .await
+    }
+
+    /// Marks keys as held by the backup server, unless a better copy replaced the row since
+    /// (its data differs: that one is still to send).
+    pub async fn mark_backup_keys_on_server(
+        &self,
+        localpart: String,
+        version: String,
+        keys: Vec<BackupKey>,
+    ) -> Result<()> {
+        self.write(move |conn| {
+            let Some(number) = parse_version(&version) else {
+                return Ok(());
+            };
+            let mut mark = conn.prepare_cached(
+                "UPDATE backup_keys SET on_backup_server = 1
+                 WHERE localpart = ?1 AND version = ?2 AND room_id = ?3 AND session_id = ?4
+                   AND data = ?5",
+            )?;
+            for key in keys {
+                mark.execute(params![
+                    localpart,
+                    number,
+                    key.room_id,
+                    key.session_id,
+                    key.data
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Forgets which keys a backup server has: a new subscription starts with none.
+    pub async fn reset_backup_keys_on_server(&self, localpart: String) -> Result<()> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE backup_keys SET on_backup_server = 0 WHERE localpart = ?1",
+            )?
+            .execute([localpart])?;
+            Ok(())
+        })
+        .await
+    }
+
     /// The keys of a backup version: all, one room's (`room_id`), or one session's (`room_id`
     /// and `session_id`). `None` if there is no such version.
     pub async fn backup_keys(
@@ -288,7 +357,9 @@ fn version_exists(conn: &Connection, localpart: &str, version: i64) -> Result<bo
         .is_some())
 }
 
-fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BackupKey> {
+/// A `BackupKey` from a row's first six columns: room_id, session_id, first_message_index,
+/// forwarded_count, is_verified, data.
+pub(crate) fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BackupKey> {
     Ok(BackupKey {
         room_id: row.get(0)?,
         session_id: row.get(1)?,

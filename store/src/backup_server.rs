@@ -4,6 +4,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
+use crate::backup::{BackupKey, key_from_row};
 use crate::error::Result;
 use crate::{Store, now_ms};
 
@@ -196,6 +197,101 @@ impl Store {
         .await
     }
 
+    /// Keeps room-key backup entries of `server`'s backup `version` (encrypted by the device;
+    /// each replacing the same session's), dropping any of an older version, as far as the quota
+    /// allows. `None` when it is not subscribed, `Some(false)` when over quota (nothing kept).
+    pub async fn backup_put_room_keys(
+        &self,
+        server: String,
+        version: String,
+        keys: Vec<BackupKey>,
+    ) -> Result<Option<bool>> {
+        self.write(move |conn| {
+            let Some(subscriber) = subscriber(conn, &server)? else {
+                return Ok(None);
+            };
+            let mut used = subscriber.bytes_used;
+            let stale: i64 = conn
+                .prepare_cached(
+                    "SELECT coalesce(sum(length(data)), 0) FROM backup_room_keys
+                     WHERE subscriber = ?1 AND version != ?2",
+                )?
+                .query_row(params![server, version], |row| row.get(0))?;
+            conn.prepare_cached(
+                "DELETE FROM backup_room_keys WHERE subscriber = ?1 AND version != ?2",
+            )?
+            .execute(params![server, version])?;
+            used -= stale;
+            let mut old_size = conn.prepare_cached(
+                "SELECT length(data) FROM backup_room_keys
+                 WHERE subscriber = ?1 AND room_id = ?2 AND session_id = ?3",
+            )?;
+            let mut sized = Vec::with_capacity(keys.len());
+            for key in keys {
+                let old: i64 = old_size
+                    .query_row(params![server, key.room_id, key.session_id], |row| {
+                        row.get(0)
+                    })
+                    .optional()?
+                    .unwrap_or(0);
+                used += key.data.len() as i64 - old;
+                sized.push(key);
+            }
+            if used > subscriber.quota_bytes {
+                return Ok(Some(false));
+            }
+            let mut insert = conn.prepare_cached(
+                "INSERT OR REPLACE INTO backup_room_keys
+                     (subscriber, version, room_id, session_id, first_message_index,
+                      forwarded_count, is_verified, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for key in sized {
+                insert.execute(params![
+                    server,
+                    version,
+                    key.room_id,
+                    key.session_id,
+                    key.first_message_index as i64,
+                    key.forwarded_count as i64,
+                    key.is_verified,
+                    key.data
+                ])?;
+            }
+            conn.prepare_cached("UPDATE backup_subscribers SET bytes_used = ?2 WHERE server = ?1")?
+                .execute(params![server, used.max(0)])?;
+            Ok(Some(true))
+        })
+        .await
+    }
+
+    /// Up to `limit` room-key entries of `server`'s backup `version` after position `from`, with
+    /// their positions.
+    pub async fn backup_room_keys_page(
+        &self,
+        server: String,
+        version: String,
+        from: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, BackupKey)>> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT room_id, session_id, first_message_index, forwarded_count, is_verified,
+                        data, id
+                 FROM backup_room_keys
+                 WHERE subscriber = ?1 AND version = ?2 AND id > ?3
+                 ORDER BY id LIMIT ?4",
+            )?;
+            let keys = statement
+                .query_map(params![server, version, from, limit], |row| {
+                    Ok((row.get(6)?, key_from_row(row)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(keys)
+        })
+        .await
+    }
+
     /// One PDU of `server`'s replica, as kept.
     pub async fn backup_replica_pdu(
         &self,
@@ -325,6 +421,74 @@ mod tests {
             room_id: "!r:x".into(),
             json: "x".repeat(size),
         }
+    }
+
+    fn key(session: &str, data_len: usize) -> BackupKey {
+        BackupKey {
+            room_id: "!r:x".into(),
+            session_id: session.into(),
+            first_message_index: 0,
+            forwarded_count: 0,
+            is_verified: false,
+            data: "k".repeat(data_len),
+        }
+    }
+
+    #[tokio::test]
+    async fn room_keys_replace_their_session_drop_old_versions_and_count_against_the_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let put = |version: &str, keys: Vec<BackupKey>| {
+            store.backup_put_room_keys("a".into(), version.into(), keys)
+        };
+        assert_eq!(
+            put("1", vec![key("s1", 10)]).await.unwrap(),
+            None,
+            "not subscribed"
+        );
+        store.backup_add_token("t".into(), 100).await.unwrap();
+        store
+            .backup_subscribe("a".into(), "t".into())
+            .await
+            .unwrap()
+            .unwrap();
+        let used = || async {
+            store
+                .backup_subscriber("a".into())
+                .await
+                .unwrap()
+                .unwrap()
+                .bytes_used
+        };
+        assert_eq!(
+            put("1", vec![key("s1", 40), key("s2", 40)]).await.unwrap(),
+            Some(true)
+        );
+        assert_eq!(used().await, 80);
+        // A better copy of s1 replaces it; over the quota, nothing of the request is kept.
+        assert_eq!(put("1", vec![key("s1", 30)]).await.unwrap(), Some(true));
+        assert_eq!(used().await, 70);
+        assert_eq!(
+            put("1", vec![key("s3", 20), key("s4", 20)]).await.unwrap(),
+            Some(false)
+        );
+        assert_eq!(used().await, 70);
+        let page = store
+            .backup_room_keys_page("a".into(), "1".into(), 0, 10)
+            .await
+            .unwrap();
+        let sessions: Vec<&str> = page.iter().map(|(_, k)| k.session_id.as_str()).collect();
+        assert_eq!(sessions, ["s2", "s1"]);
+        // A new backup version drops the old one's entries.
+        assert_eq!(put("2", vec![key("s9", 5)]).await.unwrap(), Some(true));
+        assert_eq!(used().await, 5);
+        assert!(
+            store
+                .backup_room_keys_page("a".into(), "1".into(), 0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@
 
 use super::crypto::{KeyBackupError, KeyBackupStatus, RecoveryKey};
 use super::{AppClient, AppError};
-use crate::backup::identity::{IdentityBlob, KeyBackupSnapshot, SnapshotKey};
+use crate::backup::identity::{IdentityBlob, KeyBackupSnapshot};
 
 impl From<KeyBackupError> for AppError {
     fn from(e: KeyBackupError) -> AppError {
@@ -76,8 +76,9 @@ impl AppClient {
         }
     }
 
-    /// Sends this device's identity (node secret, owner, device id, Olm account, and the room-key
-    /// backup as its own server keeps it), sealed with the recovery key, to the backup server;
+    /// Sends this device's identity (node secret, owner, device id, Olm account, and which
+    /// room-key backup version to restore), sealed with the recovery key, to the backup server,
+    /// after the room-key entries it lacks;
     /// `false` when there is nothing to do (not subscribed, or key backup off: no recovery key).
     pub(crate) async fn back_up_identity(&self) -> Result<bool, AppError> {
         let store = &self.inner.state.store;
@@ -95,29 +96,18 @@ impl AppClient {
             )
             .await?
             .map(|row| row.pickle);
-        let key_backup = match store.backup_version(localpart.clone(), None).await? {
-            Some(version) => {
-                let keys = store
-                    .backup_keys(localpart.clone(), version.version, None, None)
-                    .await?
-                    .unwrap_or_default();
-                Some(KeyBackupSnapshot {
-                    algorithm: version.algorithm,
-                    keys: keys
-                        .into_iter()
-                        .map(|k| SnapshotKey {
-                            room_id: k.room_id,
-                            session_id: k.session_id,
-                            first_message_index: k.first_message_index,
-                            forwarded_count: k.forwarded_count,
-                            is_verified: k.is_verified,
-                            data: k.data,
-                        })
-                        .collect(),
-                })
-            }
-            None => None,
-        };
+        // The entries themselves go to the server one by one; the blob names their version.
+        crate::backup::push_room_keys(&self.inner.state)
+            .await
+            .map_err(|e| AppError::Crypto(format!("room keys to the backup server: {e}")))?;
+        let key_backup = store
+            .backup_version(localpart.clone(), None)
+            .await?
+            .map(|version| KeyBackupSnapshot {
+                algorithm: version.algorithm,
+                version: Some(version.version),
+                keys: Vec::new(),
+            });
         let blob = IdentityBlob {
             server_name: self.inner.state.server_name.to_string(),
             identity_secret: hex::encode(*self.inner.identity_secret),

@@ -76,6 +76,12 @@ impl Node {
             .await?;
         tracing::info!(server, queued, quota = %answer["quota_bytes"], "subscribed to a backup server");
         self.backup_target().send_replace(Some(name));
+        // A new server has none of the room-key entries.
+        if let Some(owner) = &state.owner {
+            self.store()
+                .reset_backup_keys_on_server(owner.clone())
+                .await?;
+        }
         let addresses: Vec<String> = addrs.iter().map(ToString::to_string).collect();
         super::mailbox::publish_record(state, Some(transport), Some((server, &addresses))).await;
         // Key backup on already: the identity (sealed with its recovery key) goes there now.
@@ -332,5 +338,9 @@ pub(crate) async fn resume(state: &crate::node::AppState, transport: Option<&Tra
             Some((&subscription.server, &subscription.addresses)),
         )
         .await;
+        // Entries a stop interrupted the sending of.
+        if let Err(e) = super::push_room_keys(&state).await {
+            tracing::info!(error = %e, "room keys not sent to the backup server yet");
+        }
     });
 }

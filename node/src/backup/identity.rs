@@ -66,6 +66,12 @@ impl Drop for IdentityBlob {
 pub(crate) struct KeyBackupSnapshot {
     /// `{"algorithm", "auth_data"}` as JSON, as the version was created.
     pub(crate) algorithm: String,
+    /// The version the backup server keeps the entries under (`backup::room_keys`).
+    #[serde(default)]
+    pub(crate) version: Option<String>,
+    /// Entries sealed in the blob itself: only in blobs sealed before the server kept them
+    /// one by one; read for their sake.
+    #[serde(default)]
     pub(crate) keys: Vec<SnapshotKey>,
 }
 

@@ -14,6 +14,7 @@ mod mailbox_tests;
 mod restore;
 #[cfg(test)]
 mod restore_tests;
+pub(crate) mod room_keys;
 pub(crate) mod server;
 #[cfg(test)]
 mod tests;
@@ -23,6 +24,7 @@ pub(crate) use device::{ReplicaSent, resume, send_replica, spawn_waker};
 pub(crate) use invite::INVITES_DIR;
 pub use invite::{DEFAULT_QUOTA, create_invite, parse_size};
 pub use restore::{Restored, restore_from_backup};
+pub(crate) use room_keys::push as push_room_keys;
 
 use hyphae_store::StoreError;
 

@@ -341,7 +341,8 @@ async fn fill(
         let version = store
             .create_backup_version(localpart.clone(), backup.algorithm.clone())
             .await?;
-        let keys = backup
+        // Blobs sealed before the server kept the entries one by one carry them inside.
+        let mut keys: Vec<BackupKey> = backup
             .keys
             .iter()
             .map(|k| BackupKey {
@@ -353,7 +354,16 @@ async fn fill(
                 data: k.data.clone(),
             })
             .collect();
-        store.put_backup_keys(localpart, version, keys).await?;
+        if let Some(old_version) = &backup.version {
+            let federation = &node.app_state().federation;
+            keys.extend(super::room_keys::fetch(federation, server, old_version).await?);
+        }
+        store
+            .put_backup_keys(localpart.clone(), version.clone(), keys.clone())
+            .await?;
+        // The server has them all already, under the old version's name: sending them again
+        // (under the new one) replaces them there, so the quota is not counted twice.
+        tracing::info!(keys = keys.len(), "room-key backup taken back");
     }
     Ok(imported)
 }

@@ -107,6 +107,25 @@ async fn a_lost_device_comes_back_with_its_name_rooms_history_and_keys() {
         .unwrap()
         .unwrap();
     assert!(!blob.contains("alice") && !blob.contains("@"), "{blob}");
+    // The room keys are there one by one, outside the blob, as the device encrypted them.
+    let version = a.node.store().backup_version("alice".into(), None);
+    let version = version.await.unwrap().unwrap().version;
+    let on_server = server
+        .node
+        .store()
+        .backup_room_keys_page(old_name.clone(), version, 0, 100);
+    let on_server = on_server.await.unwrap();
+    assert!(on_server.len() >= 2, "{on_server:?}");
+    assert!(
+        on_server
+            .iter()
+            .all(|(_, k)| k.data.contains("session_data"))
+    );
+    assert!(
+        blob.len() < 16 << 10,
+        "the blob holds no keys: {} bytes",
+        blob.len()
+    );
 
     // The device is lost: its node stops and its data folder is deleted.
     drop(a.stop().await);

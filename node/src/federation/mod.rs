@@ -114,6 +114,11 @@ pub(crate) fn router(state: AppState) -> Router {
             put(crate::backup::mailbox::take_mail),
         )
         .route(
+            crate::backup::room_keys::ROOM_KEYS_PATH,
+            put(crate::backup::room_keys::put_room_keys)
+                .get(crate::backup::room_keys::get_room_keys),
+        )
+        .route(
             crate::backup::mailbox::MAIL_PATH,
             post(crate::backup::mailbox::deliver_mail),
         )
