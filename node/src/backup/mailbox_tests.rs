@@ -28,9 +28,19 @@ async fn mail_waiting(server: &Api, device: &str) -> i64 {
     store.backup_mail_waiting(device.to_owned()).await.unwrap()
 }
 
-#[tokio::test]
-async fn mail_sent_while_the_device_is_away_reaches_it_from_its_mailbox_with_the_sender_gone() {
-    crate::federation::room_tests::log_to_test_output();
+/// A backup server; Alice and Bob, each with their own node, in an encrypted DM with a message
+/// each way (so Bob's room key is with Alice already); Alice subscribed to the server, and Bob
+/// knowing it is her mailbox from her signed record.
+struct Setup {
+    server: Api,
+    server_name: String,
+    a: Api,
+    b: Api,
+    alice_name: String,
+    room: ruma::OwnedRoomId,
+}
+
+async fn dm_with_a_mailbox() -> Setup {
     let server = backup_server().await;
     let server_addrs = server.p2p_addrs().await;
     let server_name = server.node.server_name().to_owned();
@@ -38,8 +48,6 @@ async fn mail_sent_while_the_device_is_away_reaches_it_from_its_mailbox_with_the
     let b = Api::start_with(owner("bob")).await;
     a.connect(&b).await;
     let alice_name = a.node.server_name().to_owned();
-
-    // An encrypted DM with a message each way, so Bob's room key is with Alice already.
     let room = {
         let (alice, bob) = (app(&a), app(&b));
         let room = alice.create_dm(bob.user_id()).await.unwrap();
@@ -57,24 +65,47 @@ async fn mail_sent_while_the_device_is_away_reaches_it_from_its_mailbox_with_the
         }
         room
     };
-
-    // Alice subscribes; the servers she shares rooms with learn her mailbox from her signed
-    // record, and so does the DHT.
+    // The servers Alice shares rooms with learn her mailbox from her signed record (and so
+    // does the DHT).
     let token = create_invite(server.data_dir(), super::DEFAULT_QUOTA).unwrap();
     a.node
-        .subscribe_backup(&server_name, server_addrs.clone(), &token)
+        .subscribe_backup(&server_name, server_addrs, &token)
         .await
         .unwrap();
     eventually(WAIT, "Bob knows Alice's mailbox", || async {
-        let record = b
-            .node
-            .store()
-            .mailbox_record(alice_name.clone())
-            .await
-            .unwrap();
+        let record = b.node.store().mailbox_record(alice_name.clone());
+        let record = record.await.unwrap();
         record.and_then(|r| r.mailbox).as_deref() == Some(server_name.as_str())
     })
     .await;
+    Setup {
+        server,
+        server_name,
+        a,
+        b,
+        alice_name,
+        room,
+    }
+}
+
+/// Whether Bob's messages are all with Alice's mailbox: some held, none left in his outbox.
+async fn all_in_the_mailbox(server: &Api, b: &Api, alice_name: &String) -> bool {
+    let held = mail_waiting(server, alice_name).await;
+    let destinations = b.node.store().outbox_destinations().await.unwrap();
+    held > 0 && !destinations.contains(alice_name)
+}
+
+#[tokio::test]
+async fn mail_sent_while_the_device_is_away_reaches_it_from_its_mailbox_with_the_sender_gone() {
+    crate::federation::room_tests::log_to_test_output();
+    let Setup {
+        server,
+        server_name,
+        a,
+        b,
+        alice_name,
+        room,
+    } = dm_with_a_mailbox().await;
     // A third server that shares no room with Alice finds the mailbox through the DHT.
     let c = Api::start_federated().await;
     c.connect(&server).await;
@@ -98,16 +129,8 @@ async fn mail_sent_while_the_device_is_away_reaches_it_from_its_mailbox_with_the
     for text in &sent {
         app(&b).send_text(&room, text).await.unwrap();
     }
-    eventually(WAIT, "Bob's messages are in Alice's mailbox", || async {
-        let held = mail_waiting(&server, &alice_name).await;
-        let pending = b
-            .node
-            .store()
-            .outbox_destinations()
-            .await
-            .unwrap()
-            .contains(&alice_name);
-        held > 0 && !pending
+    eventually(WAIT, "Bob's messages are in Alice's mailbox", || {
+        all_in_the_mailbox(&server, &b, &alice_name)
     })
     .await;
     // The mailbox holds them as Bob signed them; it cannot read the encrypted text.
@@ -293,4 +316,64 @@ fn a_device_opens_only_mail_signed_by_its_origin_and_addressed_to_it() {
     let mut forged = signed(me.as_str(), json!([{"a": 1}]));
     forged.insert("pdus".into(), ruma::CanonicalJsonValue::Array(vec![]));
     assert!(super::mailbox::open_mail(&me, forged).is_err());
+}
+
+/// How long a device that comes back takes to take what its mailbox held: Bob sends N
+/// encrypted messages (`HYPHAE_MAILBOX_MESSAGES`, 300 by default) while Alice's device is
+/// off, then her device starts again. Prints the time from the start until every message is
+/// stored on her node, and until her app shows them all decrypted.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn mailbox_delivery_time() {
+    crate::federation::room_tests::log_to_test_output();
+    let n: usize = std::env::var("HYPHAE_MAILBOX_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let Setup {
+        server,
+        a,
+        b,
+        alice_name,
+        room,
+        ..
+    } = dm_with_a_mailbox().await;
+    let a = a.stop().await;
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        ids.push(
+            app(&b)
+                .send_text(&room, &format!("m{i}"))
+                .await
+                .unwrap()
+                .to_string(),
+        );
+    }
+    eventually(Duration::from_secs(600), "all in the mailbox", || {
+        all_in_the_mailbox(&server, &b, &alice_name)
+    })
+    .await;
+    let transactions = mail_waiting(&server, &alice_name).await;
+    let started = std::time::Instant::now();
+    let a = a.start_with(owner("alice")).await;
+    let node_up = started.elapsed();
+    eventually(Duration::from_secs(600), "every message stored", || async {
+        a.node.store().pdus(ids.clone()).await.unwrap().len() == n
+    })
+    .await;
+    let stored = started.elapsed();
+    eventually(
+        Duration::from_secs(600),
+        "every message decrypted",
+        || async {
+            let timeline = app(&a).timeline(&room, n as u32 + 10).await.unwrap();
+            texts(&timeline).len() >= n
+        },
+    )
+    .await;
+    let decrypted = started.elapsed();
+    println!(
+        "mailbox: {n} messages in {transactions} transactions; node up {node_up:.2?}, all stored \
+         {stored:.2?}, all decrypted in the app {decrypted:.2?} after the start"
+    );
 }
