@@ -19,6 +19,7 @@ mod keys;
 mod migrations;
 mod outbox;
 mod peers;
+mod policy;
 mod readers;
 mod receipts;
 mod rooms;

@@ -22,6 +22,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0010_backup.sql"),
     include_str!("../migrations/0011_key_backup.sql"),
     include_str!("../migrations/0012_backup_identity.sql"),
+    // 0013 is another branch's; whichever merges second renumbers its entry, not its file.
+    include_str!("../migrations/0014_policy.sql"),
 ];
 
 /// Marks a SQLite file as Hyphae's (`PRAGMA application_id`), so another program's database is
