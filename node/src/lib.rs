@@ -11,6 +11,7 @@ mod error;
 mod federation;
 mod node;
 mod peers;
+pub mod policy;
 mod rooms;
 mod signing;
 mod typing;

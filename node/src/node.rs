@@ -63,6 +63,8 @@ pub(crate) struct AppState {
     pub(crate) owner: Option<String>,
     /// Where a backup server's invitations wait; `None` when the node is not one.
     pub(crate) backup_invites: Option<std::path::PathBuf>,
+    /// The policy lists the node and its users subscribe to.
+    pub(crate) policy: crate::policy::Policy,
 }
 
 impl Node {
@@ -88,8 +90,20 @@ impl Node {
         let login_tokens = Arc::new(LoginTokens::default());
         let signing_key = SigningKey::new(server_name.clone(), &identity.secret_bytes());
         let federation = Federation::new(store.clone(), signing_key.clone());
-        let rooms = Rooms::new(store.clone(), signing_key.clone(), federation.clone());
+        let policy = crate::policy::Policy::new(store.clone());
+        let rooms = Rooms::new(
+            store.clone(),
+            signing_key.clone(),
+            federation.clone(),
+            policy.clone(),
+        );
+        // Before the overlay starts: the node's bans apply to the first PDU that arrives.
+        policy
+            .start()
+            .await
+            .map_err(|e| NodeError::Startup(format!("policy lists: {e}")))?;
         let state = AppState {
+            policy,
             rooms,
             typing: Typing::new(),
             login_tokens: login_tokens.clone(),
@@ -242,6 +256,115 @@ impl Node {
             .login_tokens
             .mint(localpart)
             .map_err(|e| NodeError::Startup(e.to_string()))
+    }
+
+    /// Subscribes the node itself (its operator's choice: a backup server, an event organiser's
+    /// node) to a policy list, by room id or alias. From now on PDUs whose sender or sender's
+    /// server the list bans are refused at this node's federation edge, kept as rejected with
+    /// the rule and list as the reason, never shown and never passed on; so are transactions
+    /// and invites from servers it bans. The node's service account joins the list's room, so
+    /// the list's changes keep arriving and apply as they do.
+    ///
+    /// `list` is the list room's alias, or its id with `via` naming servers in the room to join
+    /// it through (as in a `matrix.to` link).
+    pub async fn subscribe_policy_list_node(
+        &self,
+        list: &str,
+        via: &[ruma::OwnedServerName],
+    ) -> Result<ruma::OwnedRoomId, crate::policy::PolicyError> {
+        let state = &self.inner.state;
+        let room_id = match ruma::RoomId::parse(list) {
+            Ok(room_id) if self.service_joined(&room_id).await? => room_id,
+            _ => crate::policy::join_as_service(state, list, via).await?,
+        };
+        state.policy.add_node_subscription(&room_id).await?;
+        tracing::info!(list = %room_id, "the node subscribes to a policy list");
+        Ok(room_id)
+    }
+
+    /// Ends the node's subscription to a list (the service account leaves its room); what it
+    /// refused stays refused. `false` when the node was not subscribed.
+    pub async fn unsubscribe_policy_list_node(
+        &self,
+        list: &ruma::RoomId,
+    ) -> Result<bool, crate::policy::PolicyError> {
+        let state = &self.inner.state;
+        let removed = state.policy.remove_node_subscription(list).await?;
+        if self.service_joined(list).await? {
+            let service = crate::policy::service_user(state)?;
+            let leave = crate::rooms::EventDraft::state(
+                ruma::events::StateEventType::RoomMember,
+                service.as_str(),
+                serde_json::json!({"membership": "leave"}),
+            );
+            if let Err(e) = state.rooms.send(list, &service, leave).await {
+                tracing::warn!(%list, error = %e, "the service account could not leave a list");
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Whether the node's lists ban a user (or their server), and the refusal reason its
+    /// federation edge would log: `(list, reason)`.
+    pub fn node_policy_verdict(
+        &self,
+        user_id: &ruma::UserId,
+    ) -> Option<(ruma::OwnedRoomId, String)> {
+        self.inner
+            .state
+            .policy
+            .node_verdict(&crate::policy::Subject::user(user_id))
+    }
+
+    /// The lists the node subscribes to, oldest first.
+    pub fn node_policy_subscriptions(&self) -> Vec<ruma::OwnedRoomId> {
+        self.inner.state.policy.node_subscriptions()
+    }
+
+    /// A list's ban rules as this node holds its room's state (any list the node is in).
+    pub async fn node_policy_rules(
+        &self,
+        list: &ruma::RoomId,
+    ) -> Result<Vec<crate::policy::PolicyRule>, crate::policy::PolicyError> {
+        let state = self
+            .inner
+            .store
+            .current_state_pdus(list.to_string())
+            .await?;
+        if state.is_empty() {
+            return Err(crate::policy::PolicyError::NotFound(format!(
+                "This node is not in {list}"
+            )));
+        }
+        let events: Vec<serde_json::Value> = state
+            .iter()
+            .filter_map(|stored| serde_json::from_str(&stored.json).ok())
+            .collect();
+        Ok(crate::policy::rules_of_state(&events))
+    }
+
+    /// The rules of a subscribed list (the node's or a user's) that were refused when it was
+    /// compiled, the first hundred, and how many in all; `None` when nobody here subscribes.
+    pub fn policy_list_refusals(
+        &self,
+        list: &ruma::RoomId,
+    ) -> Option<(Vec<crate::policy::Refusal>, usize)> {
+        let compiled = self.inner.state.policy.list(list)?;
+        let (refused, total) = compiled.refused();
+        Some((refused.to_vec(), total))
+    }
+
+    async fn service_joined(
+        &self,
+        room_id: &ruma::RoomId,
+    ) -> Result<bool, crate::policy::PolicyError> {
+        let service = crate::policy::service_user(&self.inner.state)?;
+        Ok(self
+            .inner
+            .store
+            .membership(room_id.to_string(), service.to_string())
+            .await?
+            .is_some_and(|m| m.membership == "join"))
     }
 
     /// Stops serving (letting requests in flight finish), then flushes and closes the store.

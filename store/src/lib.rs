@@ -20,6 +20,7 @@ mod mailbox;
 mod migrations;
 mod outbox;
 mod peers;
+mod policy;
 mod readers;
 mod receipts;
 mod rooms;

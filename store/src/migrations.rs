@@ -23,6 +23,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0011_key_backup.sql"),
     include_str!("../migrations/0012_backup_identity.sql"),
     include_str!("../migrations/0013_mailbox.sql"),
+    include_str!("../migrations/0014_policy.sql"),
 ];
 
 /// Marks a SQLite file as Hyphae's (`PRAGMA application_id`), so another program's database is

@@ -6,6 +6,7 @@
 pub(crate) mod crypto;
 pub(crate) mod cs;
 mod key_backup;
+mod policy;
 mod rooms;
 #[cfg(test)]
 mod tests;

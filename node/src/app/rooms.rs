@@ -28,6 +28,10 @@ pub struct Invite {
     pub name: Option<String>,
     pub is_direct: bool,
     pub encrypted: bool,
+    /// When one of the owner's policy lists bans the inviter, their server or the room at
+    /// level blur or warn. (Invites it hides are not listed at all.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::Verdict>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,9 +114,18 @@ impl AppClient {
         let own_invite = events.iter().find(|e| {
             e["type"] == "m.room.member" && e["state_key"] == self.inner.user_id.as_str()
         });
+        let inviter = own_invite.and_then(|e| e["sender"].as_str().map(str::to_owned));
+        let policy = match &inviter {
+            Some(inviter) => self.verdict_on(inviter, Some(&room_id)),
+            None => None,
+        };
+        if policy.as_ref().is_some_and(|v| v.level.hides()) {
+            return None;
+        }
         Some(Invite {
+            policy,
             room_id,
-            inviter: own_invite.and_then(|e| e["sender"].as_str().map(str::to_owned)),
+            inviter,
             name: find("m.room.name")
                 .and_then(|e| e["content"]["name"].as_str().map(str::to_owned)),
             is_direct: own_invite.is_some_and(|e| e["content"]["is_direct"] == true),
@@ -376,7 +389,7 @@ impl AppClient {
             .collect())
     }
 
-    async fn is_joined(&self, room_id: &RoomId) -> bool {
+    pub(super) async fn is_joined(&self, room_id: &RoomId) -> bool {
         let joined: Value = match self.inner.cs.get("/v3/joined_rooms").await {
             Ok(joined) => joined,
             Err(_) => return false,

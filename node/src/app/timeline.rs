@@ -51,6 +51,10 @@ pub struct TimelineItem {
     pub own: bool,
     /// For the owner's messages: how far they got.
     pub delivery: Option<Delivery>,
+    /// When one of the owner's policy lists bans the sender at level blur or warn: the UI shows
+    /// the item collapsed with the reason, or flagged. (Hidden ones are not items at all.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::Verdict>,
 }
 
 impl AppClient {
@@ -159,6 +163,12 @@ impl AppClient {
     ) -> Option<TimelineItem> {
         let event_id = ruma::EventId::parse(event["event_id"].as_str()?).ok()?;
         let sender = event["sender"].as_str()?.to_owned();
+        // Hidden by the owner's lists: left out of every view (and undecrypted), kept in the
+        // store, so it shows again once the owner unsubscribes.
+        let policy = self.verdict_on(&sender, None);
+        if policy.as_ref().is_some_and(|v| v.level.hides()) {
+            return None;
+        }
         let name_of = |user: &str| names.get(user).cloned().unwrap_or_else(|| user.to_owned());
         let (kind, encrypted) = match event["type"].as_str()? {
             "m.room.message" => (
@@ -258,6 +268,7 @@ impl AppClient {
             kind,
             encrypted,
             delivery: None,
+            policy,
         })
     }
 

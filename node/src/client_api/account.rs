@@ -365,6 +365,10 @@ fn valid_localpart(state: &AppState, username: &str) -> Result<String, MatrixErr
     if localpart.is_empty() || !localpart.chars().all(allowed) {
         return Err(invalid("use only a-z, 0-9 and . _ = - / +"));
     }
+    // The node's own accounts (its policy subscriptions' service account).
+    if localpart.starts_with("_hyphae") {
+        return Err(invalid("names starting with _hyphae are the node's own"));
+    }
     // @ + localpart + : + server name must fit in 255 bytes.
     if localpart.len() + state.server_name.as_str().len() + 2 > 255 {
         return Err(invalid("too long"));

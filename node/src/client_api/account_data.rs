@@ -35,15 +35,24 @@ pub(crate) async fn put_global(
     Req(request): Req<set_global_account_data::v3::Request>,
 ) -> ApiResult<set_global_account_data::v3::Response> {
     only_self(&user, &request.user_id)?;
+    let event_type = request.event_type.to_string();
+    let content = request.data.json().get().to_owned();
     state
         .store
         .set_account_data(
-            user.localpart,
+            user.localpart.clone(),
             None,
-            request.event_type.to_string(),
-            request.data.json().get().to_owned(),
+            event_type.clone(),
+            content.clone(),
         )
         .await?;
+    // Whichever client changed them, the user's lists apply from the next thing they see.
+    if event_type == crate::policy::SUBSCRIPTIONS_DATA {
+        state
+            .policy
+            .set_user_subscriptions(&user.localpart, &content)
+            .await;
+    }
     Ok(Ruma(set_global_account_data::v3::Response::new()))
 }
 

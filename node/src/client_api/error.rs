@@ -18,6 +18,15 @@ use crate::rooms::RoomError;
 #[derive(Debug)]
 pub(crate) struct MatrixError(UiaaResponse);
 
+impl std::fmt::Display for MatrixError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            UiaaResponse::MatrixError(error) => error.fmt(f),
+            UiaaResponse::AuthResponse(_) => f.write_str("user-interactive authentication needed"),
+        }
+    }
+}
+
 pub(crate) type ApiResult<T> = Result<super::Ruma<T>, MatrixError>;
 
 impl MatrixError {

@@ -41,6 +41,7 @@ pub(crate) use profile::profile_of;
 pub(crate) use rate_limit::RateLimiter;
 pub(crate) use remote_keys::servers_sharing_rooms;
 pub(crate) use request::Req;
+pub(crate) use rooms::join_room;
 pub(crate) use to_device::sort_messages;
 
 pub(crate) fn router(state: AppState) -> Router {

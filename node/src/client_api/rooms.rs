@@ -284,17 +284,30 @@ pub(crate) async fn invite(
 
 async fn join(
     state: &AppState,
-    user: &User,
+    user_id: &UserId,
     room_id: &RoomId,
+    alias: Option<&RoomAliasId>,
     reason: Option<String>,
     via: &[OwnedServerName],
 ) -> Result<(), MatrixError> {
+    // The user's own policy lists may ban the room: refused for every client of theirs.
+    let subject = crate::policy::Subject {
+        room: Some(room_id.as_str()),
+        room_alias: alias.map(|a| a.as_str()),
+        ..Default::default()
+    };
+    if let Some(verdict) = state.policy.user_verdict(user_id.localpart(), &subject) {
+        return Err(MatrixError::forbidden(format!(
+            "Your policy list {} bans this room: rule {} ({})",
+            verdict.list, verdict.entity, verdict.reason
+        )));
+    }
     if state.rooms.participating(room_id).await? {
-        return set_membership(state, room_id, &user.user_id, &user.user_id, "join", reason).await;
+        return set_membership(state, room_id, user_id, user_id, "join", reason).await;
     }
     // A room held by other servers: join through the inviter's server (clients join by room id
     // alone), then any the client or an alias named.
-    let mut servers = state.rooms.invite_servers(room_id, &user.user_id).await?;
+    let mut servers = state.rooms.invite_servers(room_id, user_id).await?;
     servers.extend(via.iter().cloned());
     servers.retain(|s| *s != state.server_name);
     if servers.is_empty() {
@@ -302,10 +315,7 @@ async fn join(
             "Room {room_id} is not known to this server, and no server to join it through is"
         )));
     }
-    state
-        .rooms
-        .join_remote(room_id, &user.user_id, &servers)
-        .await?;
+    state.rooms.join_remote(room_id, user_id, &servers).await?;
     Ok(())
 }
 
@@ -314,7 +324,15 @@ pub(crate) async fn join_by_id(
     user: User,
     Req(request): Req<join_room_by_id::v3::Request>,
 ) -> ApiResult<join_room_by_id::v3::Response> {
-    join(&state, &user, &request.room_id, request.reason, &[]).await?;
+    join(
+        &state,
+        &user.user_id,
+        &request.room_id,
+        None,
+        request.reason,
+        &[],
+    )
+    .await?;
     Ok(Ruma(join_room_by_id::v3::Response::new(request.room_id)))
 }
 
@@ -323,17 +341,48 @@ pub(crate) async fn join_by_id_or_alias(
     user: User,
     Req(request): Req<join_room_by_id_or_alias::v3::Request>,
 ) -> ApiResult<join_room_by_id_or_alias::v3::Response> {
-    let mut via = request.via.clone();
-    let room_id: OwnedRoomId = match <&RoomId>::try_from(&*request.room_id_or_alias) {
-        Ok(room_id) => room_id.to_owned(),
+    let room_id = join_id_or_alias(
+        &state,
+        &user.user_id,
+        &request.room_id_or_alias,
+        request.reason,
+        request.via.clone(),
+    )
+    .await?;
+    Ok(Ruma(join_room_by_id_or_alias::v3::Response::new(room_id)))
+}
+
+/// Joins a local user to a room named by id or alias (resolved here or by the server it
+/// names); the room's id.
+pub(crate) async fn join_room(
+    state: &AppState,
+    user_id: &UserId,
+    room: &str,
+    via: &[OwnedServerName],
+) -> Result<OwnedRoomId, MatrixError> {
+    let room = ruma::OwnedRoomOrAliasId::try_from(room).map_err(|e| {
+        MatrixError::invalid_param(format!("{room:?} is not a room id or alias: {e}"))
+    })?;
+    join_id_or_alias(state, user_id, &room, None, via.to_vec()).await
+}
+
+async fn join_id_or_alias(
+    state: &AppState,
+    user_id: &UserId,
+    room: &ruma::RoomOrAliasId,
+    reason: Option<String>,
+    mut via: Vec<OwnedServerName>,
+) -> Result<OwnedRoomId, MatrixError> {
+    let (room_id, alias): (OwnedRoomId, Option<&RoomAliasId>) = match <&RoomId>::try_from(room) {
+        Ok(room_id) => (room_id.to_owned(), None),
         Err(alias) => {
-            let (room_id, servers) = resolve_alias_anywhere(&state, alias).await?;
+            let (room_id, servers) = resolve_alias_anywhere(state, alias).await?;
             via.extend(servers);
-            room_id
+            (room_id, Some(alias))
         }
     };
-    join(&state, &user, &room_id, request.reason, &via).await?;
-    Ok(Ruma(join_room_by_id_or_alias::v3::Response::new(room_id)))
+    join(state, user_id, &room_id, alias, reason, &via).await?;
+    Ok(room_id)
 }
 
 /// A room alias of this server or, asked over federation, of the server it names; with the

@@ -19,7 +19,7 @@ use crate::signing::{KEY_ID, SigningKey};
 const WITHIN: Duration = Duration::from_secs(10);
 
 /// A server's signing key as its node holds it: read from the node's data folder.
-fn key_of(api: &Api) -> SigningKey {
+pub(crate) fn key_of(api: &Api) -> SigningKey {
     let identity = hyphae_p2p::Identity::load_or_create(api.data_dir()).unwrap();
     SigningKey::new(name_of(api), &identity.secret_bytes())
 }
@@ -44,7 +44,7 @@ fn stranger_server() -> String {
         .to_owned()
 }
 
-async fn room_version(on: &Api, room: &str) -> RoomVersionId {
+pub(crate) async fn room_version(on: &Api, room: &str) -> RoomVersionId {
     let version = on
         .node
         .store()
@@ -95,7 +95,7 @@ async fn tip(on: &Api, room: &str) -> Tip {
 }
 
 /// An unsigned PDU from `sender` as it would be built on the room as `on` sees it now.
-async fn draft(
+pub(crate) async fn draft(
     on: &Api,
     room: &str,
     sender: &str,
@@ -145,23 +145,23 @@ fn draft_on(
 }
 
 /// Adds the content hash and `key`'s signature, as a server signs its events.
-fn sign(key: &SigningKey, version: &RoomVersionId, pdu: &mut CanonicalJsonObject) {
+pub(crate) fn sign(key: &SigningKey, version: &RoomVersionId, pdu: &mut CanonicalJsonObject) {
     key.hash_and_sign_event(pdu, &rules(version).unwrap().redaction)
         .unwrap();
 }
 
 /// The event id of a PDU (its reference hash), whatever its signatures say.
-fn event_id(version: &RoomVersionId, pdu: &CanonicalJsonObject) -> String {
+pub(crate) fn event_id(version: &RoomVersionId, pdu: &CanonicalJsonObject) -> String {
     let hash = ruma::signatures::reference_hash(pdu, &rules(version).unwrap()).unwrap();
     format!("${hash}")
 }
 
-fn to_value(pdu: &CanonicalJsonObject) -> Value {
+pub(crate) fn to_value(pdu: &CanonicalJsonObject) -> Value {
     serde_json::to_value(pdu).unwrap()
 }
 
 /// Sends `pdus` to `to` in one transaction from `from`; returns the answer.
-async fn send_pdus(from: &Api, to: &Api, pdus: Vec<Value>) -> (u16, Value) {
+pub(crate) async fn send_pdus(from: &Api, to: &Api, pdus: Vec<Value>) -> (u16, Value) {
     send_transaction(
         from,
         to,

@@ -191,6 +191,13 @@ pub(crate) async fn invite(
             "Not an invite from the sending server to this room",
         ));
     };
+    if let Some((list, reason)) = state
+        .policy
+        .node_verdict(&crate::policy::Subject::user(&invite.sender))
+    {
+        tracing::warn!(%origin, %room_id, inviter = %invite.sender, %list, %reason, "refusing an invite at the federation edge");
+        return Err(MatrixError::forbidden(reason));
+    }
     if invitee.server_name() != state.server_name
         || state
             .store

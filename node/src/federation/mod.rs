@@ -6,7 +6,7 @@ mod client;
 mod edus;
 mod events;
 #[cfg(test)]
-mod hostile_tests;
+pub(crate) mod hostile_tests;
 mod keys;
 mod membership;
 mod origin;

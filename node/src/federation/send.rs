@@ -65,6 +65,24 @@ pub(crate) async fn process(
     edus: &[Value],
 ) -> BTreeMap<String, Value> {
     let mut results = BTreeMap::new();
+    // A server the node's policy lists ban is not heard, whoever's events it carries: its own
+    // are refused anyway, and others' reach the node from their own servers. Nothing of it is
+    // stored (an honest event it relays must still be taken when it comes another way), and
+    // the answer is a success so it does not retry.
+    if state.policy.node_has_lists()
+        && let Some((list, reason)) = state.policy.node_verdict(&crate::policy::Subject {
+            server: Some(origin.as_str()),
+            ..Default::default()
+        })
+    {
+        tracing::warn!(%origin, %list, %reason, pdus = pdus.len(), "refusing a transaction at the federation edge");
+        for raw in pdus {
+            if let Some(event_id) = event_id_hint(raw) {
+                results.insert(event_id, json!({"error": reason}));
+            }
+        }
+        return results;
+    }
     for raw in pdus {
         match state.rooms.receive_pdu(origin, raw).await {
             Ok((event_id, received)) => {

@@ -89,6 +89,17 @@ impl Rooms {
                         auth.insert(id.clone(), event);
                     }
                 }
+                if self.inner.policy.node_has_lists()
+                    && !self.inner.policy.is_list(room_id)
+                    && let Some((list, reason)) = self
+                        .inner
+                        .policy
+                        .node_verdict(&crate::policy::Subject::user(&pdu.sender))
+                {
+                    // History is stored without its state: left out, as events that fail auth.
+                    tracing::warn!(%room_id, %server, event_id = %pdu.event_id, %list, %reason, "refusing a backfilled event");
+                    continue;
+                }
                 match check_auth(&version, &pdu, &auth, None) {
                     Ok(()) => {
                         if pdu.state_key.is_some() {

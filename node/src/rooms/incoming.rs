@@ -123,6 +123,9 @@ impl Rooms {
         if self.settled(&pdu.event_id).await? {
             return Ok(Received::Duplicate);
         }
+        if let Some(refusal) = self.policy_refusal(entry, &pdu) {
+            return self.refuse_by_policy(entry, pdu, refusal).await;
+        }
         // A prev event of another room would make that room's state the state "before" this
         // event, and resolving it against this room's state would swap in the other room's
         // (a hostile server could bring the state of a room where it holds all power).
@@ -217,6 +220,9 @@ impl Rooms {
         accepted.prev_may_be_missing = !missing.is_empty();
         self.inner.store.append_accepted(vec![accepted]).await?;
         self.wake(&forward_to);
+        if pdu.state_key.is_some() || !extends_all {
+            self.inner.policy.state_changed(&room_id);
+        }
 
         entry.state = new_state;
         entry.state_changed(&self.inner.server_name);
@@ -276,6 +282,54 @@ impl Rooms {
             .pdu(event_id.to_string())
             .await?
             .is_some_and(|p| p.stream_pos.is_some() || p.rejection_reason.is_some()))
+    }
+
+    /// The node-level policy rule that bans the PDU's sender or the sender's server, if any.
+    /// A list's own room is exempt: refusing its events would cut the node off from the very
+    /// rules it follows (a list may ban a server that also writes to it).
+    fn policy_refusal(&self, entry: &RoomEntry, pdu: &Pdu) -> Option<String> {
+        let policy = &self.inner.policy;
+        if !policy.node_has_lists() || policy.is_list(&entry.room_id) {
+            return None;
+        }
+        let subject = crate::policy::Subject::user(&pdu.sender);
+        let (list, reason) = policy.node_verdict(&subject)?;
+        tracing::warn!(
+            event_id = %pdu.event_id,
+            room_id = %entry.room_id,
+            sender = %pdu.sender,
+            %list,
+            %reason,
+            "refusing an event at the federation edge"
+        );
+        Some(reason)
+    }
+
+    /// Keeps a PDU the node's policy refuses as rejected: the room's history stays whole (a
+    /// later event built on it still finds it, and the state before it), but it is never
+    /// shown, built on, served or passed on.
+    async fn refuse_by_policy(
+        &self,
+        entry: &RoomEntry,
+        pdu: Pdu,
+        reason: String,
+    ) -> Result<Received, RoomError> {
+        // The state before it, when it can be had without asking anyone: what its children
+        // need to be checked without a round trip.
+        let state_before = if self.unknown(&pdu.prev_events).await?.is_empty() {
+            self.state_from_prev_events(entry, &pdu)
+                .await
+                .ok()
+                .flatten()
+                .map(|state| Arc::new(snapshot_of(&entry.room_id, &state)))
+        } else {
+            None
+        };
+        let mut accepted = self.accepted(&pdu, None, state_before, Vec::new())?;
+        accepted.pdu.rejection_reason = Some(reason.clone());
+        accepted.prev_may_be_missing = true;
+        self.inner.store.append_accepted(vec![accepted]).await?;
+        Ok(Received::Rejected(reason))
     }
 
     async fn reject(

@@ -73,6 +73,8 @@ struct Inner {
     server_name: OwnedServerName,
     signing_key: SigningKey,
     federation: Federation,
+    /// Told of state changes (a subscribed list's rules), and asked at the federation edge.
+    policy: crate::policy::Policy,
     /// One slot per room this node sends into: its lock, and what is cached of the room.
     rooms: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomEntry>>>>>,
 }
@@ -182,13 +184,19 @@ impl EventDraft {
 }
 
 impl Rooms {
-    pub(crate) fn new(store: Store, signing_key: SigningKey, federation: Federation) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        signing_key: SigningKey,
+        federation: Federation,
+        policy: crate::policy::Policy,
+    ) -> Self {
         Rooms {
             inner: Arc::new(Inner {
                 store,
                 server_name: signing_key.server_name().clone(),
                 signing_key,
                 federation,
+                policy,
                 rooms: Mutex::new(HashMap::new()),
             }),
         }
@@ -408,6 +416,9 @@ impl Rooms {
             return Err(e.into());
         }
         self.wake(&destinations);
+        if pdu.state_key.is_some() {
+            self.inner.policy.state_changed(room_id);
+        }
         if let Some((target, version)) = redaction {
             self.apply_redaction(&version, target, &pdu).await?;
         }
