@@ -8,11 +8,15 @@ CREATE TABLE backup_mailbox (
     subscriber   TEXT NOT NULL REFERENCES backup_subscribers (server) ON DELETE CASCADE,
     origin       TEXT NOT NULL,
     txn_id       TEXT NOT NULL,
-    -- The signed transaction, as JSON; its length counts against the subscriber's quota.
+    -- The signed transaction, as JSON. Mail has its own allowance, apart from the replica's
+    -- quota (see store/src/mailbox.rs), so strangers cannot crowd out the subscriber's backup.
     txn          TEXT NOT NULL,
+    -- SHA-256 of `txn`: a sender retrying a transaction whose answer it lost stores nothing
+    -- twice, and a different transaction under a reused id (a sender restored from a backup
+    -- counts its ids again) is not mistaken for a repeat.
+    txn_sha256   TEXT NOT NULL,
     received_ms  INTEGER NOT NULL,
-    -- A sender retrying a transaction whose answer it lost stores nothing twice.
-    UNIQUE (subscriber, origin, txn_id)
+    UNIQUE (subscriber, origin, txn_id, txn_sha256)
 ) STRICT;
 
 -- On every node: the mailbox each server says it takes mail at, as the record it signed (a

@@ -210,43 +210,43 @@ impl Store {
             let Some(subscriber) = subscriber(conn, &server)? else {
                 return Ok(None);
             };
-            let mut used = subscriber.bytes_used;
+            // Worked out first, written only if within the quota: an over-quota request
+            // changes nothing.
             let stale: i64 = conn
                 .prepare_cached(
                     "SELECT coalesce(sum(length(data)), 0) FROM backup_room_keys
                      WHERE subscriber = ?1 AND version != ?2",
                 )?
                 .query_row(params![server, version], |row| row.get(0))?;
-            conn.prepare_cached(
-                "DELETE FROM backup_room_keys WHERE subscriber = ?1 AND version != ?2",
-            )?
-            .execute(params![server, version])?;
-            used -= stale;
+            let mut used = subscriber.bytes_used - stale;
             let mut old_size = conn.prepare_cached(
                 "SELECT length(data) FROM backup_room_keys
-                 WHERE subscriber = ?1 AND room_id = ?2 AND session_id = ?3",
+                 WHERE subscriber = ?1 AND version = ?2 AND room_id = ?3 AND session_id = ?4",
             )?;
-            let mut sized = Vec::with_capacity(keys.len());
-            for key in keys {
+            for key in &keys {
                 let old: i64 = old_size
-                    .query_row(params![server, key.room_id, key.session_id], |row| {
-                        row.get(0)
-                    })
+                    .query_row(
+                        params![server, version, key.room_id, key.session_id],
+                        |row| row.get(0),
+                    )
                     .optional()?
                     .unwrap_or(0);
                 used += key.data.len() as i64 - old;
-                sized.push(key);
             }
             if used > subscriber.quota_bytes {
                 return Ok(Some(false));
             }
+            conn.prepare_cached(
+                "DELETE FROM backup_room_keys WHERE subscriber = ?1 AND version != ?2",
+            )?
+            .execute(params![server, version])?;
             let mut insert = conn.prepare_cached(
                 "INSERT OR REPLACE INTO backup_room_keys
                      (subscriber, version, room_id, session_id, first_message_index,
                       forwarded_count, is_verified, data)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
-            for key in sized {
+            for key in keys {
                 insert.execute(params![
                     server,
                     version,

@@ -3,14 +3,19 @@
 //! signed records saying where each server takes its mail.
 
 use rusqlite::{OptionalExtension, params};
+use sha2::{Digest, Sha256};
 
 use crate::error::Result;
 use crate::outbox::{OutboxEntry, OutboxKind};
 use crate::{Store, now_ms};
 
-/// One sending server may fill at most this fraction of a subscriber's quota with mail, so a
-/// hostile one cannot crowd out everyone else's mail and the subscriber's replica.
-const MAX_SHARE_PER_ORIGIN: i64 = 4;
+/// Mail may take at most this fraction of a subscriber's quota, on top of the quota (so mail
+/// never crowds out the replica)...
+const MAIL_SHARE: i64 = 2;
+/// ...and one sending server at most this fraction of it, so one sender cannot crowd out the
+/// rest. (Server names are only keys, so this slows a flood rather than stopping it; the mail
+/// share above is the hard bound.)
+const MAIL_SHARE_PER_ORIGIN: i64 = 8;
 
 /// What became of a transaction left in a subscriber's mailbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +23,7 @@ pub enum MailOutcome {
     Stored,
     /// The same transaction from the same server is already there (a retry).
     Duplicate,
-    /// Holding it would exceed the subscriber's quota, or the share of it one sender may take.
+    /// Holding it would exceed the subscriber's allowance for mail, or one sender's share of it.
     OverQuota,
     /// The destination is not subscribed here.
     NotSubscribed,
@@ -38,7 +43,9 @@ pub struct MailboxRecord {
 }
 
 impl Store {
-    /// Leaves `origin`'s transaction `txn_id` (signed, JSON) in `subscriber`'s mailbox.
+    /// Leaves `origin`'s transaction `txn_id` (signed, JSON) in `subscriber`'s mailbox. What
+    /// mail may take is counted apart from the replica's quota: half of the quota in all, an
+    /// eighth per sending server (the transaction id counts too).
     pub async fn backup_take_mail(
         &self,
         subscriber: String,
@@ -46,98 +53,105 @@ impl Store {
         txn_id: String,
         txn: String,
     ) -> Result<MailOutcome> {
+        let txn_sha256: String = Sha256::digest(txn.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         self.write(move |conn| {
-            let quota: Option<(i64, i64)> = conn
+            let quota: Option<i64> = conn
                 .query_row(
-                    "SELECT quota_bytes, bytes_used FROM backup_subscribers WHERE server = ?1",
+                    "SELECT quota_bytes FROM backup_subscribers WHERE server = ?1",
                     [&subscriber],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
+                    |row| row.get(0),
                 )
                 .optional()?;
-            let Some((quota, used)) = quota else {
+            let Some(quota) = quota else {
                 return Ok(MailOutcome::NotSubscribed);
             };
             let exists = conn
                 .prepare_cached(
-                    "SELECT 1 FROM backup_mailbox
-                     WHERE subscriber = ?1 AND origin = ?2 AND txn_id = ?3",
+                    "SELECT 1 FROM backup_mailbox WHERE subscriber = ?1 AND origin = ?2
+                     AND txn_id = ?3 AND txn_sha256 = ?4",
                 )?
-                .exists(params![subscriber, origin, txn_id])?;
+                .exists(params![subscriber, origin, txn_id, txn_sha256])?;
             if exists {
                 return Ok(MailOutcome::Duplicate);
             }
-            let size = txn.len() as i64;
-            let from_origin: i64 = conn
+            let (held, from_origin): (i64, i64) = conn
                 .prepare_cached(
-                    "SELECT coalesce(sum(length(txn)), 0) FROM backup_mailbox
-                     WHERE subscriber = ?1 AND origin = ?2",
+                    "SELECT coalesce(sum(length(txn) + length(txn_id)), 0),
+                            coalesce(sum(CASE WHEN origin = ?2
+                                         THEN length(txn) + length(txn_id) END), 0)
+                     FROM backup_mailbox WHERE subscriber = ?1",
                 )?
-                .query_row(params![subscriber, origin], |row| row.get(0))?;
-            if used + size > quota || from_origin + size > quota / MAX_SHARE_PER_ORIGIN {
+                .query_row(params![subscriber, origin], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?;
+            let size = (txn.len() + txn_id.len()) as i64;
+            if held + size > quota / MAIL_SHARE
+                || from_origin + size > quota / MAIL_SHARE_PER_ORIGIN
+            {
                 return Ok(MailOutcome::OverQuota);
             }
             conn.prepare_cached(
-                "INSERT INTO backup_mailbox (subscriber, origin, txn_id, txn, received_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO backup_mailbox
+                     (subscriber, origin, txn_id, txn, txn_sha256, received_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![subscriber, origin, txn_id, txn, now_ms()])?;
-            conn.prepare_cached(
-                "UPDATE backup_subscribers SET bytes_used = bytes_used + ?2 WHERE server = ?1",
-            )?
-            .execute(params![subscriber, size])?;
+            .execute(params![
+                subscriber,
+                origin,
+                txn_id,
+                txn,
+                txn_sha256,
+                now_ms()
+            ])?;
             Ok(MailOutcome::Stored)
         })
         .await
     }
 
-    /// The oldest `limit` transactions waiting for `subscriber`, as outbox entries of kind
-    /// [`OutboxKind::Mail`] (the payload is the signed transaction).
+    /// The oldest transactions waiting for `subscriber`, as outbox entries of kind
+    /// [`OutboxKind::Mail`] (the payload is the signed transaction): at most `limit`, and no more
+    /// than `max_bytes` of them together unless the first alone is larger.
     pub async fn backup_mail_batch(
         &self,
         subscriber: String,
         limit: u32,
+        max_bytes: usize,
     ) -> Result<Vec<OutboxEntry>> {
         self.read(move |conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT id, txn FROM backup_mailbox WHERE subscriber = ?1 ORDER BY id LIMIT ?2",
             )?;
-            let entries = statement
-                .query_map(params![subscriber, limit], |row| {
-                    Ok(OutboxEntry {
-                        id: row.get(0)?,
-                        kind: OutboxKind::Mail,
-                        payload: row.get(1)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut rows = statement.query(params![subscriber, limit])?;
+            let mut entries = Vec::new();
+            let mut bytes = 0;
+            while let Some(row) = rows.next()? {
+                let payload: String = row.get(1)?;
+                bytes += payload.len();
+                if !entries.is_empty() && bytes > max_bytes {
+                    break;
+                }
+                entries.push(OutboxEntry {
+                    id: row.get(0)?,
+                    kind: OutboxKind::Mail,
+                    payload,
+                });
+            }
             Ok(entries)
         })
         .await
     }
 
-    /// Drops the transactions `subscriber` took delivery of, freeing their quota.
+    /// Drops the transactions `subscriber` took delivery of.
     pub async fn backup_mail_delivered(&self, subscriber: String, ids: Vec<i64>) -> Result<()> {
         self.write(move |conn| {
-            let mut size = conn.prepare_cached(
-                "SELECT length(txn) FROM backup_mailbox WHERE subscriber = ?1 AND id = ?2",
-            )?;
             let mut delete = conn
                 .prepare_cached("DELETE FROM backup_mailbox WHERE subscriber = ?1 AND id = ?2")?;
-            let mut freed = 0i64;
             for id in ids {
-                if let Some(bytes) = size
-                    .query_row(params![subscriber, id], |row| row.get::<_, i64>(0))
-                    .optional()?
-                {
-                    delete.execute(params![subscriber, id])?;
-                    freed += bytes;
-                }
+                delete.execute(params![subscriber, id])?;
             }
-            conn.prepare_cached(
-                "UPDATE backup_subscribers SET bytes_used = max(0, bytes_used - ?2)
-                 WHERE server = ?1",
-            )?
-            .execute(params![subscriber, freed])?;
             Ok(())
         })
         .await
@@ -221,43 +235,72 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn mail_is_held_once_within_quota_and_freed_on_delivery() {
+    async fn mail_is_held_once_within_its_allowance_and_freed_on_delivery() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).await.expect("open");
-        let take = |txn: &str, id: &str| {
-            store.backup_take_mail("dev".into(), "bob".into(), id.into(), txn.into())
+        let take = |from: &str, id: &str, txn: &str| {
+            store.backup_take_mail("dev".into(), from.into(), id.into(), txn.into())
         };
         assert_eq!(
-            take("{}", "1").await.expect("take"),
+            take("bob", "1", "{}").await.expect("take"),
             MailOutcome::NotSubscribed
         );
-        subscribed(&store, 40).await;
+        // 160 bytes of quota: 80 for mail, 20 per sender.
+        subscribed(&store, 160).await;
         assert_eq!(
-            take("{\"a\":1}", "1").await.expect("take"),
+            take("bob", "1", "{\"a\":1}").await.expect("take"),
             MailOutcome::Stored
         );
         assert_eq!(
-            take("{\"a\":1}", "1").await.expect("take"),
+            take("bob", "1", "{\"a\":1}").await.expect("take"),
             MailOutcome::Duplicate
         );
-        // 7 bytes held of the 10 one sender may use: another 7 is too much from Bob...
+        // The same id with other content (a sender counting its ids again) is new mail.
         assert_eq!(
-            take("{\"b\":2}", "2").await.expect("take"),
+            take("bob", "1", "{\"a\":2}").await.expect("take"),
+            MailOutcome::Stored
+        );
+        // 16 bytes from Bob: another 8 is more than his share...
+        assert_eq!(
+            take("bob", "2", "{\"b\":2}").await.expect("take"),
             MailOutcome::OverQuota
         );
-        // ...but not from Carol.
-        let carol = store
-            .backup_take_mail("dev".into(), "carol".into(), "1".into(), "{\"c\":3}".into())
-            .await
-            .expect("take");
-        assert_eq!(carol, MailOutcome::Stored);
+        // ...but not from Carol, and a long transaction id counts against the sender.
+        assert_eq!(
+            take("carol", "1", "{\"c\":3}").await.expect("take"),
+            MailOutcome::Stored
+        );
+        let long_id = "x".repeat(30);
+        assert_eq!(
+            take("dave", &long_id, "{}").await.expect("take"),
+            MailOutcome::OverQuota
+        );
+        // Mail is not counted in the replica's quota.
+        let subscriber = store.backup_subscriber("dev".into()).await.expect("read");
+        assert_eq!(subscriber.expect("subscribed").bytes_used, 0);
         let batch = store
-            .backup_mail_batch("dev".into(), 1)
+            .backup_mail_batch("dev".into(), 10, 10)
             .await
             .expect("batch");
-        assert_eq!(batch.len(), 1);
+        assert_eq!(batch.len(), 1, "10 bytes hold one transaction");
         assert_eq!(batch[0].kind, OutboxKind::Mail);
         assert_eq!(batch[0].payload, "{\"a\":1}");
+        assert_eq!(
+            store
+                .backup_mail_batch("dev".into(), 10, 1)
+                .await
+                .expect("batch")
+                .len(),
+            1
+        );
+        assert_eq!(
+            store
+                .backup_mail_batch("dev".into(), 10, 1 << 20)
+                .await
+                .expect("batch")
+                .len(),
+            3
+        );
         // The mailbox counts as something to send when the node starts.
         assert_eq!(
             store.outbox_destinations().await.expect("destinations"),
@@ -272,16 +315,10 @@ mod tests {
                 .backup_mail_waiting("dev".into())
                 .await
                 .expect("count"),
-            1
-        );
-        let subscriber = store.backup_subscriber("dev".into()).await.expect("read");
-        assert_eq!(
-            subscriber.expect("subscribed").bytes_used,
-            7,
-            "Carol's mail alone"
+            2
         );
         assert_eq!(
-            take("{\"b\":2}", "2").await.expect("take"),
+            take("bob", "2", "{\"b\":2}").await.expect("take"),
             MailOutcome::Stored
         );
         // Unsubscribing deletes the mail with everything else.

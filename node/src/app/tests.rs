@@ -3,22 +3,9 @@
 
 use std::time::Duration;
 
-use crate::app::{AppClient, AppEvent, ItemKind};
-use crate::client_api::test_support::Api;
+use crate::app::{AppEvent, ItemKind};
+use crate::client_api::test_support::{app, owned};
 use crate::federation::room_tests::eventually;
-
-async fn owned(name: &str) -> Api {
-    let name = name.to_owned();
-    Api::start_with(move |config| {
-        config.owner = Some(name);
-        config.p2p = Some(crate::TransportConfig::loopback());
-    })
-    .await
-}
-
-fn app(api: &Api) -> &AppClient {
-    api.node.app().expect("the node has an owner")
-}
 
 #[tokio::test]
 async fn the_owner_is_signed_in_on_first_start_and_keeps_its_device() {

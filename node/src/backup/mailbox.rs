@@ -33,8 +33,15 @@ pub(crate) const MAILBOX_PATH: &str = "/_matrix/federation/unstable/io.hyphae.ba
 pub(crate) const MAIL_PATH: &str = "/_matrix/federation/unstable/io.hyphae.backup/mail";
 /// The EDU a device sends its signed mailbox record in.
 pub(crate) const RECORD_EDU: &str = "io.hyphae.mailbox";
-/// Transactions pushed to a device per request.
+/// Transactions pushed to a device per request...
 pub(crate) const MAIL_BATCH: u32 = 10;
+/// ...and their size together at most (unless one alone is larger): well below the 8 MiB a
+/// node takes in one request.
+pub(crate) const MAIL_BATCH_BYTES: usize = 4 << 20;
+/// The largest transaction a mailbox takes, so that any one can be delivered.
+const MAX_MAIL_TXN: usize = 6 << 20;
+/// Longer transaction ids are refused (the spec sets no bound; ours are 24 characters).
+const MAX_TXN_ID: usize = 255;
 /// Records larger than this are refused unread: a record is a name, a few addresses and a
 /// signature.
 const MAX_RECORD_BYTES: usize = 4096;
@@ -231,15 +238,7 @@ pub(crate) async fn find_mailbox(
         .ok()
         .flatten();
     if record.is_none() {
-        let found = transport
-            .get_records(dht_key(destination.as_str()))
-            .await
-            .unwrap_or_default();
-        for value in found {
-            if let Ok(text) = String::from_utf8(value) {
-                learn_record(store, &text, "the DHT").await;
-            }
-        }
+        refresh_record(store, transport, destination).await;
         record = store
             .mailbox_record(destination.to_string())
             .await
@@ -254,6 +253,19 @@ pub(crate) async fn find_mailbox(
         .filter_map(|a| a.parse().ok())
         .collect();
     Some((mailbox, addresses))
+}
+
+/// Takes what the DHT holds of `destination`'s mailbox record (kept if newer than ours).
+async fn refresh_record(store: &Store, transport: &Transport, destination: &ServerName) {
+    let found = transport
+        .get_records(dht_key(destination.as_str()))
+        .await
+        .unwrap_or_default();
+    for value in found {
+        if let Ok(text) = String::from_utf8(value) {
+            learn_record(store, &text, "the DHT").await;
+        }
+    }
 }
 
 /// What became of a transaction offered to a mailbox.
@@ -312,11 +324,20 @@ pub(crate) async fn send_to_mailbox(
             tracing::info!(%destination, %mailbox, txn_id, "left a transaction in the destination's mailbox");
             MailboxSent::Taken
         }
-        Ok(response) => MailboxSent::NotTaken(format!(
-            "mailbox {mailbox} answered {}: {}",
-            response.status(),
-            String::from_utf8_lossy(response.body())
-        )),
+        Ok(response) => {
+            if matches!(
+                response.status(),
+                StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+            ) {
+                // The destination may have moved its mailbox since the record held here.
+                refresh_record(store, transport, destination).await;
+            }
+            MailboxSent::NotTaken(format!(
+                "mailbox {mailbox} answered {}: {}",
+                response.status(),
+                String::from_utf8_lossy(response.body())
+            ))
+        }
         Err(e) => MailboxSent::NotTaken(format!("mailbox {mailbox}: {e}")),
     }
 }
@@ -370,6 +391,18 @@ pub(crate) async fn take_mail(
     }
     let txn = serde_json::to_string(&mail.transaction)
         .map_err(|e| MatrixError::bad_json(e.to_string()))?;
+    if txn.len() > MAX_MAIL_TXN {
+        return Err(MatrixError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::TooLarge,
+            format!("A transaction left as mail may hold at most {MAX_MAIL_TXN} bytes"),
+        ));
+    }
+    if txn_id.len() > MAX_TXN_ID {
+        return Err(MatrixError::invalid_param(format!(
+            "Transaction ids are at most {MAX_TXN_ID} characters"
+        )));
+    }
     let outcome = state
         .store
         .backup_take_mail(
@@ -393,7 +426,7 @@ pub(crate) async fn take_mail(
             ErrorKind::ResourceLimitExceeded(
                 ruma::api::error::ResourceLimitExceededErrorData::new(String::new()),
             ),
-            "The destination's mailbox is full",
+            "The destination's mailbox is full, or this server's share of it",
         )),
         MailOutcome::NotSubscribed => Err(MatrixError::not_found(
             "The destination has no mailbox here",
@@ -426,12 +459,18 @@ pub(crate) async fn send_mail(
     if status.is_success() {
         tracing::info!(%destination, transactions = batch.len(), "delivered held mail");
         Ok(())
-    } else if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-        Err(format!("status {status}"))
-    } else {
-        // Refused as such (no longer subscribed here, say): holding it longer helps nobody.
-        tracing::warn!(%destination, %status, body = %String::from_utf8_lossy(response.body()), "the device refused its mail; dropping it");
+    } else if status == StatusCode::FORBIDDEN {
+        // The device says this is not its mailbox (it unsubscribed, or moved): it will never
+        // take the mail from here.
+        tracing::warn!(%destination, body = %String::from_utf8_lossy(response.body()), "the device no longer takes mail from here; dropping it");
         Ok(())
+    } else {
+        // Anything else (a device that cannot read it yet, a request it found too large) is
+        // kept: held mail is only ever dropped once the device has answered for it.
+        Err(format!(
+            "status {status}: {}",
+            String::from_utf8_lossy(response.body())
+        ))
     }
 }
 

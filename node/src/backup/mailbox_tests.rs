@@ -9,19 +9,11 @@ use serde_json::json;
 
 use super::create_invite;
 use super::mailbox::{MAIL_PATH, MAILBOX_PATH, find_mailbox};
-use super::tests::{app, backup_server, texts};
-use crate::client_api::test_support::Api;
+use super::tests::{backup_server, texts};
+use crate::client_api::test_support::{Api, app, owned, owned_by};
 use crate::federation::room_tests::eventually;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn owner(name: &str) -> impl FnOnce(&mut crate::Config) {
-    let name = name.to_owned();
-    move |config| {
-        config.owner = Some(name);
-        config.p2p = Some(crate::TransportConfig::loopback());
-    }
-}
 
 async fn mail_waiting(server: &Api, device: &str) -> i64 {
     let store = server.node.store();
@@ -44,8 +36,8 @@ async fn dm_with_a_mailbox() -> Setup {
     let server = backup_server().await;
     let server_addrs = server.p2p_addrs().await;
     let server_name = server.node.server_name().to_owned();
-    let a = Api::start_with(owner("alice")).await;
-    let b = Api::start_with(owner("bob")).await;
+    let a = owned("alice").await;
+    let b = owned("bob").await;
     a.connect(&b).await;
     let alice_name = a.node.server_name().to_owned();
     let room = {
@@ -137,7 +129,7 @@ async fn mail_sent_while_the_device_is_away_reaches_it_from_its_mailbox_with_the
     let held = server
         .node
         .store()
-        .backup_mail_batch(alice_name.clone(), 100)
+        .backup_mail_batch(alice_name.clone(), 100, usize::MAX)
         .await
         .unwrap();
     for mail in &held {
@@ -155,7 +147,7 @@ async fn mail_sent_while_the_device_is_away_reaches_it_from_its_mailbox_with_the
 
     // Bob is gone for good before Alice comes back.
     drop(b.stop().await);
-    let a = a.start_with(owner("alice")).await;
+    let a = a.start_with(owned_by("alice")).await;
     let alice = app(&a);
     eventually(WAIT, "every message reached Alice, decrypted", || async {
         let got = texts(&alice.timeline(&room, 50).await.unwrap());
@@ -355,7 +347,7 @@ async fn mailbox_delivery_time() {
     .await;
     let transactions = mail_waiting(&server, &alice_name).await;
     let started = std::time::Instant::now();
-    let a = a.start_with(owner("alice")).await;
+    let a = a.start_with(owned_by("alice")).await;
     let node_up = started.elapsed();
     eventually(Duration::from_secs(600), "every message stored", || async {
         a.node.store().pdus(ids.clone()).await.unwrap().len() == n

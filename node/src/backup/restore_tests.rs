@@ -5,21 +5,12 @@
 use std::time::{Duration, Instant};
 
 use super::create_invite;
-use super::tests::{app, texts};
-use crate::client_api::test_support::Api;
+use super::tests::texts;
+use crate::client_api::test_support::{Api, app, owned};
 use crate::federation::room_tests::eventually;
 use crate::{BackupError, Config, restore_from_backup};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn owned(name: &str) -> Api {
-    let name = name.to_owned();
-    Api::start_with(move |config| {
-        config.owner = Some(name);
-        config.p2p = Some(crate::TransportConfig::loopback());
-    })
-    .await
-}
 
 fn config(dir: &std::path::Path) -> Config {
     Config {

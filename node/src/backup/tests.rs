@@ -21,11 +21,6 @@ pub(super) async fn backup_server() -> Api {
     .await
 }
 
-/// The owner's in-process client of a test node.
-pub(super) fn app(api: &Api) -> &crate::app::AppClient {
-    api.node.app().expect("the node has an owner")
-}
-
 /// The texts of a timeline's messages, in order.
 pub(super) fn texts(timeline: &[crate::app::TimelineItem]) -> Vec<String> {
     timeline

@@ -22,6 +22,26 @@ pub(crate) struct Api {
     _data: tempfile::TempDir,
 }
 
+/// Sets a node up as `name`'s own device, on the loopback overlay.
+pub(crate) fn owned_by(name: &str) -> impl FnOnce(&mut Config) {
+    let name = name.to_owned();
+    move |config| {
+        config.owner = Some(name);
+        config.p2p = Some(crate::TransportConfig::loopback());
+    }
+}
+
+/// A node that is `name`'s own device (its owner signed in to the in-process client), on the
+/// loopback overlay.
+pub(crate) async fn owned(name: &str) -> Api {
+    Api::start_with(owned_by(name)).await
+}
+
+/// The owner's in-process client of a test node.
+pub(crate) fn app(api: &Api) -> &crate::app::AppClient {
+    api.node.app().expect("the node has an owner")
+}
+
 impl Api {
     pub(crate) async fn start() -> Api {
         Api::start_with(|_| {}).await

@@ -164,7 +164,11 @@ impl Sender {
         }
         let mail = self
             .store
-            .backup_mail_batch(destination.clone(), mailbox::MAIL_BATCH)
+            .backup_mail_batch(
+                destination.clone(),
+                mailbox::MAIL_BATCH,
+                mailbox::MAIL_BATCH_BYTES,
+            )
             .await?;
         if !mail.is_empty() {
             return Ok(mail);

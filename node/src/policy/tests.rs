@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{Level, PolicyKind};
 use crate::app::{ApiError, AppClient, AppError, TimelineItem};
-use crate::client_api::test_support::{Api, person};
+use crate::client_api::test_support::{Api, app, owned, person};
 use crate::federation::hostile_tests::{
     draft, event_id, key_of, room_version, send_pdus, sign, to_value,
 };
@@ -17,21 +17,8 @@ use crate::federation::room_tests::{eventually, log_to_test_output};
 
 const WITHIN: Duration = Duration::from_secs(20);
 
-async fn owned(name: &str) -> Api {
-    let name = name.to_owned();
-    Api::start_with(move |config| {
-        config.owner = Some(name);
-        config.p2p = Some(crate::TransportConfig::loopback());
-    })
-    .await
-}
-
 fn server_of(api: &Api) -> ruma::OwnedServerName {
     api.node.server_name().try_into().unwrap()
-}
-
-fn app(api: &Api) -> &AppClient {
-    api.node.app().expect("the node has an owner")
 }
 
 /// Alice, Bob and Mallory, each the owner of their own node, all connected.
