@@ -19,6 +19,10 @@ const state = {
   online: false,
   // GET /backup's answer: the subscription and key backup, or null before the first.
   backup: null,
+  // GET /policy's answer: the owner's subscriptions and own lists, or null before the first.
+  policy: null,
+  // Blurred items the owner chose to see, by event id.
+  revealed: new Set(),
 };
 
 const NEARBY_EVERY_MS = 4000;
@@ -229,6 +233,7 @@ function route() {
     renderSettings();
     refreshNearby();
     refreshBackup();
+    refreshPolicy();
   } else {
     document.body.dataset.view = 'list';
     state.current = null;
@@ -435,7 +440,7 @@ function handle(event) {
       if (!state.rooms.some((r) => r.room_id === item.room_id)) refreshRoomsSoon();
       if (item.room_id === state.current) {
         renderTimeline(false);
-      } else if (!item.own && item.kind !== 'notice') {
+      } else if (!item.own && item.kind !== 'notice' && !isPolicyList(item.room_id)) {
         state.unread.add(item.room_id);
         renderRooms();
       }
@@ -509,11 +514,16 @@ function renderInvites() {
         accept.disabled = decline.disabled = false;
       }
     });
-    list.append(el('li', { class: 'invite card', dataset: { roomId: invite.room_id } },
+    // An invite from someone one of the owner's lists bans: said plainly before accepting.
+    const flag = invite.policy
+      ? el('span', { class: 'policy-flag', dataset: { level: invite.policy.level } }, WARNING_SIGN, ' ', verdictText(invite.policy))
+      : null;
+    list.append(el('li', { class: 'invite card' + (invite.policy ? ' flagged' : ''), dataset: { roomId: invite.room_id } },
       avatar(el('span', { class: 'avatar', 'aria-hidden': 'true' }), title, invite.room_id),
       el('div', { class: 'who' },
         el('strong', { text: title }),
-        el('span', { class: 'sub' }, what, invite.encrypted ? [' ', lockBadge()] : null)),
+        el('span', { class: 'sub' }, what, invite.encrypted ? [' ', lockBadge()] : null),
+        flag),
       el('div', { class: 'actions' }, accept, decline)));
   }
 }
@@ -552,11 +562,15 @@ function avatarId(room) {
   return other ? other.user_id : room.room_id;
 }
 
+// Policy lists are rooms too, but not chats: they are shown in the moderation settings.
+const chats = () => state.rooms.filter((r) => !r.policy_list);
+
 function renderRooms() {
   const list = $('rooms');
   list.textContent = '';
-  $('no-rooms').hidden = state.rooms.length > 0;
-  const sorted = [...state.rooms].sort((a, b) => roomTitle(a).localeCompare(roomTitle(b)));
+  const rooms = chats();
+  $('no-rooms').hidden = rooms.length > 0;
+  const sorted = [...rooms].sort((a, b) => roomTitle(a).localeCompare(roomTitle(b)));
   for (const room of sorted) {
     const title = roomTitle(room);
     const link = el('a', {
@@ -658,16 +672,38 @@ function deliveryOf(item) {
 
 function renderItem(item, previous) {
   if (item.kind === 'notice') {
-    return el('li', { class: 'notice', dataset: { eventId: item.event_id } }, item.text);
+    return el('li', { class: 'notice' + (item.policy ? ' flagged' : ''), title: item.policy ? verdictText(item.policy) : null, dataset: { eventId: item.event_id } },
+      item.policy ? [WARNING_SIGN, ' '] : null, item.text);
   }
   const grouped = previous && previous.kind !== 'notice' && previous.sender === item.sender && item.ts - previous.ts < 5 * 60000;
   const classes = ['message', item.own ? 'own' : 'theirs'];
   if (item.encrypted) classes.push('encrypted');
   if (item.kind === 'undecryptable') classes.push('undecryptable');
   if (grouped) classes.push('grouped');
-  const body = item.kind === 'undecryptable'
+  let body = item.kind === 'undecryptable'
     ? el('div', { class: 'body', title: item.reason || '' }, lockBadge(), ' Waiting for the key to decrypt this message…')
     : el('div', { class: 'body', text: item.body });
+  const verdict = item.policy;
+  if (verdict && verdict.level === 'blur') {
+    // Collapsed with the list's reason; one click shows it (and it stays shown).
+    classes.push('policy-blur');
+    if (state.revealed.has(item.event_id)) {
+      classes.push('revealed');
+      body = [el('div', { class: 'policy-flag', dataset: { level: 'blur' } }, WARNING_SIGN, ' ', verdictText(verdict)), body];
+    } else {
+      const reveal = el('button', { type: 'button', class: 'policy-reveal', text: 'Show' });
+      reveal.addEventListener('click', () => {
+        state.revealed.add(item.event_id);
+        renderTimeline(false);
+      });
+      body = el('div', { class: 'policy-cover' },
+        el('span', { class: 'policy-reason' }, 'Blurred: ', verdictText(verdict)),
+        reveal);
+    }
+  } else if (verdict && verdict.level === 'warn') {
+    classes.push('policy-warn');
+    body = [el('div', { class: 'policy-flag', dataset: { level: 'warn' } }, WARNING_SIGN, ' ', verdictText(verdict)), body];
+  }
   const foot = el('div', { class: 'foot' });
   if (item.encrypted) foot.append(lockBadge());
   foot.append(el('time', { datetime: new Date(item.ts).toISOString(), title: new Date(item.ts).toLocaleString(), text: timeOf(item.ts) }));
@@ -718,6 +754,7 @@ function renderSettings() {
   $('my-server-name').textContent = state.me.server_name;
   $('my-peer-id').textContent = state.me.peer_id || 'no peer-to-peer network';
   $('my-device-id').textContent = state.me.device_id;
+  $('policy-create-server').textContent = shortServer(state.me.server_name);
   renderKnownPeers();
 }
 
@@ -830,6 +867,247 @@ async function turnOnKeyBackup(replace) {
   }
 }
 
+// --- moderation: policy lists --------------------------------------------------------------
+
+const WARNING_SIGN = '\u26a0';
+const LEVEL_NAMES = { hide: 'Hide', blur: 'Blur', warn: 'Warn' };
+
+function isPolicyList(roomId) {
+  return state.rooms.some((r) => r.room_id === roomId && r.policy_list);
+}
+
+// A list as people know it: its name, else its alias, else its room id.
+function listName(roomId) {
+  const policy = state.policy;
+  const known = policy && [...policy.subscriptions, ...policy.lists].find((l) => l.room_id === roomId);
+  if (known) return known.name || known.alias || roomId;
+  const room = state.rooms.find((r) => r.room_id === roomId);
+  return (room && room.name) || roomId;
+}
+
+// Why an item or invite is blurred or flagged: the list's reason, and which list says so.
+function verdictText(verdict) {
+  const why = verdict.reason ? verdict.reason : `${verdict.kind} ${verdict.entity} is banned`;
+  return `${why} (list: ${listName(verdict.list)})`;
+}
+
+let policySeq = 0;
+async function refreshPolicy() {
+  const seq = ++policySeq;
+  try {
+    const policy = await api('GET', '/policy');
+    if (seq === policySeq) {
+      state.policy = policy;
+      renderPolicy();
+    }
+  } catch (e) {
+    if (seq !== policySeq) return;
+    const status = $('policy-status');
+    status.textContent = 'Could not read your policy lists: ' + e.message;
+    status.dataset.state = 'failed';
+  }
+}
+
+// What lists apply changed: every timeline is read again (what a list now hides goes, what it
+// hid comes back), and so are the invites and the rooms (a new list is no chat).
+async function policyApplied(policy) {
+  policySeq += 1;
+  state.policy = policy;
+  renderPolicy();
+  for (const roomId of [...state.timelines.keys()]) state.timelines.delete(roomId);
+  const reloads = [refreshInvites(), refreshRooms()];
+  const roomId = state.current;
+  if (roomId) {
+    reloads.push(loadTimeline(roomId).then(() => { if (state.current === roomId) renderTimeline(false); }, () => {}));
+  }
+  await Promise.allSettled(reloads);
+}
+
+function levelSelect(value, label) {
+  const select = el('select', { class: 'policy-level', 'aria-label': label });
+  for (const [level, name] of Object.entries(LEVEL_NAMES)) {
+    select.append(el('option', { value: level, selected: level === value, text: name }));
+  }
+  return select;
+}
+
+// Runs a change with `button` disabled, saying in `status` how it went.
+async function policyAction(button, status, work) {
+  if (button) button.disabled = true;
+  status.textContent = 'Working…';
+  status.dataset.state = 'busy';
+  delete status.dataset.errcode;
+  try {
+    await work();
+    status.textContent = '';
+    status.dataset.state = 'done';
+    return true;
+  } catch (e) {
+    status.textContent = e.message;
+    status.dataset.state = 'failed';
+    if (e.errcode) status.dataset.errcode = e.errcode;
+    return false;
+  } finally {
+    if (button) button.disabled = false;
+  }
+}
+
+function renderPolicy() {
+  const policy = state.policy;
+  if (!policy) return;
+  const status = $('policy-status');
+  status.dataset.state = 'ready';
+  status.textContent = policy.subscriptions.length
+    ? `You subscribe to ${plural(policy.subscriptions.length, 'list', 'lists')}:`
+    : 'You subscribe to no list: nothing is hidden, blurred or flagged.';
+
+  const subs = $('policy-subscriptions');
+  subs.textContent = '';
+  for (const sub of policy.subscriptions) {
+    const select = levelSelect(sub.level, `What to do with what ${sub.name || sub.room_id} bans`);
+    const unsubscribe = el('button', { type: 'button', class: 'text-button danger policy-unsubscribe', text: 'Unsubscribe' });
+    const result = el('span', { class: 'sub wrap policy-result', role: 'status' });
+    const path = '/policy/subscriptions/' + encodeURIComponent(sub.room_id);
+    select.addEventListener('change', () => policyAction(select, result, async () => {
+      await policyApplied(await api('PUT', path, { level: select.value }));
+    }));
+    unsubscribe.addEventListener('click', () => policyAction(unsubscribe, result, async () => {
+      await policyApplied(await api('DELETE', path));
+    }));
+    let about = plural(sub.rules, 'rule', 'rules');
+    if (sub.refused) about += `, ${sub.refused} too broad to apply`;
+    if (sub.mine) about += ' · your list';
+    subs.append(el('li', { class: 'policy-subscription', dataset: { roomId: sub.room_id, level: sub.level } },
+      el('div', { class: 'who' },
+        el('strong', { text: sub.name || sub.alias || sub.room_id }),
+        el('code', { class: 'sub wrap', text: sub.alias || sub.room_id }),
+        el('span', { class: 'sub', text: about })),
+      el('div', { class: 'row' }, select, unsubscribe),
+      result));
+  }
+
+  const lists = $('policy-lists');
+  lists.textContent = '';
+  $('no-policy-lists').hidden = policy.lists.length > 0;
+  for (const list of policy.lists) lists.append(renderPolicyList(list));
+}
+
+// One of the owner's lists: its rules with remove buttons, a form to add one, and sharing.
+function renderPolicyList(list) {
+  const base = '/policy/lists/' + encodeURIComponent(list.room_id);
+  const result = el('span', { class: 'sub wrap policy-result', role: 'status' });
+  const replace = (view) => {
+    const index = state.policy.lists.findIndex((l) => l.room_id === view.room_id);
+    if (index >= 0) state.policy.lists[index] = view;
+    const old = document.querySelector(`.policy-list[data-room-id="${CSS.escape(view.room_id)}"]`);
+    if (old) old.replaceWith(renderPolicyList(view));
+  };
+
+  const rules = el('ul', { class: 'list policy-rules' });
+  for (const rule of list.rules) {
+    const remove = el('button', { type: 'button', class: 'text-button danger policy-remove', text: 'Remove', title: `Remove the ban of ${rule.entity}` });
+    remove.addEventListener('click', () => policyAction(remove, result, async () => {
+      const view = await api('POST', base + '/rules/remove', { kind: rule.kind, entity: rule.entity });
+      if (list.subscribed) await policyApplied(await api('GET', '/policy'));
+      else replace(view);
+    }));
+    rules.append(el('li', { class: 'policy-rule', dataset: { kind: rule.kind, entity: rule.entity } },
+      el('span', { class: 'policy-kind', text: rule.kind }),
+      el('div', { class: 'who' },
+        el('code', { class: 'wrap', text: rule.entity }),
+        el('span', { class: 'sub wrap', text: rule.reason || 'no reason given' })),
+      remove));
+  }
+  if (!list.rules.length) rules.append(el('li', { class: 'empty', text: 'No rules yet.' }));
+
+  const kind = el('select', { name: 'kind', 'aria-label': 'What the rule bans' },
+    el('option', { value: 'user', text: 'User' }),
+    el('option', { value: 'room', text: 'Room' }),
+    el('option', { value: 'server', text: 'Server' }));
+  const entity = el('input', { name: 'entity', required: true, maxlength: '512', autocomplete: 'off', spellcheck: 'false', placeholder: '@spammer:server or @spam*:*', 'aria-label': 'Who or what (* and ? match any characters)' });
+  const reason = el('input', { name: 'reason', maxlength: '1024', autocomplete: 'off', placeholder: 'Reason (shown to subscribers)', 'aria-label': 'Reason' });
+  const add = el('button', { type: 'submit', class: 'primary', text: 'Ban' });
+  const addForm = el('form', { class: 'form policy-add-rule' },
+    el('div', { class: 'row' }, kind, entity), reason, el('div', { class: 'row' }, add));
+  addForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    policyAction(add, result, async () => {
+      const view = await api('POST', base + '/rules', { kind: kind.value, entity: entity.value, reason: reason.value });
+      if (list.subscribed) await policyApplied(await api('GET', '/policy'));
+      else replace(view);
+    });
+  });
+
+  const user = el('input', { name: 'user', required: true, autocomplete: 'off', spellcheck: 'false', list: 'people-ids', placeholder: '@name:server', 'aria-label': 'User id to share the list with' });
+  const invite = el('button', { type: 'submit', text: 'Invite' });
+  const inviteForm = el('form', { class: 'inline-form policy-invite' }, user, invite);
+  inviteForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    policyAction(invite, result, async () => {
+      await api('POST', base + '/invite', { user_id: user.value });
+      user.value = '';
+    }).then((done) => {
+      if (done) {
+        result.textContent = 'Invited.';
+        result.dataset.state = 'invited';
+      }
+    });
+  });
+
+  // The owner's own list applies to their own chats only once subscribed, like anyone's.
+  let apply;
+  if (list.subscribed) {
+    apply = el('p', { class: 'sub', text: `You subscribe to it: ${LEVEL_NAMES[list.subscribed]}.` });
+  } else {
+    const level = levelSelect('blur', 'What to do with what this list bans');
+    const subscribe = el('button', { type: 'button', class: 'policy-apply', text: 'Subscribe' });
+    subscribe.addEventListener('click', () => policyAction(subscribe, result, async () => {
+      await policyApplied(await api('POST', '/policy/subscriptions', { list: list.room_id, level: level.value }));
+    }));
+    apply = el('div', { class: 'row' }, el('span', { class: 'sub', text: 'Apply it to your chats:' }), level, subscribe);
+  }
+
+  const idCode = el('code', { text: list.alias || list.room_id });
+  const copy = el('button', { type: 'button', class: 'copy', text: 'Copy' });
+  copy.addEventListener('click', () => copyText(idCode.textContent, copy));
+  return el('div', { class: 'policy-list card-part', dataset: { roomId: list.room_id } },
+    el('h3', { text: list.name || list.alias || 'Unnamed list' }),
+    el('div', { class: 'copy-row' }, el('span', { class: 'label', text: list.alias ? 'Share by' : 'Room id' }), idCode, copy),
+    rules,
+    list.refused ? el('p', { class: 'sub wrap problem', text: `${plural(list.refused, 'rule is', 'rules are')} too broad: subscribers ignore them.` }) : null,
+    addForm,
+    el('div', { class: 'policy-share' }, el('span', { class: 'sub', text: 'Share it with someone:' }), inviteForm),
+    apply,
+    result);
+}
+
+async function subscribePolicy() {
+  const button = $('policy-subscribe-button');
+  const status = $('policy-subscribe-status');
+  const via = $('policy-subscribe-via').value.split(/[\s,]+/).filter((v) => v);
+  const done = await policyAction(button, status, async () => {
+    await policyApplied(await api('POST', '/policy/subscriptions', {
+      list: $('policy-subscribe-list').value,
+      level: $('policy-subscribe-level').value,
+      via,
+    }));
+  });
+  if (done) $('policy-subscribe').reset();
+}
+
+async function createPolicyList() {
+  const button = $('policy-create-button');
+  const status = $('policy-create-status');
+  const done = await policyAction(button, status, async () => {
+    await api('POST', '/policy/lists', {
+      name: $('policy-create-name').value,
+      alias: $('policy-create-alias').value || null,
+    });
+    await Promise.allSettled([refreshPolicy(), refreshRooms()]);
+  });
+  if (done) $('policy-create').reset();
+}
+
 function renderKnownPeers() {
   const list = $('known-peers');
   list.textContent = '';
@@ -934,6 +1212,14 @@ function wire() {
     subscribeBackup();
   });
   $('backup-unsubscribe').addEventListener('click', unsubscribeBackup);
+  $('policy-subscribe').addEventListener('submit', (e) => {
+    e.preventDefault();
+    subscribePolicy();
+  });
+  $('policy-create').addEventListener('submit', (e) => {
+    e.preventDefault();
+    createPolicyList();
+  });
   $('key-backup-on').addEventListener('click', () => turnOnKeyBackup(false));
   $('key-backup-new').addEventListener('click', () => turnOnKeyBackup(true));
   $('recovery-key-done').addEventListener('click', () => {

@@ -1,8 +1,10 @@
 //! `hyphae`: the app people run. `hyphae up` starts a node in this process, serves the
 //! Client-Server API and, beside it, the owner's web UI (`ui/`); `hyphae backup-server` runs a
-//! node with no owner that keeps replicas for the devices its operator invites.
+//! node with no owner that keeps replicas for the devices its operator invites; `hyphae policy`
+//! edits and subscribes to policy lists on a running `hyphae up` (`policy_cli.rs`).
 
 mod backup_target;
+mod policy_cli;
 mod ui;
 
 use std::net::SocketAddr;
@@ -12,6 +14,7 @@ use std::process::ExitCode;
 use backup_target::BackupTarget;
 use clap::{Parser, Subcommand};
 use hyphae_node::{Config, Multiaddr, Node, Registration, TransportConfig};
+use ruma::{OwnedRoomId, OwnedServerName};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -91,6 +94,8 @@ enum Command {
         )]
         recovery_key: Option<String>,
         #[command(flatten)]
+        node_policy: NodePolicyArgs,
+        #[command(flatten)]
         p2p: P2pArgs,
     },
     /// Run a backup server: a node with no owner that keeps a replica of the rooms of the
@@ -111,7 +116,37 @@ enum Command {
         /// A DHT bootstrap peer, as a multiaddr ending in /p2p/<peer id> (repeat for several).
         #[arg(long = "bootstrap", value_name = "MULTIADDR")]
         bootstrap: Vec<Multiaddr>,
+        /// Subscribe the server to this policy list at start, by alias or room id (repeat for
+        /// several): PDUs from the users and servers it bans are refused, never kept or passed
+        /// on. Subscriptions are kept; --drop-policy-list ends one.
+        #[arg(long = "policy-list", value_name = "LIST")]
+        policy_lists: Vec<String>,
+        /// A server in the lists' rooms to join them through (for a room id; repeat for several).
+        #[arg(long = "policy-via", value_name = "SERVER", value_parser = parse_server_name)]
+        policy_via: Vec<OwnedServerName>,
+        /// End the server's subscription to this list (its room id), at start.
+        #[arg(long = "drop-policy-list", value_name = "ROOM_ID", value_parser = parse_room_id)]
+        drop_policy_lists: Vec<OwnedRoomId>,
     },
+    /// Your policy lists and subscriptions, on the `hyphae up` running here: make a list, ban
+    /// users, rooms or servers in it, share it, subscribe to others' (hide, blur or warn).
+    Policy(policy_cli::PolicyArgs),
+}
+
+/// Policy lists the node itself subscribes to (its operator's choice), for every user on it.
+#[derive(clap::Args)]
+struct NodePolicyArgs {
+    /// Subscribe the node itself to this policy list at start, by alias or room id (repeat for
+    /// several): PDUs from the users and servers it bans are refused at this node's edge, for
+    /// everyone on it. Subscriptions are kept; --drop-node-policy-list ends one.
+    #[arg(long = "node-policy-list", value_name = "LIST")]
+    lists: Vec<String>,
+    /// A server in the lists' rooms to join them through (for a room id; repeat for several).
+    #[arg(long = "node-policy-via", value_name = "SERVER", value_parser = parse_server_name)]
+    via: Vec<OwnedServerName>,
+    /// End the node's subscription to this list (its room id), at start.
+    #[arg(long = "drop-node-policy-list", value_name = "ROOM_ID", value_parser = parse_room_id)]
+    drop: Vec<OwnedRoomId>,
 }
 
 #[derive(Subcommand)]
@@ -204,6 +239,7 @@ fn main() -> ExitCode {
             unsubscribe_backup,
             restore_from,
             recovery_key,
+            node_policy,
             p2p,
         } => {
             let Some(data_dir) = data.or_else(default_data_dir) else {
@@ -235,6 +271,7 @@ fn main() -> ExitCode {
                     (None, false) => BackupChange::None,
                 },
                 restore_from.zip(recovery_key),
+                node_policy,
             ))
         }
         Command::BackupServer {
@@ -243,6 +280,9 @@ fn main() -> ExitCode {
             listen,
             no_mdns,
             bootstrap,
+            policy_lists,
+            policy_via,
+            drop_policy_lists,
         } => {
             let Some(data_dir) =
                 data.or_else(|| default_data_dir().map(|d| d.join("backup-server")))
@@ -280,19 +320,27 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            runtime.block_on(backup_server(Config {
-                // Nobody but this machine needs its Client-Server API; any free port.
-                client_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-                p2p,
-                owner: None,
-                backup_server: true,
-                ..Config::new(data_dir)
-            }))
+            runtime.block_on(backup_server(
+                Config {
+                    // Nobody but this machine needs its Client-Server API; any free port.
+                    client_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                    p2p,
+                    owner: None,
+                    backup_server: true,
+                    ..Config::new(data_dir)
+                },
+                NodePolicyArgs {
+                    lists: policy_lists,
+                    via: policy_via,
+                    drop: drop_policy_lists,
+                },
+            ))
         }
+        Command::Policy(args) => policy_cli::run(args, &runtime),
     }
 }
 
-async fn backup_server(config: Config) -> ExitCode {
+async fn backup_server(config: Config, policy: NodePolicyArgs) -> ExitCode {
     let data_dir = config.data_dir.clone();
     let node = match Node::start(config).await {
         Ok(node) => node,
@@ -319,6 +367,7 @@ async fn backup_server(config: Config) -> ExitCode {
             println!("  p2p listen   {addr}/p2p/{peer}");
         }
     }
+    node_policy_lists(&node, policy).await;
     println!(
         "Invite a device with: hyphae backup-server invite --data {}",
         data_dir.display()
@@ -400,6 +449,7 @@ async fn up(
     ui: Option<ui::Ui>,
     backup: BackupChange,
     restore: Option<(Multiaddr, String)>,
+    policy: NodePolicyArgs,
 ) -> ExitCode {
     let data_dir = config.data_dir.clone();
     let registration = match config.registration() {
@@ -489,6 +539,7 @@ async fn up(
             Err(e) => eprintln!("hyphae: still backed up, could not unsubscribe: {e}"),
         },
     }
+    node_policy_lists(&node, policy).await;
     println!("Press Ctrl-C to stop.");
 
     stop.await;
@@ -498,6 +549,35 @@ async fn up(
     node.shutdown().await;
     println!("Hyphae stopped.");
     ExitCode::SUCCESS
+}
+
+/// Applies the operator's changes to the node's own policy lists, then prints them all. A list
+/// that cannot be joined is said and skipped: the node runs without it.
+async fn node_policy_lists(node: &Node, policy: NodePolicyArgs) {
+    for list in &policy.drop {
+        match node.unsubscribe_policy_list_node(list).await {
+            Ok(true) => {}
+            Ok(false) => eprintln!("hyphae: the node did not subscribe to the policy list {list}"),
+            Err(e) => eprintln!("hyphae: could not end the policy list {list}: {e}"),
+        }
+    }
+    for list in &policy.lists {
+        if let Err(e) = node.subscribe_policy_list_node(list, &policy.via).await {
+            eprintln!("hyphae: no policy list {list}: {e}");
+        }
+    }
+    for list in node.node_policy_subscriptions() {
+        let rules = node.node_policy_rules(&list).await.map_or(0, |r| r.len());
+        println!("  policy list  {list} ({})", policy_cli::rules(rules));
+    }
+}
+
+fn parse_server_name(name: &str) -> Result<OwnedServerName, String> {
+    ruma::ServerName::parse(name).map_err(|e| format!("not a server name: {e}"))
+}
+
+fn parse_room_id(id: &str) -> Result<OwnedRoomId, String> {
+    ruma::RoomId::parse(id).map_err(|e| format!("not a room id (!…): {e}"))
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM; the handlers are in place when this returns.

@@ -153,8 +153,22 @@ async fn nearby(State(ui): State<Ui>) -> Answer {
     ok(app(&ui)?.nearby().await)
 }
 
+/// The owner's rooms; policy lists are marked `"policy_list": true` (the page shows them in
+/// the moderation settings, not among the chats).
 async fn rooms(State(ui): State<Ui>) -> Answer {
-    ok(app(&ui)?.rooms().await?)
+    let ready = ready(&ui)?;
+    let rooms = ready.app.rooms().await?;
+    let lists = super::policy::list_rooms(ready).await?;
+    let rooms: Vec<serde_json::Value> = rooms
+        .into_iter()
+        .map(|room| {
+            let policy_list = lists.contains(&room.room_id);
+            let mut room = serde_json::to_value(room).unwrap_or_default();
+            room["policy_list"] = policy_list.into();
+            room
+        })
+        .collect();
+    ok(rooms)
 }
 
 async fn invites(State(ui): State<Ui>) -> Answer {

@@ -245,12 +245,12 @@ async fn enable_keys(State(ui): State<Ui>, body: Bytes) -> Answer {
 
 /// Runs `work` in its own task, so it finishes even if the page closes the request: a
 /// subscription the server took but this device never recorded, or a key backup half set up,
-/// would be worse than a result nobody reads.
-async fn to_the_end<T: Send + 'static>(
+/// would be worse than a result nobody reads. (The moderation settings use it too.)
+pub(super) async fn to_the_end<T: Send + 'static>(
     work: impl Future<Output = Result<T, Failure>> + Send + 'static,
 ) -> Result<T, Failure> {
     tokio::spawn(work).await.map_err(|e| {
-        tracing::warn!(error = %e, "a backup settings change did not finish");
+        tracing::warn!(error = %e, "a settings change did not finish");
         Failure::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "M_UNKNOWN",
@@ -260,7 +260,7 @@ async fn to_the_end<T: Send + 'static>(
 }
 
 /// A body the page should never send; said plainly for whoever calls the API by hand.
-fn json_failure(rejection: JsonRejection) -> Failure {
+pub(super) fn json_failure(rejection: JsonRejection) -> Failure {
     let errcode = match rejection {
         JsonRejection::MissingJsonContentType(_) => "M_NOT_JSON",
         _ => "M_BAD_JSON",

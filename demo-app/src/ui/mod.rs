@@ -9,6 +9,7 @@
 mod api;
 mod backup;
 mod events;
+mod policy;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,7 +31,7 @@ use tokio::sync::{Mutex, watch};
 static ASSETS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/assets");
 
 /// Where in the data folder the secret is kept.
-const SECRET_FILE: &str = "ui-secret";
+pub(crate) const SECRET_FILE: &str = "ui-secret";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UiError {
@@ -61,11 +62,14 @@ struct Shared {
 /// What the UI serves once the node runs.
 pub(crate) struct Ready {
     pub(crate) app: AppClient,
-    /// For what only the node does: the backup subscription.
+    /// For what only the node does: the backup subscription, reading policy lists' state.
     pub(crate) node: Node,
     /// Held while the backup settings change, so two clicks (or two tabs) cannot subscribe
     /// twice or mint two recovery keys of which the page shows only one.
     pub(crate) backup_busy: Mutex<()>,
+    /// Held while policy lists or subscriptions change: a subscription is read, changed and
+    /// written back (account data), so two at once would lose one.
+    pub(crate) policy_busy: Mutex<()>,
     pub(crate) server_name: String,
     pub(crate) peer_id: Option<String>,
     secret: String,
@@ -93,6 +97,7 @@ impl Ui {
     pub fn router(&self) -> Router {
         let api = api::router()
             .merge(backup::router())
+            .merge(policy::router())
             .route("/events", get(events::stream))
             .layer(middleware::from_fn_with_state(self.clone(), guard));
         Router::new()
@@ -112,6 +117,7 @@ impl Ui {
             app,
             node: node.clone(),
             backup_busy: Mutex::new(()),
+            policy_busy: Mutex::new(()),
             server_name: node.server_name().to_owned(),
             peer_id: node.transport().map(|t| t.local_peer_id().to_string()),
             cookie: format!("hyphae_ui_{}", addr.port()),
