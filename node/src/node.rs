@@ -90,7 +90,7 @@ impl Node {
         let login_tokens = Arc::new(LoginTokens::default());
         let signing_key = SigningKey::new(server_name.clone(), &identity.secret_bytes());
         let federation = Federation::new(store.clone(), signing_key.clone());
-        let policy = crate::policy::Policy::new(store.clone());
+        let policy = crate::policy::Policy::new(store.clone(), server_name.clone());
         let rooms = Rooms::new(
             store.clone(),
             signing_key.clone(),
@@ -262,7 +262,10 @@ impl Node {
     /// node) to a policy list, by room id or alias. From now on PDUs whose sender or sender's
     /// server the list bans are refused at this node's federation edge, kept as rejected with
     /// the rule and list as the reason, never shown and never passed on; so are transactions
-    /// and invites from servers it bans. The node's service account joins the list's room, so
+    /// and invites from servers it bans. Their state events (an invite they send, a power
+    /// level change they may make) are the room's state on every other server: they are taken,
+    /// so honest events built on them still are, but the app does not show them and the node
+    /// does not pass them on. The node's service account joins the list's room, so
     /// the list's changes keep arriving and apply as they do.
     ///
     /// `list` is the list room's alias, or its id with `via` naming servers in the room to join

@@ -219,6 +219,20 @@ impl AppClient {
             .user_verdict(self.inner.user_id.localpart(), &Subject::user(user_id))
     }
 
+    /// Whether the node's own lists ban a sender (never the owner). Their non-state events
+    /// are refused at the node's edge; their state events are taken, because the room's state
+    /// on every server holds them, and the owner's views leave them out instead.
+    pub(super) fn node_bans(&self, sender: &str) -> bool {
+        let policy = &self.inner.state.policy;
+        if !policy.node_has_lists() {
+            return false;
+        }
+        let Ok(sender) = UserId::parse(sender) else {
+            return false;
+        };
+        sender != self.inner.user_id && policy.node_verdict(&Subject::user(&sender)).is_some()
+    }
+
     /// What the owner's lists say of a sender (a user id as an event names it) in a room.
     pub(super) fn verdict_on(&self, sender: &str, room_id: Option<&RoomId>) -> Option<Verdict> {
         let sender = UserId::parse(sender).ok()?;

@@ -119,7 +119,9 @@ impl AppClient {
             Some(inviter) => self.verdict_on(inviter, Some(&room_id)),
             None => None,
         };
-        if policy.as_ref().is_some_and(|v| v.level.hides()) {
+        if policy.as_ref().is_some_and(|v| v.level.hides())
+            || inviter.as_deref().is_some_and(|i| self.node_bans(i))
+        {
             return None;
         }
         Some(Invite {

@@ -169,6 +169,11 @@ impl AppClient {
         if policy.as_ref().is_some_and(|v| v.level.hides()) {
             return None;
         }
+        // A state event of someone the node bans (their invite of someone, a name they gave
+        // the room) is part of the room's state, but not something to show.
+        if event.get("state_key").is_some() && self.node_bans(&sender) {
+            return None;
+        }
         let name_of = |user: &str| names.get(user).cloned().unwrap_or_else(|| user.to_owned());
         let (kind, encrypted) = match event["type"].as_str()? {
             "m.room.message" => (

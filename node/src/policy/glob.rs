@@ -95,7 +95,14 @@ impl Glob {
     }
 
     pub fn matches(&self, text: &str) -> bool {
-        glob_match(self.pattern.as_bytes(), text.as_bytes())
+        let mut unlimited = usize::MAX;
+        glob_match(self.pattern.as_bytes(), text.as_bytes(), &mut unlimited).unwrap_or(false)
+    }
+
+    /// Whether the pattern matches, spending at most `budget` steps (taken off it); `None`
+    /// when the budget ran out first.
+    pub fn matches_within(&self, text: &str, budget: &mut usize) -> Option<bool> {
+        glob_match(self.pattern.as_bytes(), text.as_bytes(), budget)
     }
 }
 
@@ -111,11 +118,13 @@ fn char_len(lead: u8) -> usize {
 
 /// Greedy matching with one backtrack point (the last `*`): O(pattern × text) at worst, and
 /// both are bounded (the pattern by `MAX_PATTERN_LEN`). Works on bytes; `?` takes a whole
-/// character, and since both sides are valid UTF-8 a literal match never splits one.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+/// character, and since both sides are valid UTF-8 a literal match never splits one. Each
+/// step costs one of `budget`; `None` when it runs out before the answer.
+fn glob_match(pattern: &[u8], text: &[u8], budget: &mut usize) -> Option<bool> {
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
+        *budget = budget.checked_sub(1)?;
         if let Some(&c) = pattern.get(p) {
             match c {
                 b'*' => {
@@ -143,10 +152,10 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
                 p = star_p + 1;
                 t = next;
             }
-            None => return false,
+            None => return Some(false),
         }
     }
-    pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*') && t == text.len()
+    Some(pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*') && t == text.len())
 }
 
 #[cfg(test)]
@@ -210,6 +219,19 @@ mod tests {
         let exact = Glob::compile("@a:b").unwrap();
         assert!(exact.is_exact());
         assert_eq!(exact.prefix(), "@a:b");
+    }
+
+    #[test]
+    fn a_budget_stops_matching_and_says_so() {
+        let glob = Glob::compile("@a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b").unwrap();
+        let text = format!("@{}", "a".repeat(200));
+        let mut budget = 100;
+        assert_eq!(glob.matches_within(&text, &mut budget), None);
+        assert_eq!(budget, 0);
+        let mut budget = 100;
+        let cheap = Glob::compile("@*:x").unwrap();
+        assert_eq!(cheap.matches_within("@m:x", &mut budget), Some(true));
+        assert!(budget < 100 && budget > 90, "{budget}");
     }
 
     #[test]

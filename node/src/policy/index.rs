@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ruma::OwnedRoomId;
 use serde::Serialize;
@@ -18,6 +19,20 @@ const _: () = assert!(MAX_UNANCHORED <= 64, "a check marks them in one u64");
 /// Globs sharing one literal anchor are all tried when it matches; past this many, more are
 /// refused (no honest list needs a thousand globs starting `@spam`).
 pub const MAX_PER_ANCHOR: usize = 1024;
+/// Globs (rules with a wildcard) per list, all kinds together; past this many, more are
+/// refused. Exact rules cost a hash entry each and are not capped; a glob costs a run on
+/// every check that reaches its bucket, and a list is written by someone else.
+pub const MAX_GLOBS: usize = 32_768;
+/// Globs are bucketed by at most this many bytes of their literal start or end: a check
+/// then looks up at most this many prefixes and suffixes of its text, each of at most this
+/// many bytes, whatever anchor lengths a list holds (longer anchors are still matched in
+/// full by the glob itself).
+pub const MAX_ANCHOR_KEY: usize = 32;
+/// Glob steps one check may spend on one list (about a hundred microseconds). An honest list
+/// needs a few hundred; one built to be slow (a thousand globs on one anchor, each
+/// backtracking over a long id) is stopped here, the rest of its candidates untried, and a
+/// warning logged: the edge must not spend milliseconds of the runtime on each event.
+pub const CHECK_BUDGET: usize = 1 << 16;
 /// Refusals remembered per list for whoever asks why a rule has no effect.
 const MAX_REFUSALS_KEPT: usize = 100;
 /// Refusals logged one by one per compile; the rest are counted.
@@ -80,6 +95,8 @@ pub enum RuleError {
     TooManyUnanchored,
     #[error("{MAX_PER_ANCHOR} globs of the list already start or end with {0:?}")]
     CrowdedAnchor(String),
+    #[error("the list already holds {MAX_GLOBS} globs")]
+    TooManyGlobs,
 }
 
 /// A ban rule as a policy room's state says it: (entity, reason); `Ok(None)` for an emptied
@@ -158,8 +175,32 @@ struct Matcher {
     fold_case: bool,
 }
 
+/// The first `max` bytes of `s` (fewer, to end on a character boundary).
+fn head(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The last `max` bytes of `s` (fewer, to start on a character boundary).
+fn tail(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
 impl Matcher {
-    fn add(&mut self, entity: &str, reason: Arc<str>) -> Result<(), RuleError> {
+    /// Adds a rule; `globs_in_list` is how many globs the whole list holds so far.
+    fn add(
+        &mut self,
+        entity: &str,
+        reason: Arc<str>,
+        globs_in_list: usize,
+    ) -> Result<(), RuleError> {
         let entity = if self.fold_case {
             std::borrow::Cow::Owned(entity.to_ascii_lowercase())
         } else {
@@ -171,12 +212,15 @@ impl Matcher {
                 .insert(entity.into_owned().into_boxed_str(), reason);
             return Ok(());
         }
+        if globs_in_list >= MAX_GLOBS {
+            return Err(RuleError::TooManyGlobs);
+        }
         let id = u32::try_from(self.globs.len()).unwrap_or(u32::MAX);
         let (prefix, suffix) = (glob.prefix(), glob.suffix());
         let (bucket, anchor) = if !prefix.is_empty() && prefix.len() >= suffix.len() {
-            (&mut self.by_prefix, prefix)
+            (&mut self.by_prefix, head(prefix, MAX_ANCHOR_KEY))
         } else if !suffix.is_empty() {
-            (&mut self.by_suffix, suffix)
+            (&mut self.by_suffix, tail(suffix, MAX_ANCHOR_KEY))
         } else {
             if self.unanchored.len() >= MAX_UNANCHORED {
                 return Err(RuleError::TooManyUnanchored);
@@ -226,8 +270,30 @@ impl Matcher {
         self.exact.len() + self.globs.len()
     }
 
-    /// The first rule matching `text`: exact ones, then the globs whose anchor it has.
-    fn find<'a>(&'a self, text: &str) -> Option<(&'a str, &'a str)> {
+    /// The first of `ids` whose glob matches `text`, within `budget`.
+    fn try_ids<'a>(
+        &'a self,
+        ids: &[u32],
+        text: &str,
+        budget: &mut usize,
+    ) -> Option<(&'a str, &'a str)> {
+        for &id in ids {
+            let Some((glob, reason)) = self.globs.get(id as usize) else {
+                continue;
+            };
+            match glob.matches_within(text, budget) {
+                Some(true) => return Some((glob.as_str(), &**reason)),
+                Some(false) => {}
+                // Out of budget: the rest cannot be tried either.
+                None => return None,
+            }
+        }
+        None
+    }
+
+    /// The first rule matching `text`: exact ones, then the globs whose anchor it has, each
+    /// glob step taken off `budget` (the globs left when it runs out are not tried).
+    fn find<'a>(&'a self, text: &str, budget: &mut usize) -> Option<(&'a str, &'a str)> {
         let folded;
         let text = if self.fold_case && text.bytes().any(|b| b.is_ascii_uppercase()) {
             folded = text.to_ascii_lowercase();
@@ -238,19 +304,14 @@ impl Matcher {
         if let Some((entity, reason)) = self.exact.get_key_value(text) {
             return Some((entity, reason));
         }
-        let try_ids = |ids: &[u32]| {
-            ids.iter().find_map(|&id| {
-                let (glob, reason) = self.globs.get(id as usize)?;
-                glob.matches(text).then_some((glob.as_str(), &**reason))
-            })
-        };
+        // At most `MAX_ANCHOR_KEY` lengths each way, keys of at most as many bytes.
         for &len in &self.prefix_lens {
             if len > text.len() {
                 break;
             }
             if let Some(head) = text.get(..len)
                 && let Some(ids) = self.by_prefix.get(head)
-                && let Some(hit) = try_ids(ids)
+                && let Some(hit) = self.try_ids(ids, text, budget)
             {
                 return Some(hit);
             }
@@ -261,13 +322,13 @@ impl Matcher {
             }
             if let Some(tail) = text.get(text.len() - len..)
                 && let Some(ids) = self.by_suffix.get(tail)
-                && let Some(hit) = try_ids(ids)
+                && let Some(hit) = self.try_ids(ids, text, budget)
             {
                 return Some(hit);
             }
         }
         let Some(literals) = &self.unanchored_literals else {
-            return try_ids(&self.unanchored);
+            return self.try_ids(&self.unanchored, text, budget);
         };
         // At most 64 unanchored globs: which were tried fits one word.
         let mut tried = 0u64;
@@ -277,7 +338,9 @@ impl Matcher {
                 continue;
             }
             tried |= 1 << n;
-            if let Some(hit) = self.unanchored.get(n).and_then(|id| try_ids(&[*id])) {
+            if let Some(&id) = self.unanchored.get(n)
+                && let Some(hit) = self.try_ids(&[id], text, budget)
+            {
                 return Some(hit);
             }
         }
@@ -302,6 +365,8 @@ pub struct CompiledList {
     servers: Matcher,
     refused: Vec<Refusal>,
     refused_total: usize,
+    /// A check ran out of `CHECK_BUDGET` (logged once per compiled list).
+    over_budget: AtomicBool,
 }
 
 impl CompiledList {
@@ -324,29 +389,40 @@ impl CompiledList {
     }
 
     /// The first rule that bans what `subject` names: its user, then its server, then its
-    /// room.
+    /// room. Exact rules are always found; globs within `CHECK_BUDGET` steps.
     pub fn check(&self, subject: &Subject<'_>) -> Option<Hit<'_>> {
         let hit = |kind, (entity, reason)| Hit {
             kind,
             entity,
             reason,
         };
-        if let Some(user) = subject.user
-            && let Some(found) = self.users.find(user)
-        {
-            return Some(hit(PolicyKind::User, found));
-        }
-        if let Some(server) = subject.server
-            && let Some(found) = self.servers.find(server)
-        {
-            return Some(hit(PolicyKind::Server, found));
-        }
-        for room in [subject.room, subject.room_alias].into_iter().flatten() {
-            if let Some(found) = self.rooms.find(room) {
-                return Some(hit(PolicyKind::Room, found));
+        let mut budget = CHECK_BUDGET;
+        let found = 'found: {
+            if let Some(user) = subject.user
+                && let Some(found) = self.users.find(user, &mut budget)
+            {
+                break 'found Some(hit(PolicyKind::User, found));
             }
+            if let Some(server) = subject.server
+                && let Some(found) = self.servers.find(server, &mut budget)
+            {
+                break 'found Some(hit(PolicyKind::Server, found));
+            }
+            for room in [subject.room, subject.room_alias].into_iter().flatten() {
+                if let Some(found) = self.rooms.find(room, &mut budget) {
+                    break 'found Some(hit(PolicyKind::Room, found));
+                }
+            }
+            None
+        };
+        if budget == 0 && found.is_none() && !self.over_budget.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                list = %self.room_id,
+                user = subject.user.unwrap_or_default(),
+                "a policy check ran out of its budget; globs left untried (logged once per compile)"
+            );
         }
-        None
+        found
     }
 }
 
@@ -369,6 +445,7 @@ impl ListBuilder {
                 },
                 refused: Vec::new(),
                 refused_total: 0,
+                over_budget: AtomicBool::new(false),
             },
             reasons: HashMap::new(),
         }
@@ -385,12 +462,15 @@ impl ListBuilder {
                 shared
             }
         };
+        let globs = self.list.users.globs.len()
+            + self.list.rooms.globs.len()
+            + self.list.servers.globs.len();
         let matcher = match kind {
             PolicyKind::User => &mut self.list.users,
             PolicyKind::Room => &mut self.list.rooms,
             PolicyKind::Server => &mut self.list.servers,
         };
-        let result = matcher.add(entity, reason);
+        let result = matcher.add(entity, reason, globs);
         if let Err(why) = &result {
             self.refuse(kind, entity, why);
         }
@@ -554,6 +634,89 @@ mod tests {
         assert!(list.check(&user("@evil7ish:y")).is_some());
         // A huge entity to check costs one hash of it, not a crash.
         assert!(list.check(&user(&big)).is_none());
+    }
+
+    #[test]
+    fn long_anchors_of_many_lengths_cost_a_bounded_number_of_lookups() {
+        let mut list = ListBuilder::new(room());
+        // Prefixes of every length from 2 to 200 bytes, and suffixes likewise.
+        for n in 1..200 {
+            list.add(PolicyKind::User, &format!("@{}*", "p".repeat(n)), "long")
+                .unwrap();
+            list.add(PolicyKind::User, &format!("*{}:x", "s".repeat(n)), "long")
+                .unwrap();
+        }
+        list.add(PolicyKind::User, "@é日本語*", "wide").unwrap();
+        let q = "q".repeat(100);
+        list.add(PolicyKind::User, &format!("@{q}*:z"), "only long")
+            .unwrap();
+        let list = list.finish();
+        assert!(list.users.prefix_lens.len() <= MAX_ANCHOR_KEY);
+        assert!(list.users.suffix_lens.len() <= MAX_ANCHOR_KEY);
+        assert!(list.users.prefix_lens.iter().all(|l| *l <= MAX_ANCHOR_KEY));
+        // Still matched in full: a long anchor is checked by the glob itself.
+        let long = format!("@{}:y", "p".repeat(150));
+        assert!(list.check(&user(&long)).is_some());
+        // Bucketed by its first 32 bytes, matched on all 100.
+        assert_eq!(
+            list.check(&user(&format!("@{q}1:z"))).unwrap().reason,
+            "only long"
+        );
+        assert!(
+            list.check(&user(&format!("@{}1:z", "q".repeat(99))))
+                .is_none()
+        );
+        assert!(
+            list.check(&user(&format!("@{}:x", "s".repeat(120))))
+                .is_some()
+        );
+        assert!(list.check(&user("@é日本語1:y")).is_some());
+        assert!(list.check(&user("@q:y")).is_none());
+    }
+
+    #[test]
+    fn the_list_holds_a_bounded_number_of_globs() {
+        let mut list = ListBuilder::new(room());
+        for n in 0..MAX_GLOBS {
+            list.add(PolicyKind::Server, &format!("*.e{n}.example"), "")
+                .unwrap();
+        }
+        assert_eq!(
+            list.add(PolicyKind::User, "@one*:more", ""),
+            Err(RuleError::TooManyGlobs)
+        );
+        // Exact rules are not globs: still taken.
+        list.add(PolicyKind::User, "@mallory:x", "exact").unwrap();
+        let list = list.finish();
+        assert_eq!(list.refused().1, 1);
+        assert_eq!(list.refused().0[0].why, RuleError::TooManyGlobs.to_string());
+        assert_eq!(list.check(&user("@mallory:x")).unwrap().reason, "exact");
+    }
+
+    #[test]
+    fn a_list_built_to_be_slow_is_checked_within_the_budget() {
+        // A thousand globs on one anchor, each backtracking over a long id: unbudgeted, about
+        // a thousand times 16 stars times 250 bytes of steps per check.
+        let mut list = ListBuilder::new(room());
+        for n in 0..MAX_PER_ANCHOR {
+            let glob = format!("@aaaaaaaaaa{}*x{n}", "*a".repeat(15));
+            list.add(PolicyKind::User, &glob, "slow").unwrap();
+        }
+        list.add(PolicyKind::User, "@aaaa:exact", "exact").unwrap();
+        let list = list.finish();
+        let text = format!("@{}", "a".repeat(250));
+        let start = std::time::Instant::now();
+        for _ in 0..100 {
+            assert!(list.check(&user(&text)).is_none());
+        }
+        let per_check = start.elapsed() / 100;
+        assert!(
+            per_check < std::time::Duration::from_millis(2),
+            "{per_check:?} per check"
+        );
+        assert!(list.over_budget.load(Ordering::Relaxed));
+        // Exact rules do not spend the budget.
+        assert_eq!(list.check(&user("@aaaa:exact")).unwrap().reason, "exact");
     }
 
     #[test]

@@ -11,10 +11,11 @@ mod lists;
 mod tests;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use hyphae_store::{Store, StoreError};
-use ruma::{OwnedRoomId, RoomId};
+use ruma::{OwnedRoomId, OwnedServerName, RoomId};
 use serde::{Deserialize, Serialize};
 
 pub use index::{CompiledList, Hit, ListBuilder, PolicyKind, Refusal, RuleError, Subject};
@@ -140,18 +141,80 @@ pub(crate) struct Policy {
 
 struct Inner {
     store: Store,
-    /// Every list some subscription names, compiled.
-    lists: RwLock<HashMap<OwnedRoomId, Arc<CompiledList>>>,
-    /// The node's own subscriptions, in order.
-    node_subscriptions: RwLock<Vec<OwnedRoomId>>,
-    /// The node's lists as the federation edge reads them: one lock read per check.
+    /// Whose users' memberships say which of their subscriptions count.
+    server_name: OwnedServerName,
+    /// The lists and the subscriptions, behind one lock: a compile that finishes, a
+    /// subscription that ends and the edge's view of the node's lists change together, so no
+    /// interleaving leaves a list that is not needed, or an edge view older than the lists.
+    registry: RwLock<Registry>,
+    /// The node's lists as the federation edge reads them: one lock read per check. Written
+    /// only with `registry` held for writing.
     node_lists: RwLock<Arc<Vec<Arc<CompiledList>>>>,
-    /// Each local user's subscriptions, by localpart (all of them, read at start).
-    users: RwLock<HashMap<String, Arc<Vec<PolicySubscription>>>>,
+    /// Counts changes to subscribed rooms' state. A compile notes it before reading the
+    /// state, and a compile noting less than the list in place was compiled with is dropped:
+    /// an older read never replaces a newer one.
+    changes: AtomicU64,
     /// Lists whose room state changed since they were compiled.
     dirty: Mutex<HashSet<OwnedRoomId>>,
+    /// Held while compiling: one compile at a time, whether the worker's or a subscriber's
+    /// waiting for their list (compiling is CPU work; two at once only race).
+    compiling: tokio::sync::Mutex<()>,
     wake: Arc<tokio::sync::Notify>,
     worker: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+#[derive(Default)]
+struct Registry {
+    /// Every list some subscription in effect names, compiled, with the change count it was
+    /// compiled at.
+    lists: HashMap<OwnedRoomId, (u64, Arc<CompiledList>)>,
+    /// The node's own subscriptions, in order.
+    node_subscriptions: Vec<OwnedRoomId>,
+    /// Each local user's subscriptions as their account data says, by localpart.
+    requested: HashMap<String, Arc<Vec<PolicySubscription>>>,
+    /// Of those, the ones in effect: lists whose room the user is joined to. Anyone can write
+    /// any room id into their account data; only a member of a room may have this node read
+    /// that room's state for them (and have its rules turn their joins down).
+    users: HashMap<String, Arc<Vec<PolicySubscription>>>,
+}
+
+impl Registry {
+    /// Every list some subscription in effect names.
+    fn needed(&self) -> HashSet<OwnedRoomId> {
+        let mut needed: HashSet<OwnedRoomId> = self.node_subscriptions.iter().cloned().collect();
+        for subscriptions in self.users.values() {
+            needed.extend(subscriptions.iter().map(|s| s.room_id.clone()));
+        }
+        needed
+    }
+
+    fn is_needed(&self, room_id: &RoomId) -> bool {
+        self.node_subscriptions.iter().any(|r| r == room_id)
+            || self
+                .users
+                .values()
+                .any(|subs| subs.iter().any(|s| s.room_id == room_id))
+    }
+
+    /// Whether a change to the room's state matters: it is a list in effect, or one a user
+    /// asked for (the change may be their joining it).
+    fn watches(&self, room_id: &RoomId) -> bool {
+        self.lists.contains_key(room_id)
+            || self.is_needed(room_id)
+            || self
+                .requested
+                .values()
+                .any(|subs| subs.iter().any(|s| s.room_id == room_id))
+    }
+
+    /// The users who asked for the list.
+    fn requesting(&self, room_id: &RoomId) -> Vec<String> {
+        self.requested
+            .iter()
+            .filter(|(_, subs)| subs.iter().any(|s| s.room_id == room_id))
+            .map(|(localpart, _)| localpart.clone())
+            .collect()
+    }
 }
 
 impl Drop for Inner {
@@ -171,15 +234,16 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl Policy {
-    pub(crate) fn new(store: Store) -> Policy {
+    pub(crate) fn new(store: Store, server_name: OwnedServerName) -> Policy {
         Policy {
             inner: Arc::new(Inner {
                 store,
-                lists: RwLock::default(),
-                node_subscriptions: RwLock::default(),
+                server_name,
+                registry: RwLock::default(),
                 node_lists: RwLock::default(),
-                users: RwLock::default(),
+                changes: AtomicU64::new(0),
                 dirty: Mutex::default(),
+                compiling: tokio::sync::Mutex::default(),
                 wake: Arc::default(),
                 worker: Mutex::default(),
             }),
@@ -196,8 +260,7 @@ impl Policy {
                 Err(e) => tracing::warn!(%room_id, error = %e, "stored policy subscription"),
             }
         }
-        *write(&self.inner.node_subscriptions) = node;
-        let mut users = HashMap::new();
+        let mut requested = HashMap::new();
         for (localpart, content) in self
             .inner
             .store
@@ -205,13 +268,20 @@ impl Policy {
             .await?
         {
             let subscriptions = parse_subscriptions(&localpart, &content);
-            users.insert(localpart, Arc::new(subscriptions));
+            requested.insert(localpart, Arc::new(subscriptions));
         }
-        *write(&self.inner.users) = users;
-        for room_id in self.needed() {
+        {
+            let mut registry = write(&self.inner.registry);
+            registry.node_subscriptions = node;
+            registry.requested = requested.clone();
+        }
+        for (localpart, subscriptions) in &requested {
+            self.settle_user(localpart, subscriptions, true).await?;
+        }
+        let needed = read(&self.inner.registry).needed();
+        for room_id in needed {
             self.ensure_list(&room_id).await?;
         }
-        self.refresh_node_lists();
 
         let weak = Arc::downgrade(&self.inner);
         let wake = self.inner.wake.clone();
@@ -230,19 +300,30 @@ impl Policy {
         Ok(())
     }
 
-    /// Whether the room is a list someone here subscribes to.
-    pub(crate) fn is_list(&self, room_id: &RoomId) -> bool {
-        read(&self.inner.lists).contains_key(room_id)
+    /// Whether the room is a list the node itself subscribes to. Only those are exempt from
+    /// the node's bans (refusing a list's events would cut the node off from the very rules
+    /// it follows); a list only some user subscribes to is a room like any other, or any
+    /// user could switch the node's bans off in a room by naming it in their account data.
+    pub(crate) fn is_node_list(&self, room_id: &RoomId) -> bool {
+        read(&self.inner.registry)
+            .node_subscriptions
+            .iter()
+            .any(|r| r == room_id)
     }
 
-    /// A state event was accepted into `room_id` (built here or received): a subscribed list
-    /// is compiled again, soon, off the caller's path.
+    /// A state event was accepted into `room_id` (built here or received), or a state event
+    /// of it was redacted, or the node joined it: a subscribed list is compiled again, soon,
+    /// off the caller's path.
     pub(crate) fn state_changed(&self, room_id: &RoomId) {
-        // A list being compiled for the first time is not in `lists` yet, but it is needed:
-        // its change must not be lost to that race.
-        if !self.is_list(room_id) && !self.needed().contains(room_id) {
+        // A list being compiled for the first time is not in `lists` yet, but it is watched:
+        // its change must not be lost to that race. A room a user asked for but is not in
+        // is watched too: the change may be their join, which puts the list in effect.
+        if !read(&self.inner.registry).watches(room_id) {
             return;
         }
+        // Counted before it is marked: a compile that started before this change notes a
+        // smaller count than the one it causes.
+        self.inner.changes.fetch_add(1, Ordering::SeqCst);
         self.inner
             .dirty
             .lock()
@@ -260,77 +341,136 @@ impl Policy {
             .drain()
             .collect();
         for room_id in dirty {
+            // A member event may have put a user's subscription in or out of effect.
+            let requesting = read(&self.inner.registry).requesting(&room_id);
+            for localpart in requesting {
+                let subscriptions = read(&self.inner.registry)
+                    .requested
+                    .get(&localpart)
+                    .cloned()
+                    .unwrap_or_default();
+                if let Err(e) = self.settle_user(&localpart, &subscriptions, false).await {
+                    tracing::warn!(localpart, error = %e, "could not check policy subscriptions");
+                }
+            }
+            if !read(&self.inner.registry).is_needed(&room_id) {
+                continue;
+            }
             if let Err(e) = self.compile(&room_id).await {
                 tracing::warn!(list = %room_id, error = %e, "could not compile a policy list");
             }
         }
-        self.refresh_node_lists();
+        self.forget_unneeded();
     }
 
-    /// Compiles the list from its room's current state in the store, and puts it in place.
+    /// Compiles the list from its room's current state in the store, and puts it in place
+    /// unless it is no longer needed or a compile of a later state is in place already.
     async fn compile(&self, room_id: &RoomId) -> Result<Arc<CompiledList>, PolicyError> {
+        let _one_at_a_time = self.inner.compiling.lock().await;
+        let count = self.inner.changes.load(Ordering::SeqCst);
         let state = self
             .inner
             .store
             .current_state_pdus(room_id.to_string())
             .await?;
-        let room_id = room_id.to_owned();
+        let owned = room_id.to_owned();
         // Compiling a large list takes milliseconds of CPU: not on a runtime worker.
-        let list = tokio::task::spawn_blocking(move || lists::compile(room_id, &state))
+        let list = tokio::task::spawn_blocking(move || lists::compile(owned, &state))
             .await
             .map_err(|e| PolicyError::Room(format!("compiling the list: {e}")))?;
         let list = Arc::new(list);
-        tracing::debug!(list = %list.room_id(), rules = list.len(), "policy list compiled");
-        write(&self.inner.lists).insert(list.room_id().clone(), list.clone());
+        let mut registry = write(&self.inner.registry);
+        if !registry.is_needed(room_id) {
+            // Unsubscribed while it compiled: not reinstated.
+            return Ok(list);
+        }
+        if let Some((newer, in_place)) = registry.lists.get(room_id)
+            && *newer > count
+        {
+            return Ok(in_place.clone());
+        }
+        tracing::debug!(list = %room_id, rules = list.len(), "policy list compiled");
+        registry
+            .lists
+            .insert(room_id.to_owned(), (count, list.clone()));
+        self.refresh_node_lists(&registry);
         Ok(list)
     }
 
     async fn ensure_list(&self, room_id: &RoomId) -> Result<Arc<CompiledList>, PolicyError> {
-        if let Some(list) = read(&self.inner.lists).get(room_id) {
+        if let Some((_, list)) = read(&self.inner.registry).lists.get(room_id) {
             return Ok(list.clone());
         }
         self.compile(room_id).await
     }
 
-    /// Every list some subscription names.
-    fn needed(&self) -> HashSet<OwnedRoomId> {
-        let mut needed: HashSet<OwnedRoomId> = read(&self.inner.node_subscriptions)
-            .iter()
-            .cloned()
-            .collect();
-        for subscriptions in read(&self.inner.users).values() {
-            needed.extend(subscriptions.iter().map(|s| s.room_id.clone()));
+    /// Puts in effect those of a user's subscriptions whose room they are joined to, unless
+    /// the user's subscriptions changed meanwhile (then the change settles them).
+    async fn settle_user(
+        &self,
+        localpart: &str,
+        requested: &Arc<Vec<PolicySubscription>>,
+        warn: bool,
+    ) -> Result<(), PolicyError> {
+        let user_id = format!("@{localpart}:{}", self.inner.server_name);
+        let mut effective = Vec::new();
+        for subscription in requested.iter() {
+            let joined = self
+                .inner
+                .store
+                .membership(subscription.room_id.to_string(), user_id.clone())
+                .await?
+                .is_some_and(|m| m.membership == "join");
+            if joined {
+                effective.push(subscription.clone());
+            } else if warn {
+                tracing::warn!(localpart, list = %subscription.room_id, "a policy subscription to a room the user is not in; ignored until they join it");
+            }
         }
-        needed
+        let mut registry = write(&self.inner.registry);
+        if registry
+            .requested
+            .get(localpart)
+            .is_some_and(|now| Arc::ptr_eq(now, requested))
+        {
+            registry
+                .users
+                .insert(localpart.to_owned(), Arc::new(effective));
+        }
+        Ok(())
     }
 
     /// Drops compiled lists nobody subscribes to any more, and refreshes the edge's view.
     fn forget_unneeded(&self) {
-        let needed = self.needed();
-        write(&self.inner.lists).retain(|room_id, _| needed.contains(room_id));
-        self.refresh_node_lists();
+        let mut registry = write(&self.inner.registry);
+        let needed = registry.needed();
+        registry.lists.retain(|room_id, _| needed.contains(room_id));
+        self.refresh_node_lists(&registry);
     }
 
-    fn refresh_node_lists(&self) {
-        let lists = {
-            let compiled = read(&self.inner.lists);
-            read(&self.inner.node_subscriptions)
-                .iter()
-                .filter_map(|room_id| compiled.get(room_id).cloned())
-                .collect()
-        };
+    /// Rebuilds the edge's view; the caller holds `registry` for writing, so views are
+    /// written in the order the registry changed.
+    fn refresh_node_lists(&self, registry: &Registry) {
+        let lists = registry
+            .node_subscriptions
+            .iter()
+            .filter_map(|room_id| registry.lists.get(room_id).map(|(_, list)| list.clone()))
+            .collect();
         *write(&self.inner.node_lists) = Arc::new(lists);
     }
 
     /// The compiled list of a room someone subscribes to.
     pub(crate) fn list(&self, room_id: &RoomId) -> Option<Arc<CompiledList>> {
-        read(&self.inner.lists).get(room_id).cloned()
+        read(&self.inner.registry)
+            .lists
+            .get(room_id)
+            .map(|(_, list)| list.clone())
     }
 
     // ----- the node's own subscriptions -----
 
     pub(crate) fn node_subscriptions(&self) -> Vec<OwnedRoomId> {
-        read(&self.inner.node_subscriptions).clone()
+        read(&self.inner.registry).node_subscriptions.clone()
     }
 
     pub(crate) async fn add_node_subscription(&self, room_id: &RoomId) -> Result<(), PolicyError> {
@@ -339,13 +479,14 @@ impl Policy {
             .add_node_policy_subscription(room_id.to_string())
             .await?;
         {
-            let mut subscriptions = write(&self.inner.node_subscriptions);
-            if !subscriptions.iter().any(|r| r == room_id) {
-                subscriptions.push(room_id.to_owned());
+            let mut registry = write(&self.inner.registry);
+            if !registry.node_subscriptions.iter().any(|r| r == room_id) {
+                registry.node_subscriptions.push(room_id.to_owned());
             }
+            // A user's list the node now subscribes to too.
+            self.refresh_node_lists(&registry);
         }
         self.ensure_list(room_id).await?;
-        self.refresh_node_lists();
         Ok(())
     }
 
@@ -358,7 +499,9 @@ impl Policy {
             .store
             .remove_node_policy_subscription(room_id.to_string())
             .await?;
-        write(&self.inner.node_subscriptions).retain(|r| r != room_id);
+        write(&self.inner.registry)
+            .node_subscriptions
+            .retain(|r| r != room_id);
         self.forget_unneeded();
         Ok(removed)
     }
@@ -390,19 +533,27 @@ impl Policy {
 
     // ----- users' subscriptions -----
 
+    /// A user's subscriptions in effect (to lists whose room they are joined to).
     pub(crate) fn user_subscriptions(&self, localpart: &str) -> Arc<Vec<PolicySubscription>> {
-        read(&self.inner.users)
+        read(&self.inner.registry)
+            .users
             .get(localpart)
             .cloned()
             .unwrap_or_default()
     }
 
     /// A user's subscriptions changed (their account data was written): their lists are
-    /// compiled before this returns, so what they see next already follows them.
+    /// compiled before this returns, so what they see next already follows them. Lists whose
+    /// room they are not joined to are ignored (with a warning) until they join.
     pub(crate) async fn set_user_subscriptions(&self, localpart: &str, content: &str) {
-        let subscriptions = Arc::new(parse_subscriptions(localpart, content));
-        write(&self.inner.users).insert(localpart.to_owned(), subscriptions.clone());
-        for subscription in subscriptions.iter() {
+        let requested = Arc::new(parse_subscriptions(localpart, content));
+        write(&self.inner.registry)
+            .requested
+            .insert(localpart.to_owned(), requested.clone());
+        if let Err(e) = self.settle_user(localpart, &requested, true).await {
+            tracing::warn!(localpart, error = %e, "could not check policy subscriptions");
+        }
+        for subscription in self.user_subscriptions(localpart).iter() {
             if let Err(e) = self.ensure_list(&subscription.room_id).await {
                 tracing::warn!(list = %subscription.room_id, error = %e, "could not compile a policy list");
             }
@@ -412,11 +563,8 @@ impl Policy {
 
     /// The strongest verdict of a user's lists on `subject`, if any rule matches.
     pub(crate) fn user_verdict(&self, localpart: &str, subject: &Subject<'_>) -> Option<Verdict> {
-        let subscriptions = self.user_subscriptions(localpart);
-        if subscriptions.is_empty() {
-            return None;
-        }
-        let lists = read(&self.inner.lists);
+        let registry = read(&self.inner.registry);
+        let subscriptions = registry.users.get(localpart)?;
         let mut verdict: Option<Verdict> = None;
         for subscription in subscriptions.iter() {
             if verdict
@@ -425,7 +573,7 @@ impl Policy {
             {
                 continue;
             }
-            let Some(list) = lists.get(&subscription.room_id) else {
+            let Some((_, list)) = registry.lists.get(&subscription.room_id) else {
                 continue;
             };
             if let Some(hit) = list.check(subject) {

@@ -46,16 +46,7 @@ async fn hall(a: &Api, b: &Api, m: &Api) -> OwnedRoomId {
         .await
         .unwrap();
     for guest in [alice, mallory] {
-        eventually(WITHIN, "the invite to the hall", || async {
-            guest
-                .invites()
-                .await
-                .unwrap()
-                .iter()
-                .any(|i| i.room_id == room)
-        })
-        .await;
-        guest.join(&room).await.unwrap();
+        accept_invite(guest, &room).await;
     }
     for (who, api) in [("Alice", a), ("Bob", b), ("Mallory", m)] {
         eventually(
@@ -95,6 +86,21 @@ fn from<'a>(items: &'a [TimelineItem], who: &AppClient) -> Vec<&'a TimelineItem>
         .iter()
         .filter(|i| i.sender == who.user_id().as_str())
         .collect()
+}
+
+/// Whether `who` has an invite to `room` in view.
+async fn invited(who: &AppClient, room: &RoomId) -> bool {
+    who.invites()
+        .await
+        .unwrap()
+        .iter()
+        .any(|i| i.room_id == room)
+}
+
+/// Waits for `who`'s invite to `room`, then joins.
+async fn accept_invite(who: &AppClient, room: &RoomId) {
+    eventually(WITHIN, "the invite", || invited(who, room)).await;
+    who.join(room).await.unwrap();
 }
 
 #[tokio::test]
@@ -157,15 +163,7 @@ async fn a_users_list_hides_mallory_until_she_unsubscribes_and_blurs_at_blur_lev
         from(&timeline, mallory).is_empty(),
         "Mallory hidden: {timeline:?}"
     );
-    assert!(
-        !alice
-            .invites()
-            .await
-            .unwrap()
-            .iter()
-            .any(|i| i.room_id == dm),
-        "Mallory's invite hidden"
-    );
+    assert!(!invited(alice, &dm).await, "Mallory's invite hidden");
     let verdict = alice.policy_verdict(mallory.user_id()).unwrap();
     assert_eq!(
         (verdict.level, verdict.list.clone(), verdict.reason.as_str()),
@@ -183,14 +181,7 @@ async fn a_users_list_hides_mallory_until_she_unsubscribes_and_blurs_at_blur_lev
             .any(|i| i.event_id == spam && i.policy.is_none()),
         "Mallory's message is back: {timeline:?}"
     );
-    assert!(
-        alice
-            .invites()
-            .await
-            .unwrap()
-            .iter()
-            .any(|i| i.room_id == dm)
-    );
+    assert!(invited(alice, &dm).await);
 
     // At level blur, the message and invite are there, carrying why.
     alice
@@ -463,15 +454,7 @@ async fn joining_a_room_a_users_list_bans_is_forbidden() {
         .unwrap();
     // Shared by invite: Alice subscribes by the room id alone.
     bob.invite(&list, alice.user_id()).await.unwrap();
-    eventually(WITHIN, "the list's invite", || async {
-        alice
-            .invites()
-            .await
-            .unwrap()
-            .iter()
-            .any(|i| i.room_id == list)
-    })
-    .await;
+    eventually(WITHIN, "the list's invite", || invited(alice, &list)).await;
     alice
         .subscribe_policy_list(list.as_str(), &[], Level::Warn)
         .await
@@ -625,4 +608,361 @@ async fn malformed_and_absurd_rules_are_skipped_and_the_rest_of_the_list_works()
         "{:?}",
         start.elapsed()
     );
+}
+
+/// Alice's node subscribes to Bob's new list, which bans Mallory; returns the list.
+async fn node_bans_mallory(a: &Api, b: &Api, m: &Api) -> OwnedRoomId {
+    let (bob, mallory) = (app(b), app(m));
+    let list = bob.create_policy_list("Event bans", None).await.unwrap();
+    a.node
+        .subscribe_policy_list_node(list.as_str(), &[server_of(b)])
+        .await
+        .unwrap();
+    bob.add_policy_rule(&list, PolicyKind::User, mallory.user_id().as_str(), "spam")
+        .await
+        .unwrap();
+    eventually(WITHIN, "the rule at Alice's node", || async {
+        a.node.node_policy_verdict(mallory.user_id()).is_some()
+    })
+    .await;
+    list
+}
+
+#[tokio::test]
+async fn a_banned_users_invite_still_lets_carol_in_and_a_users_list_does_not_lift_node_bans() {
+    let (a, b, m) = three_owners().await;
+    let c = owned("carol").await;
+    for other in [&a, &b, &m] {
+        c.connect(other).await;
+    }
+    let (alice, bob, mallory, carol) = (app(&a), app(&b), app(&m), app(&c));
+    let room = hall(&a, &b, &m).await;
+    node_bans_mallory(&a, &b, &m).await;
+
+    // Alice names the hall itself as one of her lists (anyone may write any room id into
+    // their account data): the node's ban on Mallory still holds there.
+    alice
+        .subscribe_policy_list(room.as_str(), &[], Level::Warn)
+        .await
+        .unwrap();
+    let spam = mallory.send_text(&room, "buy my stuff").await.unwrap();
+    eventually(
+        WITHIN,
+        "Mallory's message refused at Alice's node",
+        || async {
+            rejection(&a, spam.as_str())
+                .await
+                .is_some_and(|r| r.starts_with("refused by policy list"))
+        },
+    )
+    .await;
+
+    // Mallory invites Carol, who joins and talks. Every other server takes the invite as the
+    // room's state and Carol's join on its strength: so does Alice's node.
+    mallory.invite(&room, carol.user_id()).await.unwrap();
+    let invite = m
+        .node
+        .store()
+        .membership(room.to_string(), carol.user_id().to_string())
+        .await
+        .unwrap()
+        .expect("the invite at Mallory's node")
+        .event_id;
+    accept_invite(carol, &room).await;
+    let hello = carol.send_text(&room, "hi, I'm Carol").await.unwrap();
+    eventually(WITHIN, "Carol's message in Alice's timeline", || async {
+        alice
+            .timeline(&room, 100)
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.event_id == hello)
+    })
+    .await;
+    let members = alice.members(&room).await.unwrap();
+    assert!(
+        members
+            .iter()
+            .any(|m| m.user_id == carol.user_id().as_str() && m.membership == "join"),
+        "{members:?}"
+    );
+    let join = a
+        .node
+        .store()
+        .membership(room.to_string(), carol.user_id().to_string())
+        .await
+        .unwrap()
+        .unwrap()
+        .event_id;
+    assert_eq!(rejection(&a, &join).await, None);
+    assert_eq!(rejection(&a, &invite).await, None, "the invite is state");
+
+    // Mallory's invite is not something Alice is shown, nor does her node pass it on.
+    let timeline = alice.timeline(&room, 100).await.unwrap();
+    assert!(from(&timeline, mallory).is_empty(), "{timeline:?}");
+    assert!(
+        timeline
+            .iter()
+            .any(|i| i.sender == carol.user_id().as_str()),
+        "Carol's join and message are shown: {timeline:?}"
+    );
+    let pending = a
+        .node
+        .store()
+        .outbox_pending(vec![invite.clone()])
+        .await
+        .unwrap();
+    assert!(pending.values().all(|n| *n == 0), "passed on: {pending:?}");
+    // Bob, who bans nobody, sees all of it.
+    eventually(WITHIN, "Carol's message at Bob's", || async {
+        bob.timeline(&room, 100)
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.event_id == hello)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_banned_users_event_built_on_another_room_is_refused_and_not_kept() {
+    let (a, b, m) = three_owners().await;
+    let mallory = app(&m);
+    let room = hall(&a, &b, &m).await;
+    let list = node_bans_mallory(&a, &b, &m).await;
+
+    // An event of Mallory's in the hall whose prev event is in the list's room (a room Alice's
+    // node is in), relayed by Bob's server: refused as malformed before any policy verdict,
+    // so nothing of it (nor the other room's state "before" it) is kept.
+    let version = room_version(&a, room.as_str()).await;
+    let elsewhere = a
+        .node
+        .store()
+        .forward_extremities(list.to_string())
+        .await
+        .unwrap();
+    assert!(!elsewhere.is_empty());
+    let mut pdu = draft(
+        &a,
+        room.as_str(),
+        mallory.user_id().as_str(),
+        "m.room.message",
+        None,
+        json!({"msgtype": "m.text", "body": "built on another room"}),
+    )
+    .await;
+    pdu.insert(
+        "prev_events".into(),
+        ruma::CanonicalJsonValue::Array(
+            elsewhere
+                .iter()
+                .map(|id| ruma::CanonicalJsonValue::String(id.clone()))
+                .collect(),
+        ),
+    );
+    sign(&key_of(&m), &version, &mut pdu);
+    let id = event_id(&version, &pdu);
+    let (status, answer) = send_pdus(&b, &a, vec![to_value(&pdu)]).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["pdus"][&id]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is in another room")),
+        "{answer}"
+    );
+    assert!(!holds(&a, &id).await);
+}
+
+#[tokio::test]
+async fn history_a_node_ban_refuses_is_kept_as_refused_so_backfill_moves_past_it() {
+    let (a, b, m) = three_owners().await;
+    let (alice, bob, mallory) = (app(&a), app(&b), app(&m));
+    // A room Alice joins late: Bob speaks, then Mallory floods it.
+    let room = bob
+        .create_group("Old hall", &[mallory.user_id().to_owned()])
+        .await
+        .unwrap();
+    accept_invite(mallory, &room).await;
+    eventually(WITHIN, "Mallory in the old hall at Bob's", || async {
+        bob.members(&room)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .any(|m| m.user_id == mallory.user_id().as_str() && m.membership == "join")
+    })
+    .await;
+    let old = bob.send_text(&room, "welcome").await.unwrap();
+    let mut flood = Vec::new();
+    for n in 0..25 {
+        flood.push(
+            mallory
+                .send_text(&room, &format!("spam {n}"))
+                .await
+                .unwrap(),
+        );
+    }
+    let last = flood.last().unwrap().clone();
+    eventually(WITHIN, "the flood at Bob's", || async {
+        holds(&b, last.as_str()).await
+    })
+    .await;
+
+    node_bans_mallory(&a, &b, &m).await;
+    bob.invite(&room, alice.user_id()).await.unwrap();
+    accept_invite(alice, &room).await;
+
+    // Paging back fetches the history: Bob's welcome is shown, the flood is kept as refused,
+    // and it is not asked for again.
+    eventually(WITHIN, "Bob's welcome in Alice's history", || async {
+        alice
+            .timeline(&room, 100)
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.event_id == old)
+    })
+    .await;
+    let timeline = alice.timeline(&room, 100).await.unwrap();
+    assert!(
+        !timeline.iter().any(|i| flood.contains(&i.event_id)),
+        "{timeline:?}"
+    );
+    for id in &flood {
+        assert!(
+            rejection(&a, id.as_str())
+                .await
+                .is_some_and(|r| r.starts_with("refused by policy list")),
+            "{id}"
+        );
+    }
+    let frontier = a
+        .node
+        .store()
+        .backfill_frontier(room.to_string(), 100)
+        .await
+        .unwrap();
+    assert!(
+        !frontier.iter().any(|id| flood.iter().any(|f| f == id)),
+        "refused history still missing: {frontier:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_users_list_counts_once_they_join_it_and_a_redacted_rule_bans_no_more() {
+    log_to_test_output();
+    let a = Api::start_federated().await;
+    let b = Api::start_federated().await;
+    a.connect(&b).await;
+    let (dave, bob) = (person(&a, "dave").await, person(&b, "bob").await);
+    let public = json!({"preset": "public_chat"});
+    let list = b.create_room(&bob.token, public.clone()).await;
+    let casinos = [
+        b.create_room(&bob.token, public.clone()).await,
+        b.create_room(&bob.token, public.clone()).await,
+    ];
+    let mut rule_ids = Vec::new();
+    for (n, (kind, entity)) in [
+        ("m.policy.rule.room", casinos[0].as_str()),
+        ("m.policy.rule.room", casinos[1].as_str()),
+        ("m.policy.rule.user", "@mallory:evil.example"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, body) = b
+            .put(
+                &format!("/v3/rooms/{list}/state/{kind}/rule{n}"),
+                Some(&bob.token),
+                json!({"entity": entity, "recommendation": "m.ban", "reason": "scam"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        rule_ids.push(body["event_id"].as_str().unwrap().to_owned());
+    }
+    let list_id = RoomId::parse(&list).unwrap();
+    let subscribe = || async {
+        let (status, body) = a
+            .put(
+                &format!(
+                    "/v3/user/{}/account_data/{}",
+                    dave.user_id,
+                    super::SUBSCRIPTIONS_DATA
+                ),
+                Some(&dave.token),
+                json!({"lists": [{"room_id": list, "level": "hide"}]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    };
+    let via = format!("?via={}", b.node.server_name());
+
+    // Dave names Bob's list without being in its room: nothing of it is read for him, and
+    // his join of a room it bans is not refused (nor does the refusal tell him its rules).
+    subscribe().await;
+    assert!(a.node.policy_list_refusals(&list_id).is_none());
+    let (status, body) = a
+        .post(
+            &format!("/v3/join/{}{via}", casinos[0]),
+            Some(&dave.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Once he is in the list's room, it counts for him.
+    let (status, body) = a
+        .post(
+            &format!("/v3/join/{list}{via}"),
+            Some(&dave.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually(WITHIN, "Dave's list in effect", || async {
+        a.node.policy_list_refusals(&list_id).is_some()
+    })
+    .await;
+    let (status, body) = a
+        .post(
+            &format!("/v3/join/{}{via}", casinos[1]),
+            Some(&dave.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN"))
+    );
+    assert!(body["error"].as_str().unwrap_or_default().contains("scam"));
+
+    // The node subscribes too; Bob redacts his rule on Mallory, and it bans her no more.
+    a.node
+        .subscribe_policy_list_node(&list, &[server_of(&b)])
+        .await
+        .unwrap();
+    let mallory = ruma::UserId::parse("@mallory:evil.example").unwrap();
+    assert!(a.node.node_policy_verdict(&mallory).is_some());
+    let (status, body) = b
+        .put(
+            &format!("/v3/rooms/{list}/redact/{}/t1", rule_ids[2]),
+            Some(&bob.token),
+            json!({"reason": "lifted"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        WITHIN,
+        "the redacted rule lifted at Alice's node",
+        || async { a.node.node_policy_verdict(&mallory).is_none() },
+    )
+    .await;
+    // The rest of the list still applies.
+    let (status, _) = a
+        .post(
+            &format!("/v3/join/{}{via}", casinos[1]),
+            Some(&dave.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 403);
 }

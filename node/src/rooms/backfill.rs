@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use axum::http::Method;
+use hyphae_store::AcceptedPdu;
 use ruma::{OwnedEventId, RoomId};
 use serde_json::value::RawValue;
 
@@ -76,29 +77,31 @@ impl Rooms {
             events.sort_by_key(|p| (p.depth, p.origin_server_ts));
             let mut known: HashMap<OwnedEventId, Pdu> = with_create(&state);
             let mut accepted = Vec::new();
+            // Kept as rejected outliers: never shown, but settled, so the frontier moves past
+            // them (left out, they would stay in it, and be asked for again on every page).
+            let mut rejected = Vec::new();
             for pdu in events {
+                if let Some(reason) = self.backfill_refusal(room_id, &pdu) {
+                    tracing::warn!(%room_id, %server, event_id = %pdu.event_id, %reason, "refusing a backfilled event");
+                    rejected.push(self.rejected_outlier(&pdu, reason)?);
+                    continue;
+                }
                 let mut auth = known.clone();
+                let mut auth_missing = false;
                 for id in &pdu.auth_events {
                     if auth.contains_key(id) {
                         continue;
                     }
-                    if let Some(stored) = self.inner.store.pdu(id.to_string()).await?
-                        && stored.rejection_reason.is_none()
-                        && let Ok(event) = Pdu::from_stored(&stored)
-                    {
-                        auth.insert(id.clone(), event);
+                    match self.inner.store.pdu(id.to_string()).await? {
+                        Some(stored) => {
+                            if stored.rejection_reason.is_none()
+                                && let Ok(event) = Pdu::from_stored(&stored)
+                            {
+                                auth.insert(id.clone(), event);
+                            }
+                        }
+                        None => auth_missing = true,
                     }
-                }
-                if self.inner.policy.node_has_lists()
-                    && !self.inner.policy.is_list(room_id)
-                    && let Some((list, reason)) = self
-                        .inner
-                        .policy
-                        .node_verdict(&crate::policy::Subject::user(&pdu.sender))
-                {
-                    // History is stored without its state: left out, as events that fail auth.
-                    tracing::warn!(%room_id, %server, event_id = %pdu.event_id, %list, %reason, "refusing a backfilled event");
-                    continue;
                 }
                 match check_auth(&version, &pdu, &auth, None) {
                     Ok(()) => {
@@ -107,10 +110,19 @@ impl Rooms {
                         }
                         accepted.push(self.accepted(&pdu, None, None, Vec::new())?.pdu);
                     }
-                    Err(reason) => {
+                    // Judged on all its auth events: it fails for good.
+                    Err(reason) if !auth_missing => {
                         tracing::info!(%room_id, %server, event_id = %pdu.event_id, %reason, "backfilled event fails auth");
+                        rejected.push(self.rejected_outlier(&pdu, reason)?);
+                    }
+                    // Some auth event is not here: it may pass once it is, so nothing is kept.
+                    Err(reason) => {
+                        tracing::info!(%room_id, %server, event_id = %pdu.event_id, %reason, "backfilled event fails auth without all its auth events");
                     }
                 }
+            }
+            if !rejected.is_empty() {
+                self.inner.store.append_accepted(rejected).await?;
             }
             // Stored newest first: each goes before the ones already there.
             accepted.reverse();
@@ -118,5 +130,27 @@ impl Rooms {
             return Ok(added);
         }
         Ok(0)
+    }
+
+    /// Why the node's policy refuses a backfilled event, as the live path does (see
+    /// `policy_refusal`): only non-state events, and none in the node's own lists.
+    fn backfill_refusal(&self, room_id: &RoomId, pdu: &Pdu) -> Option<String> {
+        let policy = &self.inner.policy;
+        if pdu.state_key.is_some() || !policy.node_has_lists() || policy.is_node_list(room_id) {
+            return None;
+        }
+        policy
+            .node_verdict(&crate::policy::Subject::user(&pdu.sender))
+            .map(|(_, reason)| reason)
+    }
+
+    /// A backfilled event kept as rejected: out of the timeline, with no state (history is
+    /// stored without it).
+    fn rejected_outlier(&self, pdu: &Pdu, reason: String) -> Result<AcceptedPdu, RoomError> {
+        let mut rejected = self.accepted(pdu, None, None, Vec::new())?;
+        rejected.pdu.rejection_reason = Some(reason);
+        rejected.pdu.outlier = true;
+        rejected.prev_may_be_missing = true;
+        Ok(rejected)
     }
 }

@@ -123,12 +123,11 @@ impl Rooms {
         if self.settled(&pdu.event_id).await? {
             return Ok(Received::Duplicate);
         }
-        if let Some(refusal) = self.policy_refusal(entry, &pdu) {
-            return self.refuse_by_policy(entry, pdu, refusal).await;
-        }
         // A prev event of another room would make that room's state the state "before" this
         // event, and resolving it against this room's state would swap in the other room's
-        // (a hostile server could bring the state of a room where it holds all power).
+        // (a hostile server could bring the state of a room where it holds all power). Checked
+        // before anything is stored of the event, a refusal by policy included: what is kept
+        // with it (the state before it) is what later events built on it start from.
         let prev_ids = pdu.prev_events.iter().map(ToString::to_string).collect();
         if let Some(prev) = self
             .inner
@@ -142,6 +141,9 @@ impl Rooms {
                 "prev event {} is in another room",
                 prev.event_id
             )));
+        }
+        if let Some(refusal) = self.policy_refusal(entry, &pdu) {
+            return self.refuse_by_policy(entry, pdu, refusal).await;
         }
         let mut missing = self.unknown(&pdu.prev_events).await?;
         if !missing.is_empty() && fill_gaps {
@@ -204,7 +206,14 @@ impl Rooms {
                 memberships.push((key.1.clone(), membership, event.event_id.to_string()));
             }
         }
-        let forward_to = self.forward_targets(&new_state, origin, &pdu).await;
+        // A state event of a sender the node's lists ban is taken (see `policy_refusal`), but
+        // this node does not spread it: the banned sender's own server does.
+        let forward_to = if self.banned_by_node(entry, &pdu) {
+            tracing::info!(event_id = %pdu.event_id, sender = %pdu.sender, "a state event of a banned sender: taken for the room's state, not shown or passed on");
+            Vec::new()
+        } else {
+            self.forward_targets(&new_state, origin, &pdu).await
+        };
         let mut accepted = self.accepted(
             &pdu,
             None,
@@ -284,12 +293,22 @@ impl Rooms {
             .is_some_and(|p| p.stream_pos.is_some() || p.rejection_reason.is_some()))
     }
 
-    /// The node-level policy rule that bans the PDU's sender or the sender's server, if any.
-    /// A list's own room is exempt: refusing its events would cut the node off from the very
-    /// rules it follows (a list may ban a server that also writes to it).
+    /// The node-level policy rule that bans the PDU's sender or the sender's server, if any,
+    /// for an event the node refuses: a non-state event (a message, a reaction, a redaction).
+    /// A banned sender's state events (their invite of someone, a power level change they were
+    /// allowed to make) are the room's state on every other server: refusing them here would
+    /// reject the honest events that cite them as auth events (the invitee's join, then all
+    /// the invitee says), and this node's copy of the room would drift from everyone else's.
+    /// They go through the auth rules and state resolution like any event; the app does not
+    /// show them and the node does not pass them on (see `banned_by_node`).
+    /// A list the node subscribes to is exempt: refusing its events would cut the node off
+    /// from the very rules it follows (a list may ban a server that also writes to it).
     fn policy_refusal(&self, entry: &RoomEntry, pdu: &Pdu) -> Option<String> {
+        if pdu.state_key.is_some() {
+            return None;
+        }
         let policy = &self.inner.policy;
-        if !policy.node_has_lists() || policy.is_list(&entry.room_id) {
+        if !policy.node_has_lists() || policy.is_node_list(&entry.room_id) {
             return None;
         }
         let subject = crate::policy::Subject::user(&pdu.sender);
@@ -305,9 +324,23 @@ impl Rooms {
         Some(reason)
     }
 
+    /// Whether the node's lists ban the sender of a state event taken into a room that is not
+    /// one of the node's lists (a banned sender's other events never get this far).
+    fn banned_by_node(&self, entry: &RoomEntry, pdu: &Pdu) -> bool {
+        let policy = &self.inner.policy;
+        pdu.state_key.is_some()
+            && policy.node_has_lists()
+            && !policy.is_node_list(&entry.room_id)
+            && policy
+                .node_verdict(&crate::policy::Subject::user(&pdu.sender))
+                .is_some()
+    }
+
     /// Keeps a PDU the node's policy refuses as rejected: the room's history stays whole (a
     /// later event built on it still finds it, and the state before it), but it is never
-    /// shown, built on, served or passed on.
+    /// shown, built on, served or passed on. Only non-state events are refused, so the state
+    /// after it is the state before it; its prev events are known to be in this room (the
+    /// caller checked), so that state is this room's.
     async fn refuse_by_policy(
         &self,
         entry: &RoomEntry,

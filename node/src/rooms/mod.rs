@@ -455,6 +455,11 @@ impl Rooms {
         redaction: &Pdu,
     ) -> Result<(), RoomError> {
         let rules = rules(version)?;
+        let state_of = target
+            .state_key
+            .is_some()
+            .then(|| target.room_id())
+            .flatten();
         let because = ruma::canonical_json::RedactedBecause::from_json(redaction.json.clone());
         let redacted = ruma::canonical_json::redact(target.json, &rules.redaction, Some(because))
             .map_err(|e| RoomError::Internal(format!("redacting: {e}")))?;
@@ -464,6 +469,11 @@ impl Rooms {
             .store
             .replace_pdu_json(target.event_id.to_string(), json)
             .await?;
+        // A redacted state event keeps no content: a redacted policy rule bans nobody, and
+        // the list holding it must be compiled again (the redaction itself has no state key).
+        if let Some(room_id) = state_of {
+            self.inner.policy.state_changed(&room_id);
+        }
         Ok(())
     }
 

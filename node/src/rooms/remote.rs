@@ -351,6 +351,9 @@ impl Rooms {
             .await?;
         // Whatever was cached of the room (an invite only) is stale now.
         self.forget_cached(room_id);
+        // The room's whole state arrived at once: a list someone here subscribes to (or asked
+        // for, and may now be in) is compiled from it.
+        self.inner.policy.state_changed(room_id);
         tracing::info!(%room_id, %server, %user, "joined a room through another server");
         Ok(join.event_id)
     }
