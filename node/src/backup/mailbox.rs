@@ -272,8 +272,11 @@ async fn refresh_record(store: &Store, transport: &Transport, destination: &Serv
 pub(crate) enum MailboxSent {
     /// The mailbox holds it: the destination will have it.
     Taken,
-    /// No mailbox, or it did not take the mail; the sender keeps it and tries again later.
+    /// The mailbox did not take the mail; the sender keeps it and tries again later.
     NotTaken(String),
+    /// The destination has no mailbox this node can find: the sender goes on as if there were
+    /// no such thing.
+    NoMailbox,
 }
 
 /// Signs the transaction `txn_id` (`body`, as it would go to `/send`) for `destination` and
@@ -287,10 +290,11 @@ pub(crate) async fn send_to_mailbox(
     mut body: Value,
 ) -> MailboxSent {
     let Some((mailbox, addresses)) = find_mailbox(store, transport, destination).await else {
-        return MailboxSent::NotTaken("no mailbox known".into());
+        return MailboxSent::NoMailbox;
     };
     if mailbox == *key.server_name() || mailbox == destination {
-        return MailboxSent::NotTaken("the mailbox is this server or the destination".into());
+        tracing::debug!(%destination, %mailbox, "a mailbox that is this server or the destination itself");
+        return MailboxSent::NoMailbox;
     }
     body["destination"] = json!(destination.as_str());
     let signed = serde_json::from_value::<CanonicalJsonObject>(body)
@@ -557,3 +561,6 @@ pub(super) fn open_mail(
 pub(crate) const MAILBOX_AFTER_FAILURES: u32 = 2;
 /// While a destination's mail goes to its mailbox, it is still tried directly this often.
 pub(crate) const DIRECT_PROBE: Duration = Duration::from_secs(60);
+/// A destination with no mailbox to be found is looked up again (locally, then in the DHT) after
+/// this long, not on every retry: most servers have none, and a DHT lookup can take seconds.
+pub(crate) const NO_MAILBOX_RECHECK: Duration = Duration::from_secs(300);

@@ -16,7 +16,9 @@ use tokio::sync::Notify;
 
 use hyphae_p2p::WeakTransport;
 
-use crate::backup::mailbox::{self, DIRECT_PROBE, MAILBOX_AFTER_FAILURES, MailboxSent};
+use crate::backup::mailbox::{
+    self, DIRECT_PROBE, MAILBOX_AFTER_FAILURES, MailboxSent, NO_MAILBOX_RECHECK,
+};
 use crate::signing::SigningKey;
 
 const MAX_PDUS: u32 = 50;
@@ -83,6 +85,9 @@ struct Away {
     failures: u32,
     /// When the destination itself was last tried.
     last_direct: Option<std::time::Instant>,
+    /// No mailbox was found for it (here or in the DHT): not looked for again before then, and
+    /// the destination itself is tried as usual meanwhile.
+    no_mailbox_until: Option<std::time::Instant>,
 }
 
 enum Outcome {
@@ -231,10 +236,12 @@ impl Sender {
         };
         // Away for a while: the destination's mailbox takes it, unless it is time to try the
         // destination itself again.
+        let now = std::time::Instant::now();
         if away.failures >= MAILBOX_AFTER_FAILURES
             && away
                 .last_direct
                 .is_some_and(|at| at.elapsed() < DIRECT_PROBE)
+            && away.no_mailbox_until.is_none_or(|until| now >= until)
         {
             match mailbox::send_to_mailbox(
                 &self.store,
@@ -248,6 +255,7 @@ impl Sender {
             {
                 MailboxSent::Taken => return Outcome::Sent,
                 MailboxSent::NotTaken(reason) => return Outcome::Retry(reason),
+                MailboxSent::NoMailbox => away.no_mailbox_until = Some(now + NO_MAILBOX_RECHECK),
             }
         }
         away.last_direct = Some(std::time::Instant::now());
