@@ -88,6 +88,12 @@ fn from<'a>(items: &'a [TimelineItem], who: &AppClient) -> Vec<&'a TimelineItem>
         .collect()
 }
 
+/// Whether `who`'s timeline of `room` shows the event `event_id`.
+async fn shows(who: &AppClient, room: &RoomId, event_id: &ruma::EventId) -> bool {
+    let timeline = who.timeline(room, 100).await.unwrap();
+    timeline.iter().any(|i| i.event_id == event_id)
+}
+
 /// Whether `who` has an invite to `room` in view.
 async fn invited(who: &AppClient, room: &RoomId) -> bool {
     who.invites()
@@ -149,13 +155,8 @@ async fn a_users_list_hides_mallory_until_she_unsubscribes_and_blurs_at_blur_lev
         },
     )
     .await;
-    eventually(WITHIN, "Bob's message for Alice", || async {
-        alice
-            .timeline(&room, 100)
-            .await
-            .unwrap()
-            .iter()
-            .any(|i| i.event_id == hello)
+    eventually(WITHIN, "Bob's message for Alice", || {
+        shows(alice, &room, &hello)
     })
     .await;
     let timeline = alice.timeline(&room, 100).await.unwrap();
@@ -284,13 +285,8 @@ async fn a_node_ban_refuses_mallorys_server_at_the_edge_also_when_relayed_and_li
         std::slice::from_ref(&list)
     );
     let before = mallory.send_text(&room, "before the rule").await.unwrap();
-    eventually(WITHIN, "Mallory's message before the rule", || async {
-        alice
-            .timeline(&room, 100)
-            .await
-            .unwrap()
-            .iter()
-            .any(|i| i.event_id == before)
+    eventually(WITHIN, "Mallory's message before the rule", || {
+        shows(alice, &room, &before)
     })
     .await;
 
@@ -328,22 +324,13 @@ async fn a_node_ban_refuses_mallorys_server_at_the_edge_also_when_relayed_and_li
         "{reason}"
     );
     assert!(reason.ends_with("(spam server)"), "{reason}");
-    eventually(WITHIN, "Bob's message at Alice's", || async {
-        alice
-            .timeline(&room, 100)
-            .await
-            .unwrap()
-            .iter()
-            .any(|i| i.event_id == hello)
+    eventually(WITHIN, "Bob's message at Alice's", || {
+        shows(alice, &room, &hello)
     })
     .await;
     // Bob's node, which did not subscribe, shows it; Alice's never does.
-    eventually(WITHIN, "Mallory's message at Bob's", || async {
-        bob.timeline(&room, 100)
-            .await
-            .unwrap()
-            .iter()
-            .any(|i| i.event_id == after)
+    eventually(WITHIN, "Mallory's message at Bob's", || {
+        shows(bob, &room, &after)
     })
     .await;
     let timeline = alice.timeline(&room, 100).await.unwrap();
@@ -410,13 +397,8 @@ async fn a_node_ban_refuses_mallorys_server_at_the_edge_also_when_relayed_and_li
 
     // And the node keeps taking Bob's messages.
     let later = bob.send_text(&room, "later").await.unwrap();
-    eventually(WITHIN, "Bob's later message at Alice's", || async {
-        alice
-            .timeline(&room, 100)
-            .await
-            .unwrap()
-            .iter()
-            .any(|i| i.event_id == later)
+    eventually(WITHIN, "Bob's later message at Alice's", || {
+        shows(alice, &room, &later)
     })
     .await;
 
@@ -424,13 +406,8 @@ async fn a_node_ban_refuses_mallorys_server_at_the_edge_also_when_relayed_and_li
     assert!(a.node.unsubscribe_policy_list_node(&list).await.unwrap());
     assert!(a.node.node_policy_verdict(mallory.user_id()).is_none());
     let again = mallory.send_text(&room, "again").await.unwrap();
-    eventually(WITHIN, "Mallory heard again at Alice's", || async {
-        alice
-            .timeline(&room, 100)
-            .await
-            .unwrap()
-            .iter()
-            .any(|i| i.event_id == again)
+    eventually(WITHIN, "Mallory heard again at Alice's", || {
+        shows(alice, &room, &again)
     })
     .await;
 }
@@ -670,13 +647,8 @@ async fn a_banned_users_invite_still_lets_carol_in_and_a_users_list_does_not_lif
         .event_id;
     accept_invite(carol, &room).await;
     let hello = carol.send_text(&room, "hi, I'm Carol").await.unwrap();
-    eventually(WITHIN, "Carol's message in Alice's timeline", || async {
-        alice
-            .timeline(&room, 100)
-            .await
-            .unwrap()
-            .iter()
-            .any(|i| i.event_id == hello)
+    eventually(WITHIN, "Carol's message in Alice's timeline", || {
+        shows(alice, &room, &hello)
     })
     .await;
     let members = alice.members(&room).await.unwrap();
@@ -714,12 +686,8 @@ async fn a_banned_users_invite_still_lets_carol_in_and_a_users_list_does_not_lif
         .unwrap();
     assert!(pending.values().all(|n| *n == 0), "passed on: {pending:?}");
     // Bob, who bans nobody, sees all of it.
-    eventually(WITHIN, "Carol's message at Bob's", || async {
-        bob.timeline(&room, 100)
-            .await
-            .unwrap()
-            .iter()
-            .any(|i| i.event_id == hello)
+    eventually(WITHIN, "Carol's message at Bob's", || {
+        shows(bob, &room, &hello)
     })
     .await;
 }
@@ -813,13 +781,8 @@ async fn history_a_node_ban_refuses_is_kept_as_refused_so_backfill_moves_past_it
 
     // Paging back fetches the history: Bob's welcome is shown, the flood is kept as refused,
     // and it is not asked for again.
-    eventually(WITHIN, "Bob's welcome in Alice's history", || async {
-        alice
-            .timeline(&room, 100)
-            .await
-            .unwrap()
-            .iter()
-            .any(|i| i.event_id == old)
+    eventually(WITHIN, "Bob's welcome in Alice's history", || {
+        shows(alice, &room, &old)
     })
     .await;
     let timeline = alice.timeline(&room, 100).await.unwrap();
