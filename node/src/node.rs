@@ -136,12 +136,18 @@ impl Node {
                 .attach(transport)
                 .await
                 .map_err(|e| NodeError::Startup(e.to_string()))?;
-            if config.backup_server
-                && let Err(e) = transport
+            if config.backup_server {
+                if let Err(e) = transport
                     .start_providing(crate::backup::ANNOUNCE_KEY.to_vec())
                     .await
-            {
-                tracing::warn!(error = %e, "cannot announce the backup server in the DHT");
+                {
+                    tracing::warn!(error = %e, "cannot announce the backup server in the DHT");
+                }
+                crate::backup::mailbox::spawn_republisher(
+                    store.clone(),
+                    transport,
+                    identity.server_name().to_owned(),
+                );
             }
         }
         let backup_server = store

@@ -193,6 +193,21 @@ impl Store {
         .await
     }
 
+    /// The records held that name `mailbox` as the mailbox of their server.
+    pub async fn mailbox_records_naming(&self, mailbox: String) -> Result<Vec<MailboxRecord>> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT server, mailbox, addresses, ts, record FROM mailbox_records
+                 WHERE mailbox = ?1 ORDER BY server",
+            )?;
+            let records = statement
+                .query_map([&mailbox], record_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(records)
+        })
+        .await
+    }
+
     /// The newest record `server` signed about its mailbox, if any reached this node.
     pub async fn mailbox_record(&self, server: String) -> Result<Option<MailboxRecord>> {
         self.read(move |conn| {
@@ -201,21 +216,23 @@ impl Store {
                     "SELECT server, mailbox, addresses, ts, record FROM mailbox_records
                      WHERE server = ?1",
                     [&server],
-                    |row| {
-                        let addresses: String = row.get(2)?;
-                        Ok(MailboxRecord {
-                            server: row.get(0)?,
-                            mailbox: row.get(1)?,
-                            addresses: addresses.lines().map(str::to_owned).collect(),
-                            ts: row.get(3)?,
-                            record: row.get(4)?,
-                        })
-                    },
+                    record_from_row,
                 )
                 .optional()?)
         })
         .await
     }
+}
+
+fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MailboxRecord> {
+    let addresses: String = row.get(2)?;
+    Ok(MailboxRecord {
+        server: row.get(0)?,
+        mailbox: row.get(1)?,
+        addresses: addresses.lines().map(str::to_owned).collect(),
+        ts: row.get(3)?,
+        record: row.get(4)?,
+    })
 }
 
 #[cfg(test)]

@@ -185,23 +185,88 @@ pub(crate) async fn publish_record(
             Err(e) => tracing::debug!(error = %e, "mailbox record not put in the DHT"),
         }
     }
-    let Some(owner) = &state.owner else {
-        return;
-    };
-    let Ok(owner) = ruma::UserId::parse(format!("@{owner}:{}", state.server_name)) else {
-        return;
-    };
-    let servers = match crate::client_api::servers_sharing_rooms(state, &owner).await {
-        Ok(servers) => servers,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot tell which servers to send the mailbox record");
-            return;
+    // The mailbox itself keeps the record too, and puts it in the DHT again while this device
+    // is away (DHT records expire: see `republish`).
+    let mut servers: Vec<OwnedServerName> = name
+        .and_then(|n| OwnedServerName::try_from(n).ok())
+        .into_iter()
+        .collect();
+    if let Some(owner) = &state.owner
+        && let Ok(owner) = ruma::UserId::parse(format!("@{owner}:{}", state.server_name))
+    {
+        match crate::client_api::servers_sharing_rooms(state, &owner).await {
+            Ok(sharing) => servers.extend(sharing),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell which servers to send the mailbox record")
+            }
         }
-    };
+    }
     let edu = json!({"edu_type": RECORD_EDU, "content": {"record": json}});
     if let Err(e) = state.federation.queue_edu(servers, edu).await {
         tracing::warn!(error = %e, "cannot queue the mailbox record");
     }
+}
+
+/// How often a backup server puts its subscribers' mailbox records in the DHT again: peers
+/// drop a record 24 h after it was put, and a device may be away for longer than that.
+const REPUBLISH_EVERY: Duration = Duration::from_secs(3600);
+
+/// On a backup server: puts in the DHT, hourly, the signed record of every subscriber that
+/// names this server as its mailbox. Ends when the transport stops.
+pub(crate) fn spawn_republisher(store: Store, transport: &Transport, own: String) {
+    let weak = transport.downgrade();
+    let mut events = transport.events();
+    tokio::spawn(async move {
+        loop {
+            let Some(transport) = weak.upgrade() else {
+                return;
+            };
+            let put = republish(&store, &transport, &own).await;
+            tracing::debug!(
+                records = put,
+                "subscribers' mailbox records put in the DHT again"
+            );
+            drop(transport);
+            let stopped = async {
+                // The transport's events end when it stops.
+                while !matches!(
+                    events.recv().await,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed)
+                ) {}
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(REPUBLISH_EVERY) => {}
+                _ = stopped => return,
+            }
+        }
+    });
+}
+
+/// Puts the records of this backup server's subscribers that name it in the DHT; how many.
+pub(crate) async fn republish(store: &Store, transport: &Transport, own: &str) -> usize {
+    let records = match store.mailbox_records_naming(own.to_owned()).await {
+        Ok(records) => records,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the subscribers' mailbox records");
+            return 0;
+        }
+    };
+    let mut put = 0;
+    for record in records {
+        let subscribed = store.backup_subscriber(record.server.clone()).await;
+        if !matches!(subscribed, Ok(Some(_))) {
+            continue;
+        }
+        let key = dht_key(&record.server);
+        if transport
+            .put_record(key, record.record.into_bytes())
+            .await
+            .is_ok()
+        {
+            put += 1;
+        }
+    }
+    put
 }
 
 /// The profile field a device's owner shows its signed mailbox record in.

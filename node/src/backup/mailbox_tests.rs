@@ -98,6 +98,20 @@ async fn mail_sent_while_the_device_is_away_reaches_it_from_its_mailbox_with_the
         alice_name,
         room,
     } = dm_with_a_mailbox().await;
+    // Her mailbox keeps her record too, to put it in the DHT again while she is away.
+    eventually(WAIT, "the backup server holds Alice's record", || async {
+        let naming = server
+            .node
+            .store()
+            .mailbox_records_naming(server_name.clone());
+        naming.await.unwrap().iter().any(|r| r.server == alice_name)
+    })
+    .await;
+    let transport = server.node.transport().unwrap();
+    assert_eq!(
+        super::mailbox::republish(server.node.store(), transport, &server_name).await,
+        1
+    );
     // A third server that shares no room with Alice finds the mailbox through the DHT.
     let c = Api::start_federated().await;
     c.connect(&server).await;
