@@ -179,6 +179,53 @@ async fn mail_sent_while_the_device_is_away_reaches_it_from_its_mailbox_with_the
 }
 
 #[tokio::test]
+async fn an_invite_to_a_device_that_is_away_waits_in_its_mailbox() {
+    let Setup {
+        server,
+        a,
+        b,
+        alice_name,
+        ..
+    } = dm_with_a_mailbox().await;
+    let alice_user = app(&a).user_id().to_owned();
+    let a = a.stop().await;
+    // Bob makes a group with Alice while her device is off: the invite cannot be countersigned
+    // by her server, so it goes as it is, by EDU, into her mailbox.
+    let bob = app(&b);
+    let picnic = bob
+        .create_group("Picnic", std::slice::from_ref(&alice_user))
+        .await
+        .unwrap();
+    eventually(WAIT, "the invite in Alice's mailbox", || {
+        all_in_the_mailbox(&server, &b, &alice_name)
+    })
+    .await;
+    let a = a.start_with(owned_by("alice")).await;
+    let alice = app(&a);
+    eventually(WAIT, "the invite in Alice's view", || async {
+        let invites = alice.invites().await.unwrap();
+        invites
+            .iter()
+            .any(|i| i.room_id == picnic && i.name.as_deref() == Some("Picnic"))
+    })
+    .await;
+    alice.join(&picnic).await.unwrap();
+    eventually(WAIT, "Alice joined, seen by Bob", || async {
+        let members = bob.members(&picnic).await.unwrap();
+        members
+            .iter()
+            .any(|m| m.user_id == alice_user.as_str() && m.membership == "join")
+    })
+    .await;
+    bob.send_text(&picnic, "bring cake").await.unwrap();
+    eventually(WAIT, "Bob's message, decrypted", || async {
+        let timeline = alice.timeline(&picnic, 20).await.unwrap();
+        texts(&timeline).contains(&"bring cake".to_owned())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_mailbox_takes_only_signed_mail_from_its_origin_for_a_subscriber() {
     let server = backup_server().await;
     let server_addrs = server.p2p_addrs().await;

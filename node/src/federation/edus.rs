@@ -48,6 +48,19 @@ pub(super) async fn receive(state: &AppState, origin: &ServerName, edu: &serde_j
         }
         return;
     }
+    if edu_type == super::membership::INVITE_EDU {
+        let taken = match serde_json::from_value(edu["content"].clone()) {
+            Ok(request) => super::membership::take_invite(state, origin, request, None)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("malformed: {e}")),
+        };
+        if let Err(reason) = taken {
+            tracing::warn!(%origin, edu_type, %reason, "invite EDU dropped");
+        }
+        return;
+    }
     let result = match serde_json::from_str::<Edu>(&edu.to_string()) {
         Ok(Edu::DirectToDevice(content)) => direct_to_device(state, origin, content).await,
         Ok(Edu::DeviceListUpdate(content)) => device_list_update(state, origin, content).await,

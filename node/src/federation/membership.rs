@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use ruma::api::error::ErrorKind;
 use ruma::events::TimelineEventType;
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedRoomAliasId, OwnedRoomId, OwnedUserId,
-    RoomVersionId,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId,
+    RoomVersionId, ServerName,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -156,6 +156,11 @@ pub(crate) async fn send_join(
     })))
 }
 
+/// The EDU an inviting server sends, through the outbox (and so the mailbox), when the
+/// invitee's server cannot be reached to countersign: the same body as `/invite` v2.
+pub(crate) const INVITE_EDU: &str = "io.hyphae.invite";
+
+/// An invite as `/invite` v2 carries it, and as the `io.hyphae.invite` EDU does.
 #[derive(Deserialize)]
 pub(crate) struct InviteRequest {
     room_version: RoomVersionId,
@@ -164,6 +169,7 @@ pub(crate) struct InviteRequest {
     invite_room_state: Vec<Value>,
 }
 
+/// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`: an invite for a user of this node.
 pub(crate) async fn invite(
     State(state): State<AppState>,
     Origin(origin): Origin,
@@ -172,6 +178,20 @@ pub(crate) async fn invite(
 ) -> Result<Json<Value>, MatrixError> {
     let request: InviteRequest = serde_json::from_slice(&body)
         .map_err(|e| MatrixError::bad_json(format!("Malformed invite: {e}")))?;
+    let signed = take_invite(&state, &origin, request, Some((&room_id, &event_id))).await?;
+    Ok(Json(json!({ "event": CanonicalJsonValue::Object(signed) })))
+}
+
+/// Takes an invite from `origin` for a user of this node, by `/invite` (`addressed`: the room
+/// and event id in its path) or, from a server that could not reach this one, by an
+/// `io.hyphae.invite` EDU that came through this node's mailbox: checked, countersigned, and
+/// kept with the state the inviter showed unless this node is in the room already.
+pub(crate) async fn take_invite(
+    state: &AppState,
+    origin: &ServerName,
+    request: InviteRequest,
+    addressed: Option<(&RoomId, &str)>,
+) -> Result<CanonicalJsonObject, MatrixError> {
     if !ROOM_VERSIONS.contains(&request.room_version) {
         return Err(incompatible(&request.room_version));
     }
@@ -180,9 +200,12 @@ pub(crate) async fn invite(
         .state_key
         .as_deref()
         .and_then(|k| ruma::UserId::parse(k).ok());
-    let well_formed = invite.event_id.as_str() == event_id
-        && invite.room_id().as_deref() == Some(&*room_id)
-        && invite.kind == TimelineEventType::RoomMember
+    let Some(room_id) = invite.room_id() else {
+        return Err(MatrixError::bad_json("An invite names its room"));
+    };
+    let well_formed = addressed.is_none_or(|(room, event_id)| {
+        invite.event_id.as_str() == event_id && room_id.as_str() == room.as_str()
+    }) && invite.kind == TimelineEventType::RoomMember
         && membership_of(&invite.content).as_deref() == Some("invite")
         && invite.sender.server_name() == origin;
     let Some(invitee) = invitee.filter(|_| well_formed) else {
@@ -227,7 +250,7 @@ pub(crate) async fn invite(
             .await?;
     }
     tracing::info!(%origin, %room_id, %invitee, "invited by another server");
-    Ok(Json(json!({ "event": CanonicalJsonValue::Object(signed) })))
+    Ok(signed)
 }
 
 #[derive(Deserialize)]

@@ -25,6 +25,7 @@ use axum::routing::{get, post, put};
 use crate::node::AppState;
 
 pub(crate) use client::{Federation, FederationError};
+pub(crate) use membership::INVITE_EDU;
 pub(crate) use origin::Origin;
 
 pub(crate) fn router(state: AppState) -> Router {

@@ -318,6 +318,7 @@ impl Rooms {
         let Some(slot) = self.slot(room_id).await? else {
             return Err(RoomError::NotFound(format!("Unknown room {room_id}")));
         };
+        let mut invite_by_edu = None;
         let (pdu, redaction, commit, destinations) = {
             let mut guard = slot.lock().await;
             if guard.is_none() {
@@ -362,8 +363,20 @@ impl Rooms {
                     .and_then(|k| UserId::parse(k).ok())
                     .is_some_and(|invitee| invitee.server_name() != self.inner.server_name)
             {
-                self.countersign_invite(&entry.version, &pdu, &entry.state)
+                match self
+                    .countersign_invite(&entry.version, &pdu, &entry.state)
                     .await?
+                {
+                    remote::Countersigned::Signed(signed) => signed,
+                    // The invitee's server is away: the invite stands as it is (the auth rules
+                    // ask only for the inviter's signature) and reaches it by EDU through the
+                    // outbox: into its mailbox, or when it is back.
+                    remote::Countersigned::Away(reason, body) => {
+                        tracing::info!(room = %room_id, invitee = ?pdu.state_key, %reason, "the invitee's server is away; the invite goes by the outbox");
+                        invite_by_edu = Some(body);
+                        pdu
+                    }
+                }
             } else {
                 pdu
             };
@@ -418,6 +431,20 @@ impl Rooms {
         self.wake(&destinations);
         if pdu.state_key.is_some() {
             self.inner.policy.state_changed(room_id);
+        }
+        if let Some(mut body) = invite_by_edu
+            && let Some(invitee) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+        {
+            // The invite as stored (and as the room's servers have it).
+            body["event"] = serde_json::to_value(&pdu.json).unwrap_or_default();
+            let edu = serde_json::json!({
+                "edu_type": crate::federation::INVITE_EDU,
+                "content": body,
+            });
+            let server = invitee.server_name().to_owned();
+            if let Err(e) = self.inner.federation.queue_edu(vec![server], edu).await {
+                tracing::warn!(error = %e, "cannot queue the invite for the invitee's server");
+            }
         }
         if let Some((target, version)) = redaction {
             self.apply_redaction(&version, target, &pdu).await?;

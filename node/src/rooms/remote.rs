@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 
 use super::incoming::{check_auth, urlencode, verify_pdu};
 use super::{Pdu, ROOM_VERSIONS, RoomError, RoomState, Rooms, membership_of, rules, snapshot_of};
+use crate::federation::FederationError;
 
 /// State event types an invitee is shown before joining (the spec's recommended set).
 pub(crate) const INVITE_STATE: [&str; 6] = [
@@ -58,13 +59,14 @@ impl Rooms {
     }
 
     /// Has the invitee's server countersign an invite this node built, and returns the event as
-    /// it came back (checked: same event, signed by the invitee's server).
+    /// it came back (checked: same event, signed by the invitee's server). When that server
+    /// cannot be reached at all, says so with the `/invite` body, for sending it another way.
     pub(super) async fn countersign_invite(
         &self,
         version: &RoomVersionId,
         pdu: &Pdu,
         state: &RoomState,
-    ) -> Result<Pdu, RoomError> {
+    ) -> Result<Countersigned, RoomError> {
         let Some(invitee) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) else {
             return Err(RoomError::BadRequest("invite without an invitee".into()));
         };
@@ -91,14 +93,22 @@ impl Rooms {
             urlencode(room_id.as_str()),
             urlencode(pdu.event_id.as_str())
         );
-        let response: SignedEvent = self
+        let response: SignedEvent = match self
             .inner
             .federation
             .request(server, Method::PUT, &path, Some(&body))
             .await
-            .map_err(|e| {
-                RoomError::Unreachable(format!("{server} did not take the invite: {e}"))
-            })?;
+        {
+            Ok(response) => response,
+            Err(e @ (FederationError::Http(_) | FederationError::Offline)) => {
+                return Ok(Countersigned::Away(e.to_string(), body));
+            }
+            Err(e) => {
+                return Err(RoomError::Unreachable(format!(
+                    "{server} did not take the invite: {e}"
+                )));
+            }
+        };
         let signed: CanonicalJsonObject = serde_json::from_str(response.event.get())
             .map_err(|e| RoomError::Unreachable(format!("{server} sent back a bad invite: {e}")))?;
         let signed_by_invitee = matches!(
@@ -120,7 +130,7 @@ impl Rooms {
                 .map_err(|e| RoomError::BadRequest(e.to_string()))?,
         )
         .map_err(|e| RoomError::Forbidden(format!("{server}'s signature on the invite: {e}")))?;
-        Ok(checked)
+        Ok(Countersigned::Signed(checked))
     }
 
     /// Joins `user` to a room this node is not in, through the first of `servers` that lets
@@ -584,6 +594,13 @@ impl Rooms {
             None => Vec::new(),
         })
     }
+}
+
+/// What came of asking the invitee's server to countersign an invite.
+pub(super) enum Countersigned {
+    Signed(Pdu),
+    /// The server could not be reached (why, and the `/invite` body to send another way).
+    Away(String, serde_json::Value),
 }
 
 /// A state event as an invitee sees it before joining.
