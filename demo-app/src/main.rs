@@ -75,6 +75,10 @@ enum Command {
         /// device (the web UI's settings do the same while running).
         #[arg(long, conflicts_with_all = ["backup", "restore_from"])]
         unsubscribe_backup: bool,
+        /// Stop using a backup server that is gone for good, without its answer (it keeps its
+        /// copy): for when --unsubscribe-backup cannot reach it.
+        #[arg(long, conflicts_with_all = ["backup", "restore_from", "unsubscribe_backup"])]
+        forget_backup: bool,
         /// Restore this device from its backup server first (its multiaddr ending in
         /// /p2p/<peer id>): only into a new, empty --data folder. The node becomes the backed-up
         /// server again, with its owner, rooms, history and room keys, still subscribed.
@@ -237,6 +241,7 @@ fn main() -> ExitCode {
             backup,
             backup_token,
             unsubscribe_backup,
+            forget_backup,
             restore_from,
             recovery_key,
             node_policy,
@@ -265,10 +270,11 @@ fn main() -> ExitCode {
                     ..Config::new(data_dir)
                 },
                 ui,
-                match (backup.zip(backup_token), unsubscribe_backup) {
-                    (Some((target, token)), _) => BackupChange::Subscribe(target, token),
-                    (None, true) => BackupChange::Unsubscribe,
-                    (None, false) => BackupChange::None,
+                match (backup.zip(backup_token), unsubscribe_backup, forget_backup) {
+                    (Some((target, token)), _, _) => BackupChange::Subscribe(target, token),
+                    (None, true, _) => BackupChange::Unsubscribe,
+                    (None, false, true) => BackupChange::Forget,
+                    (None, false, false) => BackupChange::None,
                 },
                 restore_from.zip(recovery_key),
                 node_policy,
@@ -411,6 +417,8 @@ enum BackupChange {
     None,
     Subscribe(BackupTarget, String),
     Unsubscribe,
+    /// Stop using a server that is gone for good, without its answer.
+    Forget,
 }
 
 /// Subscribes to the backup server `target` unless this device is subscribed already; says
@@ -536,7 +544,14 @@ async fn up(
         BackupChange::Unsubscribe => match unsubscribe_backup(&node).await {
             Ok(status) => println!("  backup       {status}"),
             // Still subscribed: the server keeps its copy until it hears of it.
-            Err(e) => eprintln!("hyphae: still backed up, could not unsubscribe: {e}"),
+            Err(e) => eprintln!(
+                "hyphae: still backed up, could not unsubscribe: {e} (--forget-backup stops \
+                 using a server that is gone for good)"
+            ),
+        },
+        BackupChange::Forget => match node.forget_backup().await {
+            Ok(()) => println!("  backup       none (forgotten; the server keeps its copy)"),
+            Err(e) => eprintln!("hyphae: {e}"),
         },
     }
     node_policy_lists(&node, policy).await;

@@ -125,6 +125,17 @@ impl Store {
         .await
     }
 
+    /// Drops everything waiting for `destination` (a server this node gives up on); how many
+    /// entries.
+    pub async fn outbox_drop_destination(&self, destination: String) -> Result<usize> {
+        self.write(move |conn| {
+            Ok(conn
+                .prepare_cached("DELETE FROM outbox WHERE destination = ?1")?
+                .execute([destination])?)
+        })
+        .await
+    }
+
     /// For each of these events, how many destinations have not acknowledged it yet.
     pub async fn outbox_pending(
         &self,

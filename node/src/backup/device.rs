@@ -113,6 +113,27 @@ impl Node {
         Ok(())
     }
 
+    /// Stops using the backup server without telling it, for a server that is gone for good
+    /// (`unsubscribe_backup` needs it to answer): nothing more is sent there and this device
+    /// names no mailbox any more. What the server kept stays with it until its operator removes
+    /// it.
+    pub async fn forget_backup(&self) -> Result<(), BackupError> {
+        let subscription = self
+            .store()
+            .backup_subscription()
+            .await?
+            .ok_or(BackupError::NotSubscribed)?;
+        self.store().unsubscribe_backup().await?;
+        self.backup_target().send_replace(None);
+        let dropped = self
+            .store()
+            .outbox_drop_destination(subscription.server.clone())
+            .await?;
+        super::mailbox::publish_record(self.app_state(), self.transport(), None).await;
+        tracing::warn!(server = %subscription.server, dropped, "forgot the backup server without its answer; it keeps its copy");
+        Ok(())
+    }
+
     /// The backup servers announced in the DHT (their server names), as far as this node can
     /// see; subscribing to one still takes a token from its operator.
     pub async fn find_backup_servers(&self) -> Result<Vec<String>, BackupError> {

@@ -326,6 +326,37 @@ async fn unsubscribing_deletes_the_replica() {
 }
 
 #[tokio::test]
+async fn a_backup_server_gone_for_good_can_be_forgotten() {
+    let a = Api::start_federated().await;
+    let server = backup_server().await;
+    let alice = person(&a, "alice").await;
+    let room = a.create_public_room(&alice.token).await;
+    let token = create_invite(server.data_dir(), 1 << 20).unwrap();
+    subscribe(&a, &server, &token).await.unwrap();
+    drop(server.stop().await);
+    send_text(&a, &alice, &room, "after the server went").await;
+    // Unsubscribing asks the server to delete its copy: with the server gone, it fails and
+    // the device stays subscribed.
+    assert!(a.node.unsubscribe_backup().await.is_err());
+    assert!(a.node.backup_status().await.unwrap().is_some());
+    // Forgetting it needs no answer: nothing more is queued for it and no mailbox is named.
+    a.node.forget_backup().await.unwrap();
+    assert_eq!(a.node.backup_status().await.unwrap(), None);
+    let destinations = a.node.store().outbox_destinations().await.unwrap();
+    assert!(destinations.is_empty(), "{destinations:?}");
+    let own = a
+        .node
+        .store()
+        .mailbox_record(a.node.server_name().to_owned());
+    assert_eq!(own.await.unwrap().and_then(|r| r.mailbox), None);
+    send_text(&a, &alice, &room, "still working").await;
+    assert!(matches!(
+        a.node.forget_backup().await,
+        Err(BackupError::NotSubscribed)
+    ));
+}
+
+#[tokio::test]
 async fn both_sides_restart_and_the_replica_completes() {
     let a = Api::start_federated().await;
     let server = backup_server().await;
