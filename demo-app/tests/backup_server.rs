@@ -3,55 +3,13 @@
 //! the same from the web UI's API: a wrong token, the right one, the replica growing, key
 //! backup's recovery key shown once, and unsubscribing.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-fn hyphae() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hyphae"))
-}
-
-/// A child process, killed when the test ends.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `command`, reads its stdout up to "Press Ctrl-C", returns the process and the lines.
-fn start(mut command: Command) -> (Running, Vec<String>) {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let child = Running(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let done = line.starts_with("Press Ctrl-C");
-        seen.push(line);
-        if done {
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, seen)
-}
-
-fn field(lines: &[String], name: &str) -> Option<String> {
-    lines
-        .iter()
-        .find_map(|l| l.trim().strip_prefix(name).map(|r| r.trim().to_owned()))
-}
+mod common;
+use common::{Running, UiApi, field, hyphae, start};
 
 /// A running backup server: its process, name, address (ending in /p2p/<peer id>).
 struct BackupServer {
@@ -148,47 +106,6 @@ fn invite_while_running_then_a_device_subscribes_from_the_command_line() {
         backup,
         format!("none (unsubscribed from {name}; it deletes its copy)")
     );
-}
-
-/// The owner's web UI API on one `hyphae up`, signed in with the key its link holds.
-struct UiApi {
-    http: reqwest::Client,
-    base: String,
-    cookie: String,
-}
-
-impl UiApi {
-    fn new(ui_url: &str) -> UiApi {
-        let (origin, key) = ui_url.split_once("/app/?key=").expect("a web UI link");
-        let port = origin.rsplit(':').next().expect("a port");
-        UiApi {
-            http: reqwest::Client::new(),
-            base: format!("{origin}/app/api"),
-            cookie: format!("hyphae_ui_{port}={key}"),
-        }
-    }
-
-    /// The answer's status and JSON body (errors are `{errcode, error}`).
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("cookie", &self.cookie);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("the UI API answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.expect("a JSON answer"))
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.call(reqwest::Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, Some(body)).await
-    }
 }
 
 #[tokio::test]

@@ -1,64 +1,29 @@
 //! `hyphae up` as a person runs it: a real process, a real port, Ctrl-C to stop.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-fn hyphae() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hyphae"))
-}
-
-/// A `hyphae up` process, killed if a test fails before stopping it.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{Running, field, hyphae, start};
 
 /// Starts `hyphae up` and returns the process, the client API URL and the server name it printed.
 fn up(data: &std::path::Path) -> (Running, String, String) {
-    let mut child = hyphae()
-        // Peers on loopback only and no mDNS: tests send nothing beyond this machine.
+    let mut command = hyphae();
+    // Peers on loopback only and no mDNS: tests send nothing beyond this machine.
+    command
         .args(["up", "--listen", "127.0.0.1:0", "--no-mdns"])
         .args(["--p2p-listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
         .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--data"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let child = Running(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut url, mut name, mut registration) = (None, None, None);
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(rest) = line.trim().strip_prefix("client API") {
-            url = Some(rest.trim().to_owned());
-        }
-        if let Some(rest) = line.trim().strip_prefix("server name") {
-            name = Some(rest.trim().to_owned());
-        }
-        if let Some(rest) = line.trim().strip_prefix("registration") {
-            registration = Some(rest.trim().to_owned());
-        }
-        if line.starts_with("Press Ctrl-C") {
-            break;
-        }
-    }
-    // Keep reading so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    let registration = registration.expect("no registration line");
+        .arg(data);
+    let (child, lines) = start(command);
+    let registration = field(&lines, "registration").expect("no registration line");
     assert!(
         registration.starts_with("open"),
         "loopback means open registration: {registration}"
     );
     (
         child,
-        url.expect("no client API line"),
-        name.expect("no server name line"),
+        field(&lines, "client API").expect("no client API line"),
+        field(&lines, "server name").expect("no server name line"),
     )
 }
 
