@@ -1,6 +1,6 @@
 //! A plain HTTP Matrix client for the benchmarks: just the calls they make, failing loudly.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -49,6 +49,7 @@ pub async fn post(http: &reqwest::Client, url: &str, token: &str, body: Value) -
     response.json().await.unwrap()
 }
 
+/// Sends a text message; its event id.
 pub async fn send(
     http: &reqwest::Client,
     base: &str,
@@ -56,7 +57,7 @@ pub async fn send(
     room: &str,
     txn: &str,
     body: &str,
-) {
+) -> String {
     let response = http
         .put(format!("{base}/rooms/{room}/send/m.room.message/{txn}"))
         .bearer_auth(token)
@@ -69,6 +70,8 @@ pub async fn send(
         "send: {}",
         response.status()
     );
+    let sent: Value = response.json().await.unwrap();
+    sent["event_id"].as_str().expect("sent").to_owned()
 }
 
 pub async fn sync(
@@ -90,4 +93,64 @@ pub async fn sync(
         .json()
         .await
         .unwrap()
+}
+
+/// The `p` quantile (0 to 1) of durations sorted in ascending order.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// How long each of `messages` messages takes from `sender`'s send (on `sender_base`) until it
+/// shows in `receiver`'s long-polling `/sync` (on `receiver_base`, from its next batch now), in
+/// `room`; sorted.
+pub async fn sync_latencies(
+    http: &reqwest::Client,
+    (sender_base, sender): (&str, &User),
+    (receiver_base, receiver): (&str, &User),
+    room: &str,
+    messages: usize,
+) -> Vec<Duration> {
+    let mut since = sync(http, receiver_base, &receiver.token, None, 0).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut latencies = Vec::with_capacity(messages);
+    for n in 0..messages {
+        let body = format!("latency {n}");
+        let waiting = {
+            let (http, base, token, since) = (
+                http.clone(),
+                receiver_base.to_owned(),
+                receiver.token.clone(),
+                since.clone(),
+            );
+            tokio::spawn(async move { sync(&http, &base, &token, Some(&since), 30_000).await })
+        };
+        // Let the long-poll reach the server before sending.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let started = Instant::now();
+        send(
+            http,
+            sender_base,
+            &sender.token,
+            room,
+            &format!("l{n}"),
+            &body,
+        )
+        .await;
+        let mut response = waiting.await.unwrap();
+        loop {
+            let arrived = response["rooms"]["join"][room]["timeline"]["events"]
+                .as_array()
+                .is_some_and(|events| events.iter().any(|e| e["content"]["body"] == body));
+            since = response["next_batch"].as_str().unwrap().to_owned();
+            if arrived {
+                break;
+            }
+            response = sync(http, receiver_base, &receiver.token, Some(&since), 30_000).await;
+        }
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    latencies
 }

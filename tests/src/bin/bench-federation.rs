@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hyphae_node::TransportConfig;
 use hyphae_tests::TestNode;
-use hyphae_tests::client::{User, ms, post, register, send, sync};
+use hyphae_tests::client::{User, ms, percentile, post, register, send, sync_latencies};
 use serde_json::json;
 
 #[tokio::main]
@@ -51,40 +51,8 @@ async fn latency(messages: usize) {
     let bob = register(&http, &base_b, "bob").await;
     let room = create_public_room(&http, &base_a, &alice).await;
     join_through(&http, &base_b, &bob, &room, a.node.server_name()).await;
-    let mut since = sync(&http, &base_b, &bob.token, None, 0).await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-
-    let mut latencies = Vec::with_capacity(messages);
-    for n in 0..messages {
-        let body = format!("latency {n}");
-        let waiting = {
-            let (http, base, token, since) = (
-                http.clone(),
-                base_b.clone(),
-                bob.token.clone(),
-                since.clone(),
-            );
-            tokio::spawn(async move { sync(&http, &base, &token, Some(&since), 30_000).await })
-        };
-        // Let the long-poll reach the server before sending.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let started = Instant::now();
-        send(&http, &base_a, &alice.token, &room, &format!("l{n}"), &body).await;
-        let mut response = waiting.await.unwrap();
-        loop {
-            let arrived = response["rooms"]["join"][&room]["timeline"]["events"]
-                .as_array()
-                .is_some_and(|events| events.iter().any(|e| e["content"]["body"] == body));
-            since = response["next_batch"].as_str().unwrap().to_owned();
-            if arrived {
-                break;
-            }
-            response = sync(&http, &base_b, &bob.token, Some(&since), 30_000).await;
-        }
-        latencies.push(started.elapsed());
-    }
+    let mut latencies =
+        sync_latencies(&http, (&base_a, &alice), (&base_b, &bob), &room, messages).await;
     let (p50, p99) = percentiles(&mut latencies);
     println!(
         "A send -> B long-poll /sync, QUIC on loopback, {messages} messages: p50 {:.2} ms, p99 {:.2} ms",
@@ -144,12 +112,14 @@ async fn fanout(count: usize, messages: usize) {
         // Senders take turns, so the room's DAG grows from different servers.
         let from = n % count;
         let started = Instant::now();
-        let event_id = send_returning_id(
+        let txn = format!("f{n}");
+        let event_id = send(
             &http,
             &base(&nodes[from]),
-            &users[from],
+            &users[from].token,
             &room,
-            &format!("f{n}"),
+            &txn,
+            &txn,
         )
         .await;
         for node in &nodes {
@@ -177,8 +147,7 @@ async fn fanout(count: usize, messages: usize) {
 
 fn percentiles(latencies: &mut [Duration]) -> (Duration, Duration) {
     latencies.sort();
-    let at = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-    (at(0.50), at(0.99))
+    (percentile(latencies, 0.50), percentile(latencies, 0.99))
 }
 
 async fn create_public_room(http: &reqwest::Client, base: &str, user: &User) -> String {
@@ -202,24 +171,4 @@ async fn join_through(http: &reqwest::Client, base: &str, user: &User, room: &st
         json!({}),
     )
     .await;
-}
-
-async fn send_returning_id(
-    http: &reqwest::Client,
-    base: &str,
-    user: &User,
-    room: &str,
-    txn: &str,
-) -> String {
-    let response: serde_json::Value = http
-        .put(format!("{base}/rooms/{room}/send/m.room.message/{txn}"))
-        .bearer_auth(&user.token)
-        .json(&json!({"msgtype": "m.text", "body": txn}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    response["event_id"].as_str().expect("sent").to_owned()
 }

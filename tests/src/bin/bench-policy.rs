@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hyphae_node::policy::{CompiledList, ListBuilder, PolicyKind, Subject};
+use hyphae_tests::client::percentile;
 
 /// Counts the bytes held, so the compiled list's size is measured rather than estimated.
 struct Counting;
@@ -110,10 +111,6 @@ fn events(total: usize, rules: usize) -> Vec<(String, String)> {
             }
         })
         .collect()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
 fn measure(

@@ -4,10 +4,10 @@
 //!
 //! Run: `cargo run --release -p hyphae-tests --bin bench-sync [-- MESSAGES]`
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hyphae_tests::TestNode;
-use hyphae_tests::client::{ms, post, register, send, sync};
+use hyphae_tests::client::{ms, percentile, post, register, send, sync_latencies};
 use serde_json::json;
 
 #[tokio::main]
@@ -37,40 +37,10 @@ async fn main() {
         .unwrap()
         .to_owned();
     post(&http, &format!("{base}/join/{room}"), &bob.token, json!({})).await;
-    let mut since = sync(&http, &base, &bob.token, None, 0).await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
 
     // (1) send -> arrival in Bob's long-poll.
-    let mut latencies = Vec::with_capacity(messages);
-    for n in 0..messages {
-        let body = format!("latency {n}");
-        let waiting = {
-            let (http, base, token, since) =
-                (http.clone(), base.clone(), bob.token.clone(), since.clone());
-            tokio::spawn(async move { sync(&http, &base, &token, Some(&since), 30_000).await })
-        };
-        // Let the long-poll reach the server before sending.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let started = Instant::now();
-        send(&http, &base, &alice.token, &room, &format!("l{n}"), &body).await;
-        let mut response = waiting.await.unwrap();
-        loop {
-            let arrived = response["rooms"]["join"][&room]["timeline"]["events"]
-                .as_array()
-                .is_some_and(|events| events.iter().any(|e| e["content"]["body"] == body));
-            since = response["next_batch"].as_str().unwrap().to_owned();
-            if arrived {
-                break;
-            }
-            response = sync(&http, &base, &bob.token, Some(&since), 30_000).await;
-        }
-        latencies.push(started.elapsed());
-    }
-    latencies.sort();
-    let percentile =
-        |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let latencies = sync_latencies(&http, (&base, &alice), (&base, &bob), &room, messages).await;
+    let percentile = |p: f64| percentile(&latencies, p);
     println!(
         "send -> long-poll /sync arrival, {messages} messages: p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
         ms(percentile(0.50)),
