@@ -111,15 +111,7 @@ pub fn run(args: PolicyArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
 
 /// A list as a path segment.
 fn segment(list: &str) -> String {
-    let mut out = String::new();
-    for b in list.trim().bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    hyphae_node::urlencode(list.trim())
 }
 
 fn text(value: &Value) -> &str {

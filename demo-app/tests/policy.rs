@@ -68,9 +68,7 @@ fn stderr(output: &Output) -> String {
 
 /// A list in a path: URL-encoded (aliases start with `#`).
 fn encoded(list: &str) -> String {
-    list.replace('#', "%23")
-        .replace('!', "%21")
-        .replace(':', "%3A")
+    hyphae_node::urlencode(list)
 }
 
 #[tokio::test]

@@ -26,6 +26,7 @@ pub use hyphae_p2p::{
     Multiaddr, PeerId, Transport, TransportConfig, multiaddr, server_name_of_peer,
 };
 pub use node::Node;
+pub use rooms::urlencode;
 
 /// Benchmarks of the app client's end-to-end encryption (`bench-megolm-share`); not an API.
 #[doc(hidden)]

@@ -150,14 +150,15 @@ impl Node {
                 );
             }
         }
-        let backup_server = store
-            .backup_subscription()
-            .await?
-            .and_then(|s| OwnedServerName::try_from(s.server).ok());
+        let subscription = store.backup_subscription().await?;
+        let backup_server = subscription
+            .as_ref()
+            .and_then(|s| OwnedServerName::try_from(s.server.as_str()).ok());
         let (backup_target, backup_watch) = tokio::sync::watch::channel(backup_server);
-        crate::backup::spawn_waker(&store, federation.clone(), transport.as_ref(), backup_watch)
-            .await;
-        crate::backup::resume(&state, transport.as_ref()).await;
+        crate::backup::spawn_waker(&store, federation.clone(), backup_watch);
+        if let Some(subscription) = subscription {
+            crate::backup::resume(&state, transport.as_ref(), subscription).await;
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let api = client_api::router(state.clone());
         let owner_client = match &config.owner {

@@ -399,10 +399,7 @@ impl Store {
                 [&server],
                 |row| row.get(0),
             )?;
-            conn.prepare_cached("DELETE FROM backup_replica WHERE subscriber = ?1")?
-                .execute([&server])?;
-            conn.prepare_cached("DELETE FROM backup_identity WHERE subscriber = ?1")?
-                .execute([&server])?;
+            // The replica, identity, mail and room keys go with it (ON DELETE CASCADE).
             conn.prepare_cached("DELETE FROM backup_subscribers WHERE server = ?1")?
                 .execute([&server])?;
             Ok(pdus)

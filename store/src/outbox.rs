@@ -142,13 +142,25 @@ impl Store {
         event_ids: Vec<String>,
     ) -> Result<std::collections::HashMap<String, usize>> {
         self.read(move |conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT count(DISTINCT destination) FROM outbox WHERE kind = 'pdu' AND payload = ?1",
-            )?;
-            let mut pending = std::collections::HashMap::new();
-            for event_id in event_ids {
-                let count: i64 = statement.query_row([&event_id], |row| row.get(0))?;
-                pending.insert(event_id, usize::try_from(count).unwrap_or(0));
+            // Unlisted events have no destination left: 0.
+            let mut pending: std::collections::HashMap<String, usize> =
+                event_ids.iter().map(|id| (id.clone(), 0)).collect();
+            // One scan of the outbox per chunk, not one per event (SQLite binds at most 32766
+            // parameters).
+            for chunk in event_ids.chunks(500) {
+                let sql = format!(
+                    "SELECT payload, count(DISTINCT destination) FROM outbox
+                     WHERE kind = 'pdu' AND payload IN ({}) GROUP BY payload",
+                    vec!["?"; chunk.len()].join(",")
+                );
+                let mut statement = conn.prepare_cached(&sql)?;
+                let rows = statement.query_map(rusqlite::params_from_iter(chunk), |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })?;
+                for row in rows {
+                    let (event_id, count) = row?;
+                    pending.insert(event_id, usize::try_from(count).unwrap_or(0));
+                }
             }
             Ok(pending)
         })

@@ -363,14 +363,7 @@ fn level(text: &str) -> Result<Level, Failure> {
 }
 
 fn kind(text: &str) -> Result<PolicyKind, Failure> {
-    match text.trim() {
-        "user" => Ok(PolicyKind::User),
-        "room" => Ok(PolicyKind::Room),
-        "server" => Ok(PolicyKind::Server),
-        other => Err(bad(format!(
-            "kind {other:?}: a rule bans a user, room or server"
-        ))),
-    }
+    PolicyKind::from_str(text.trim()).map_err(bad)
 }
 
 fn entity(text: &str) -> Result<&str, Failure> {

@@ -36,10 +36,7 @@ impl AppClient {
             request["room_alias_name"] = alias.into();
         }
         let created: Value = self.inner.cs.post("/v3/createRoom", &request).await?;
-        let room_id = created["room_id"]
-            .as_str()
-            .and_then(|r| RoomId::parse(r).ok())
-            .ok_or_else(|| AppError::BadInput("createRoom answered without a room id".into()))?;
+        let room_id = super::rooms::room_id_of(&created)?;
         self.emit(AppEvent::Rooms);
         Ok(room_id)
     }
@@ -55,20 +52,26 @@ impl AppClient {
     ) -> Result<(), AppError> {
         crate::policy::check_new_rule(kind, entity)
             .map_err(|e| AppError::BadInput(format!("The rule is refused: {e}")))?;
-        let state_key = format!("rule:{entity}");
-        let _: Value = self
-            .inner
-            .cs
-            .put(
-                &format!(
-                    "/v3/rooms/{}/state/{}/{}",
-                    urlencode(list.as_str()),
-                    kind.event_type(),
-                    urlencode(&state_key)
-                ),
-                &json!({"entity": entity, "recommendation": "m.ban", "reason": reason}),
-            )
-            .await?;
+        let content = json!({"entity": entity, "recommendation": "m.ban", "reason": reason});
+        self.put_rule(list, kind, &format!("rule:{entity}"), &content)
+            .await
+    }
+
+    /// Writes one rule's state event (empty content removes it).
+    async fn put_rule(
+        &self,
+        list: &RoomId,
+        kind: PolicyKind,
+        state_key: &str,
+        content: &Value,
+    ) -> Result<(), AppError> {
+        let path = format!(
+            "/v3/rooms/{}/state/{}/{}",
+            urlencode(list.as_str()),
+            kind.event_type(),
+            urlencode(state_key)
+        );
+        let _: Value = self.inner.cs.put(&path, content).await?;
         Ok(())
     }
 
@@ -86,18 +89,7 @@ impl AppClient {
             .iter()
             .filter(|r| r.kind == kind && r.entity == entity)
         {
-            let _: Value = self
-                .inner
-                .cs
-                .put(
-                    &format!(
-                        "/v3/rooms/{}/state/{}/{}",
-                        urlencode(list.as_str()),
-                        kind.event_type(),
-                        urlencode(&rule.state_key)
-                    ),
-                    &json!({}),
-                )
+            self.put_rule(list, kind, &rule.state_key, &json!({}))
                 .await?;
             removed = true;
         }

@@ -365,12 +365,17 @@ impl AppClient {
             urlencode(room_id.as_str())
         );
         match self.inner.cs.get::<Value>(&path).await {
-            Ok(content) => Ok(Some(Rotation {
-                period_ms: content["rotation_period_ms"]
-                    .as_u64()
-                    .unwrap_or(7 * 24 * 3600 * 1000),
-                period_msgs: content["rotation_period_msgs"].as_u64().unwrap_or(100),
-            })),
+            Ok(content) => {
+                let default = Rotation::default();
+                Ok(Some(Rotation {
+                    period_ms: content["rotation_period_ms"]
+                        .as_u64()
+                        .unwrap_or(default.period_ms),
+                    period_msgs: content["rotation_period_msgs"]
+                        .as_u64()
+                        .unwrap_or(default.period_msgs),
+                }))
+            }
             Err(e) if e.errcode() == Some("M_NOT_FOUND") => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -468,8 +473,15 @@ impl AppClient {
             let Ok(room_id) = RoomId::parse(room_id) else {
                 continue;
             };
+            // Receipts or typing alone: no item, and no need for the members' names.
+            let Some(events) = room["timeline"]["events"]
+                .as_array()
+                .filter(|events| !events.is_empty())
+            else {
+                continue;
+            };
             let names = self.display_names(&room_id).await;
-            for event in room["timeline"]["events"].as_array().into_iter().flatten() {
+            for event in events {
                 if let Some(item) = self.item(&room_id, event, &names).await {
                     self.emit(AppEvent::Timeline { item });
                 }
@@ -501,7 +513,7 @@ fn encryption_state() -> Value {
     })
 }
 
-fn room_id_of(created: &Value) -> Result<OwnedRoomId, AppError> {
+pub(super) fn room_id_of(created: &Value) -> Result<OwnedRoomId, AppError> {
     created["room_id"]
         .as_str()
         .and_then(|r| RoomId::parse(r).ok())

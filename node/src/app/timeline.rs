@@ -286,9 +286,12 @@ impl AppClient {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(key);
+            let Some(waiting) = waiting else {
+                continue;
+            };
             let (room_id, _) = key;
             let names = self.display_names(room_id).await;
-            for event_id in waiting.into_iter().flatten() {
+            for event_id in waiting {
                 let path = format!(
                     "/v3/rooms/{}/event/{}",
                     crate::rooms::urlencode(room_id.as_str()),
@@ -382,13 +385,21 @@ impl AppClient {
                     }
                     return;
                 }
+                // One look per room at all of its messages in flight.
+                let mut by_room: HashMap<OwnedRoomId, Vec<OwnedEventId>> = HashMap::new();
+                for (event_id, room_id, _) in &in_flight {
+                    by_room
+                        .entry(room_id.clone())
+                        .or_default()
+                        .push(event_id.clone());
+                }
+                let mut now = HashMap::new();
+                for (room_id, event_ids) in &by_room {
+                    if let Ok(deliveries) = client.deliveries(room_id, event_ids).await {
+                        now.extend(deliveries);
+                    }
+                }
                 for (event_id, room_id, before) in in_flight {
-                    let Ok(mut now) = client
-                        .deliveries(&room_id, std::slice::from_ref(&event_id))
-                        .await
-                    else {
-                        continue;
-                    };
                     let Some(delivery) = now.remove(&event_id) else {
                         continue;
                     };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use hyphae_p2p::{Multiaddr, Transport};
-use hyphae_store::{OutboxEntry, Store};
+use hyphae_store::{BackupSubscription, OutboxEntry, Store};
 use ruma::{OwnedServerName, ServerName};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -194,26 +194,13 @@ impl Node {
     }
 }
 
-/// At start: redials a subscribed device's backup server at the addresses it was given, and
-/// keeps its sender woken while PDUs are stored. Ends when `target`'s sender (the node) goes.
-pub(crate) async fn spawn_waker(
+/// Keeps the backup server's sender woken while PDUs are stored. Ends when `target`'s sender
+/// (the node) goes.
+pub(crate) fn spawn_waker(
     store: &Store,
     federation: Federation,
-    transport: Option<&Transport>,
     mut target: watch::Receiver<Option<OwnedServerName>>,
 ) {
-    if let (Some(transport), Ok(Some(subscription))) =
-        (transport, store.backup_subscription().await)
-        && let Ok(peer) = hyphae_p2p::peer_id_for_server_name(&subscription.server)
-    {
-        for addr in subscription
-            .addresses
-            .iter()
-            .filter_map(|a| a.parse::<Multiaddr>().ok())
-        {
-            let _ = transport.add_address(peer, addr).await;
-        }
-    }
     let mut stream = store.stream_position();
     tokio::spawn(async move {
         loop {
@@ -333,25 +320,34 @@ pub(crate) async fn send_replica(
     ReplicaSent::Done
 }
 
-/// At start, for a subscribed device: connects to the backup server (so the mailbox pushes
-/// what it holds at once) and signs and spreads its mailbox record again.
-pub(crate) async fn resume(state: &crate::node::AppState, transport: Option<&Transport>) {
-    let (Some(transport), Ok(Some(subscription))) =
-        (transport, state.store.backup_subscription().await)
-    else {
+/// At start, for a subscribed device: the backup server's addresses go to the transport (for
+/// its sender), then it is dialled (so the mailbox pushes what it holds at once) and the
+/// mailbox record is signed and spread again.
+pub(crate) async fn resume(
+    state: &crate::node::AppState,
+    transport: Option<&Transport>,
+    subscription: BackupSubscription,
+) {
+    let Some(transport) = transport else {
         return;
     };
+    let peer = hyphae_p2p::peer_id_for_server_name(&subscription.server).ok();
+    let addrs: Vec<Multiaddr> = subscription
+        .addresses
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    if let Some(peer) = peer {
+        for addr in &addrs {
+            let _ = transport.add_address(peer, addr.clone()).await;
+        }
+    }
     let (state, transport) = (state.clone(), transport.clone());
     tokio::spawn(async move {
-        if let Ok(peer) = hyphae_p2p::peer_id_for_server_name(&subscription.server) {
-            let addrs = subscription
-                .addresses
-                .iter()
-                .filter_map(|a| a.parse::<Multiaddr>().ok())
-                .collect();
-            if let Err(e) = transport.dial(peer, addrs).await {
-                tracing::info!(server = %subscription.server, error = %e, "backup server not reachable now");
-            }
+        if let Some(peer) = peer
+            && let Err(e) = transport.dial(peer, addrs).await
+        {
+            tracing::info!(server = %subscription.server, error = %e, "backup server not reachable now");
         }
         super::mailbox::publish_record(
             &state,

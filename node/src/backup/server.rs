@@ -143,8 +143,8 @@ pub(crate) async fn put_replica(
     let mut redactions = Vec::new();
     for item in &batch.pdus {
         match check(item) {
-            Ok(pdu) => {
-                if pdu.json.contains("m.room.redaction") {
+            Ok((pdu, is_redaction)) => {
+                if is_redaction {
                     redactions.push((item.room_version.clone(), pdu.json.clone()));
                 }
                 checked.push(pdu);
@@ -256,8 +256,8 @@ async fn redact_replica(
 
 /// A replica PDU, checked as any received PDU is (format, signatures, content hash; a PDU
 /// whose content does not match its hash is kept redacted), but not authorised: the server
-/// keeps a copy and is no member of the room.
-fn check(item: &ReplicaItem) -> Result<ReplicaPdu, (&'static str, String)> {
+/// keeps a copy and is no member of the room. Says whether it is a redaction.
+fn check(item: &ReplicaItem) -> Result<(ReplicaPdu, bool), (&'static str, String)> {
     let version = RoomVersionId::try_from(item.room_version.as_str())
         .map_err(|e| ("M_BAD_JSON", format!("room version: {e}")))?;
     let json: CanonicalJsonObject = serde_json::from_str(item.pdu.get())
@@ -266,17 +266,20 @@ fn check(item: &ReplicaItem) -> Result<ReplicaPdu, (&'static str, String)> {
         RoomError::Forbidden(message) => ("M_FORBIDDEN", message),
         other => ("M_BAD_JSON", other.to_string()),
     })?;
-    let room_id = match &pdu.room_id {
-        Some(room_id) => room_id.to_string(),
-        // A v12 create event: the room's id is its own.
-        None => format!("!{}", pdu.event_id.as_str().trim_start_matches('$')),
-    };
+    let room_id = pdu
+        .room_id()
+        .ok_or(("M_BAD_JSON", "the PDU names no room".to_owned()))?
+        .to_string();
     let json = serde_json::to_string(&pdu.json).map_err(|e| ("M_BAD_JSON", e.to_string()))?;
-    Ok(ReplicaPdu {
-        event_id: pdu.event_id.to_string(),
-        room_id,
-        json,
-    })
+    let is_redaction = pdu.kind == ruma::events::TimelineEventType::RoomRedaction;
+    Ok((
+        ReplicaPdu {
+            event_id: pdu.event_id.to_string(),
+            room_id,
+            json,
+        },
+        is_redaction,
+    ))
 }
 
 #[derive(Deserialize)]

@@ -53,7 +53,6 @@ pub(super) fn spawn(
     let reachable = Arc::new(Notify::new());
     let sender = Sender {
         store,
-        origin: signing_key.server_name().clone(),
         signing_key,
         destination,
         transport,
@@ -70,7 +69,6 @@ pub(super) fn spawn(
 
 struct Sender {
     store: Store,
-    origin: OwnedServerName,
     signing_key: SigningKey,
     destination: OwnedServerName,
     transport: WeakTransport,
@@ -213,7 +211,7 @@ impl Sender {
             Err(e) => return Outcome::Retry(e),
         };
         let body = serde_json::json!({
-            "origin": self.origin,
+            "origin": self.signing_key.server_name(),
             "origin_server_ts": MilliSecondsSinceUnixEpoch::now(),
             "pdus": pdus,
             "edus": edus,

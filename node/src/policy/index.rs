@@ -63,11 +63,22 @@ impl PolicyKind {
             .strip_prefix("m.policy.rule.")
             .or_else(|| event_type.strip_prefix("m.room.rule."))
             .or_else(|| event_type.strip_prefix("org.matrix.mjolnir.rule."))?;
+        kind.parse().ok()
+    }
+}
+
+impl std::str::FromStr for PolicyKind {
+    type Err = String;
+
+    /// `user`, `room` or `server`, as the rule types end.
+    fn from_str(kind: &str) -> Result<PolicyKind, String> {
         match kind {
-            "user" => Some(PolicyKind::User),
-            "room" => Some(PolicyKind::Room),
-            "server" => Some(PolicyKind::Server),
-            _ => None,
+            "user" => Ok(PolicyKind::User),
+            "room" => Ok(PolicyKind::Room),
+            "server" => Ok(PolicyKind::Server),
+            other => Err(format!(
+                "kind {other:?}: a rule bans a user, room or server"
+            )),
         }
     }
 }

@@ -527,6 +527,20 @@ impl Policy {
     }
 
     /// Whether the node subscribes to any list (the edge skips all checks when not).
+    /// Whether the node's lists ban `sender` in `room_id`, which is not one of those lists (a
+    /// list the node follows is exempt: refusing its events would cut the node off from the
+    /// rules themselves): the list and the reason.
+    pub(crate) fn node_ban_in(
+        &self,
+        room_id: &RoomId,
+        sender: &ruma::UserId,
+    ) -> Option<(OwnedRoomId, String)> {
+        if !self.node_has_lists() || self.is_node_list(room_id) {
+            return None;
+        }
+        self.node_verdict(&Subject::user(sender))
+    }
+
     pub(crate) fn node_has_lists(&self) -> bool {
         !read(&self.inner.node_lists).is_empty()
     }

@@ -135,13 +135,11 @@ impl Rooms {
     /// Why the node's policy refuses a backfilled event, as the live path does (see
     /// `policy_refusal`): only non-state events, and none in the node's own lists.
     fn backfill_refusal(&self, room_id: &RoomId, pdu: &Pdu) -> Option<String> {
-        let policy = &self.inner.policy;
-        if pdu.state_key.is_some() || !policy.node_has_lists() || policy.is_node_list(room_id) {
+        if pdu.state_key.is_some() {
             return None;
         }
-        policy
-            .node_verdict(&crate::policy::Subject::user(&pdu.sender))
-            .map(|(_, reason)| reason)
+        let (_, reason) = self.inner.policy.node_ban_in(room_id, &pdu.sender)?;
+        Some(reason)
     }
 
     /// A backfilled event kept as rejected: out of the timeline, with no state (history is

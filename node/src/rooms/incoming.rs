@@ -129,12 +129,9 @@ impl Rooms {
         // before anything is stored of the event, a refusal by policy included: what is kept
         // with it (the state before it) is what later events built on it start from.
         let prev_ids = pdu.prev_events.iter().map(ToString::to_string).collect();
-        if let Some(prev) = self
-            .inner
-            .store
-            .pdus(prev_ids)
-            .await?
-            .into_iter()
+        let prevs = self.inner.store.pdus(prev_ids).await?;
+        if let Some(prev) = prevs
+            .iter()
             .find(|prev| prev.room_id != entry.room_id.as_str())
         {
             return Err(RoomError::Forbidden(format!(
@@ -142,10 +139,13 @@ impl Rooms {
                 prev.event_id
             )));
         }
+        let mut missing = missing_among(&pdu.prev_events, &prevs);
         if let Some(refusal) = self.policy_refusal(entry, &pdu) {
-            return self.refuse_by_policy(entry, pdu, refusal).await;
+            let prevs_known = missing.is_empty();
+            return self
+                .refuse_by_policy(entry, pdu, refusal, prevs_known)
+                .await;
         }
-        let mut missing = self.unknown(&pdu.prev_events).await?;
         if !missing.is_empty() && fill_gaps {
             self.fill_gap(entry, origin, &pdu).await;
             missing = self.unknown(&pdu.prev_events).await?;
@@ -307,12 +307,7 @@ impl Rooms {
         if pdu.state_key.is_some() {
             return None;
         }
-        let policy = &self.inner.policy;
-        if !policy.node_has_lists() || policy.is_node_list(&entry.room_id) {
-            return None;
-        }
-        let subject = crate::policy::Subject::user(&pdu.sender);
-        let (list, reason) = policy.node_verdict(&subject)?;
+        let (list, reason) = self.inner.policy.node_ban_in(&entry.room_id, &pdu.sender)?;
         tracing::warn!(
             event_id = %pdu.event_id,
             room_id = %entry.room_id,
@@ -327,12 +322,11 @@ impl Rooms {
     /// Whether the node's lists ban the sender of a state event taken into a room that is not
     /// one of the node's lists (a banned sender's other events never get this far).
     fn banned_by_node(&self, entry: &RoomEntry, pdu: &Pdu) -> bool {
-        let policy = &self.inner.policy;
         pdu.state_key.is_some()
-            && policy.node_has_lists()
-            && !policy.is_node_list(&entry.room_id)
-            && policy
-                .node_verdict(&crate::policy::Subject::user(&pdu.sender))
+            && self
+                .inner
+                .policy
+                .node_ban_in(&entry.room_id, &pdu.sender)
                 .is_some()
     }
 
@@ -346,10 +340,11 @@ impl Rooms {
         entry: &RoomEntry,
         pdu: Pdu,
         reason: String,
+        prevs_known: bool,
     ) -> Result<Received, RoomError> {
         // The state before it, when it can be had without asking anyone: what its children
         // need to be checked without a round trip.
-        let state_before = if self.unknown(&pdu.prev_events).await?.is_empty() {
+        let state_before = if prevs_known {
             self.state_from_prev_events(entry, &pdu)
                 .await
                 .ok()
@@ -381,19 +376,12 @@ impl Rooms {
 
     /// The ids among `ids` this server does not hold.
     async fn unknown(&self, ids: &[OwnedEventId]) -> Result<Vec<OwnedEventId>, RoomError> {
-        let known: HashSet<String> = self
+        let known = self
             .inner
             .store
             .pdus(ids.iter().map(ToString::to_string).collect())
-            .await?
-            .into_iter()
-            .map(|p| p.event_id)
-            .collect();
-        Ok(ids
-            .iter()
-            .filter(|id| !known.contains(id.as_str()))
-            .cloned()
-            .collect())
+            .await?;
+        Ok(missing_among(ids, &known))
     }
 
     /// Asks `origin` for the events between what this server has and `pdu`, and applies them
@@ -912,6 +900,15 @@ pub(crate) fn verify_key_of(server: &str) -> Option<[u8; 32]> {
     bytes.try_into().ok()
 }
 
+/// The ids among `ids` that `known` (what the store returned for them) does not hold.
+fn missing_among(ids: &[OwnedEventId], known: &[hyphae_store::StoredPdu]) -> Vec<OwnedEventId> {
+    let known: HashSet<&str> = known.iter().map(|p| p.event_id.as_str()).collect();
+    ids.iter()
+        .filter(|id| !known.contains(id.as_str()))
+        .cloned()
+        .collect()
+}
+
 fn shuffle<T>(items: &mut [T]) {
     for i in (1..items.len()).rev() {
         let mut bytes = [0u8; 8];
@@ -923,7 +920,8 @@ fn shuffle<T>(items: &mut [T]) {
     }
 }
 
-pub(crate) fn urlencode(s: &str) -> String {
+/// Percent-encodes `s` as one path segment (or query value).
+pub fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for byte in s.bytes() {
         match byte {

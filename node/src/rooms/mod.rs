@@ -23,7 +23,8 @@ use serde_json::value::RawValue;
 use crate::federation::Federation;
 use crate::signing::SigningKey;
 pub(crate) use create::NewRoom;
-pub(crate) use incoming::{Received, urlencode, verify_key_of, verify_pdu};
+pub use incoming::urlencode;
+pub(crate) use incoming::{Received, verify_key_of, verify_pdu};
 pub(crate) use pdu::Pdu;
 pub(crate) use remote::{INVITE_STATE, stripped};
 
@@ -432,11 +433,9 @@ impl Rooms {
         if pdu.state_key.is_some() {
             self.inner.policy.state_changed(room_id);
         }
-        if let Some(mut body) = invite_by_edu
+        if let Some(body) = invite_by_edu
             && let Some(invitee) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
         {
-            // The invite as stored (and as the room's servers have it).
-            body["event"] = serde_json::to_value(&pdu.json).unwrap_or_default();
             let edu = serde_json::json!({
                 "edu_type": crate::federation::INVITE_EDU,
                 "content": body,
