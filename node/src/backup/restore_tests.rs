@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::create_invite;
-use super::tests::texts;
+use super::tests::{backup_server, texts};
 use crate::client_api::test_support::{Api, app, owned};
 use crate::federation::room_tests::eventually;
 use crate::{BackupError, Config, restore_from_backup};
@@ -27,11 +27,7 @@ fn is_empty(dir: &std::path::Path) -> bool {
 
 #[tokio::test]
 async fn a_lost_device_comes_back_with_its_name_rooms_history_and_keys() {
-    let server = Api::start_with(|config| {
-        config.p2p = Some(crate::TransportConfig::loopback());
-        config.backup_server = true;
-    })
-    .await;
+    let server = backup_server().await;
     let server_addrs = server.p2p_addrs().await;
     let server_name = server.node.server_name().to_owned();
     let a = owned("alice").await;
@@ -240,11 +236,7 @@ async fn only_a_subscriber_keeps_an_identity_and_only_its_lookup_id_reads_it() {
 
     use super::{IDENTITY_PATH, SUBSCRIBE_PATH, UNSUBSCRIBE_PATH};
 
-    let server = Api::start_with(|config| {
-        config.p2p = Some(crate::TransportConfig::loopback());
-        config.backup_server = true;
-    })
-    .await;
+    let server = backup_server().await;
     let (a, b) = (Api::start_federated().await, Api::start_federated().await);
     a.connect(&server).await;
     b.connect(&server).await;
@@ -318,11 +310,7 @@ async fn restore_time_for_a_long_history() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(1000);
     crate::federation::room_tests::log_to_test_output();
-    let server = Api::start_with(|config| {
-        config.p2p = Some(crate::TransportConfig::loopback());
-        config.backup_server = true;
-    })
-    .await;
+    let server = backup_server().await;
     let server_addrs = server.p2p_addrs().await;
     let server_name = server.node.server_name().to_owned();
     let a = owned("alice").await;

@@ -13,12 +13,14 @@ use crate::federation::room_tests::{eventually, person, send_text, two_nodes_in_
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Sets a node up as a backup server on the loopback overlay.
+fn as_backup_server(config: &mut crate::Config) {
+    config.p2p = Some(crate::TransportConfig::loopback());
+    config.backup_server = true;
+}
+
 pub(super) async fn backup_server() -> Api {
-    Api::start_with(|config| {
-        config.p2p = Some(crate::TransportConfig::loopback());
-        config.backup_server = true;
-    })
-    .await
+    Api::start_with(as_backup_server).await
 }
 
 /// The texts of a timeline's messages, in order.
@@ -381,12 +383,7 @@ async fn both_sides_restart_and_the_replica_completes() {
         pending
     );
 
-    let server = stopped_server
-        .start_with(|config| {
-            config.p2p = Some(crate::TransportConfig::loopback());
-            config.backup_server = true;
-        })
-        .await;
+    let server = stopped_server.start_with(as_backup_server).await;
     a.connect(&server).await;
     eventually(WAIT, "the replica completed after both restarts", || {
         replica_has(
