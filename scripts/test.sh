@@ -22,11 +22,12 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 
-# matrix-nio, a real Python Matrix client, in a virtualenv outside the clone (reused between runs).
+# matrix-nio, a real Python Matrix client, with its end-to-end encryption (vodozemac), in a
+# virtualenv outside the clone (reused between runs).
 venv="${HYPHAE_VENV:-$HOME/.cache/hyphae-venv}"
-if ! "$venv/bin/python" -c 'import nio' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import nio, vodozemac' >/dev/null 2>&1; then
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q 'matrix-nio==0.26.0'
+    "$venv/bin/pip" install -q 'matrix-nio[e2e]==0.26.0'
 fi
 export HYPHAE_NIO_PYTHON="$venv/bin/python"
 

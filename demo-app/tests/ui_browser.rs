@@ -6,7 +6,8 @@
 //! up to a backup server from the settings page and is shown a recovery key once. Screenshots (phone and desktop size) go to
 //! $HYPHAE_ARTIFACTS, by default a folder below the target dir that the test prints.
 //! Without chromium and chromedriver (Debian's `chromium`, `chromium-driver`; scripts/test.sh
-//! installs them) the browser test prints SKIPPED with the reason and passes.
+//! installs them) the browser test prints SKIPPED with the reason and passes (fails under
+//! `CI=true`).
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -462,12 +463,10 @@ fn browser_programs(test: &str) -> Option<(PathBuf, PathBuf)> {
     if let (Some(chromium), Some(chromedriver)) = found {
         return Some((chromium, chromedriver));
     }
-    eprintln!(
-        "\n======================================================================\n\
-         SKIPPED {test}:\n\
-         chromium and chromedriver are not both installed (Debian: apt-get install \n\
-         chromium chromium-driver; scripts/test.sh does). The web UI was NOT tested.\n\
-         ======================================================================\n"
+    common::skip(
+        test,
+        "chromium and chromedriver are not both installed (Debian: apt-get install \
+         chromium chromium-driver; scripts/test.sh does). The web UI was NOT tested.",
     );
     None
 }

@@ -1,6 +1,7 @@
 //! Network-namespace scenarios: hosts on private bridges, in namespaces these tests create and
 //! remove themselves (addresses exist only inside them, so no packet reaches any real network).
-//! Needs root and `ip` (iproute2); without them each test prints SKIPPED and passes.
+//! Needs root and `ip` (iproute2); without them each test prints SKIPPED and passes (fails under
+//! `CI=true`).
 
 #[path = "support/namespaces.rs"]
 mod namespaces;
@@ -22,7 +23,7 @@ use hyphae_p2p::{
 };
 use libp2p::multiaddr::Protocol;
 
-use namespaces::{Lan, Netns, ip, run, runtime_in, skip_reason, spawn_in};
+use namespaces::{Lan, Netns, ip, run, runtime_in, skip, skip_reason, spawn_in};
 
 fn echo_service() -> Router {
     Router::new().route(
@@ -117,8 +118,9 @@ fn check_visible_to_python_zeroconf(ns: &str, ids: &[Identity]) {
             .is_ok_and(|o| o.status.success())
     });
     let Some(python) = python else {
-        eprintln!(
-            "SKIPPED the DNS-SD interoperability check: no python3 with zeroconf (python3-zeroconf)"
+        skip(
+            "the DNS-SD interoperability check",
+            "no python3 with zeroconf (python3-zeroconf)",
         );
         return;
     };
@@ -144,8 +146,9 @@ fn check_visible_to_python_zeroconf(ns: &str, ids: &[Identity]) {
 #[test]
 fn three_hosts_find_each_other_by_mdns_alone_lose_and_regain_one() {
     if let Some(reason) = skip_reason() {
-        eprintln!(
-            "SKIPPED three_hosts_find_each_other_by_mdns_alone_lose_and_regain_one: {reason}"
+        skip(
+            "three_hosts_find_each_other_by_mdns_alone_lose_and_regain_one",
+            &reason,
         );
         return;
     }
@@ -426,8 +429,9 @@ fn tcp_addr_on(addrs: &[Multiaddr], ip: &str) -> SocketAddr {
 #[test]
 fn a_host_behind_a_router_is_found_through_the_dht_and_reached_through_its_relay() {
     if let Some(reason) = skip_reason() {
-        eprintln!(
-            "SKIPPED a_host_behind_a_router_is_found_through_the_dht_and_reached_through_its_relay: {reason}"
+        skip(
+            "a_host_behind_a_router_is_found_through_the_dht_and_reached_through_its_relay",
+            &reason,
         );
         return;
     }

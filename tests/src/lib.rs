@@ -70,6 +70,51 @@ impl TestNode {
     }
 }
 
+/// Says loudly that `test` did not run and why. Under `CI=true` a test that cannot run fails
+/// instead: CI must run everything.
+pub fn skip(test: &str, reason: &str) {
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("{test} cannot run, and CI=true: {reason}");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
+/// The Python that has matrix-nio (with its end-to-end encryption), as `scripts/test.sh` names
+/// it in HYPHAE_NIO_PYTHON; `None` (after [`skip`]) when it is not set.
+pub fn nio_python(test: &str) -> Option<String> {
+    let python = std::env::var("HYPHAE_NIO_PYTHON").ok();
+    if python.is_none() {
+        skip(
+            test,
+            "HYPHAE_NIO_PYTHON is not set (scripts/test.sh sets it after installing matrix-nio)",
+        );
+    }
+    python
+}
+
+/// Runs a client script from `tests/clients/` with `program` and `args`, and checks that it
+/// succeeded and printed OK last.
+pub async fn run_client_script(program: String, script: &str, args: Vec<String>) {
+    let script = format!("{}/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+    let what = format!("{program} {script} {}", args.join(" "));
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(program)
+            .arg(script)
+            .args(args)
+            .output()
+    })
+    .await
+    .expect("the client runs to its end")
+    .expect("the client starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.trim_end().ends_with("OK"),
+        "{what} failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+}
+
 pub fn loopback_any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }

@@ -25,7 +25,7 @@ use super::account::rate_limit;
 use super::error::{ApiResult, MatrixError};
 use super::remote_keys;
 use super::request::{Req, User};
-use super::rooms::parse_stream_token;
+use super::tokens::Token;
 use super::uia;
 use crate::node::AppState;
 
@@ -283,8 +283,8 @@ pub(crate) async fn changes(
     user: User,
     Req(request): Req<get_key_changes::v3::Request>,
 ) -> ApiResult<get_key_changes::v3::Response> {
-    let from = parse_stream_token(&request.from)?;
-    let to = parse_stream_token(&request.to)?;
+    let from = Token::parse_stream(&request.from)?.position;
+    let to = Token::parse_stream(&request.to)?.position;
     let changed = state
         .store
         .users_with_key_changes_seen_by(user.user_id.to_string(), from, to)

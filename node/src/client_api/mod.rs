@@ -15,6 +15,7 @@ mod request;
 mod rooms;
 mod sync;
 mod to_device;
+mod tokens;
 mod uia;
 mod versions;
 

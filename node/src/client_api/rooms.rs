@@ -20,30 +20,9 @@ use serde_json::{Value, json};
 use super::Ruma;
 use super::error::{ApiResult, MatrixError};
 use super::request::{Req, User};
+use super::tokens::{Token, stream_token};
 use crate::node::AppState;
 use crate::rooms::{EventDraft, NewRoom, Pdu, ROOM_VERSIONS};
-
-/// A position in the stream as clients carry it (`next_batch`, `prev_batch`, `from`, `to`).
-pub(crate) fn stream_token(position: i64) -> String {
-    format!("s{position}")
-}
-
-pub(crate) fn parse_stream_token(token: &str) -> Result<i64, MatrixError> {
-    token
-        .strip_prefix('s')
-        .and_then(|n| n.parse::<i64>().ok())
-        .filter(|n| *n >= 0)
-        .ok_or_else(|| MatrixError::invalid_param(format!("Unknown stream token {token:?}")))
-}
-
-/// A /messages token: also history fetched from other servers, which sits at negative
-/// positions before everything this node saw live.
-fn parse_page_token(token: &str) -> Result<i64, MatrixError> {
-    token
-        .strip_prefix('s')
-        .and_then(|n| n.parse::<i64>().ok())
-        .ok_or_else(|| MatrixError::invalid_param(format!("Unknown pagination token {token:?}")))
-}
 
 /// The first stream position of a room that `user` may read, by the room's history
 /// visibility: everything for "shared" and "world_readable", from their invite or join for
@@ -810,11 +789,15 @@ pub(crate) async fn messages(
     require_joined(&state, &request.room_id, &user).await?;
     let backwards = request.dir == Direction::Backward;
     let from = match &request.from {
-        Some(token) => parse_page_token(token)?,
+        Some(token) => Token::parse(token)?.position,
         None if backwards => *state.store.stream_position().borrow(),
         None => i64::MIN,
     };
-    let to = request.to.as_deref().map(parse_page_token).transpose()?;
+    let to = request
+        .to
+        .as_deref()
+        .map(|t| Token::parse(t).map(|t| t.position))
+        .transpose()?;
     let limit = u32::try_from(u64::from(request.limit))
         .unwrap_or(100)
         .clamp(1, 1000);

@@ -336,3 +336,87 @@ async fn a_public_room_on_another_server_is_joined_by_its_alias() {
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["errcode"], "M_NOT_FOUND");
 }
+
+/// The state events a client learns of a joined room from one sync: its `state` section and
+/// the state events in its timeline, as (type, state key).
+fn synced_state(sync: &Value, room: &str) -> Vec<(String, String)> {
+    let joined = &sync["rooms"]["join"][room];
+    ["state", "timeline"]
+        .iter()
+        .flat_map(|section| {
+            joined[section]["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|e| {
+            Some((
+                e["type"].as_str()?.to_owned(),
+                e["state_key"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_room_joined_on_another_server_comes_whole_whatever_the_timeline_limit() {
+    log_to_test_output();
+    let a = Api::start_federated().await;
+    let b = Api::start_federated().await;
+    a.connect(&b).await;
+    let alice = person(&a, "alice").await;
+    let bob = person(&b, "bob").await;
+    for limit in [1, 20] {
+        let room = a
+            .create_room(
+                &alice.token,
+                json!({
+                    "preset": "private_chat",
+                    "name": format!("Secret {limit}"),
+                    "invite": [bob.user_id],
+                    "initial_state": [{
+                        "type": "m.room.encryption",
+                        "state_key": "",
+                        "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+                    }],
+                }),
+            )
+            .await;
+        let filter = json!({"room": {"timeline": {"limit": limit}}}).to_string();
+        let filter = crate::rooms::urlencode(&filter);
+        let (_, before) = b
+            .get(&format!("/v3/sync?filter={filter}"), Some(&bob.token))
+            .await;
+        let since = before["next_batch"].as_str().unwrap().to_owned();
+        assert!(before["rooms"]["invite"][&room].is_object(), "{before}");
+        let (status, body) = b
+            .post(&format!("/v3/join/{room}"), Some(&bob.token), json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+
+        for since in [Some(since.as_str()), None] {
+            let path = match since {
+                Some(since) => format!("/v3/sync?filter={filter}&since={since}"),
+                None => format!("/v3/sync?filter={filter}"),
+            };
+            let (status, sync) = b.get(&path, Some(&bob.token)).await;
+            assert_eq!(status, 200, "{sync}");
+            let state = synced_state(&sync, &room);
+            for (kind, key) in [
+                ("m.room.create", ""),
+                ("m.room.encryption", ""),
+                ("m.room.name", ""),
+                ("m.room.power_levels", ""),
+                ("m.room.member", alice.user_id.as_str()),
+                ("m.room.member", bob.user_id.as_str()),
+            ] {
+                assert!(
+                    state.contains(&(kind.to_owned(), key.to_owned())),
+                    "limit {limit}, since {since:?}: Bob's client is not told of {kind} {key:?} \
+                     in the room he joined on another server: {}",
+                    sync["rooms"]["join"][&room]
+                );
+            }
+        }
+    }
+}

@@ -716,15 +716,18 @@ mod tests {
         list.add(PolicyKind::User, "@aaaa:exact", "exact").unwrap();
         let list = list.finish();
         let text = format!("@{}", "a".repeat(250));
-        let start = std::time::Instant::now();
-        for _ in 0..100 {
-            assert!(list.check(&user(&text)).is_none());
-        }
-        let per_check = start.elapsed() / 100;
+        // Steps, not seconds: what the list would cost unbudgeted, against what a check spends.
+        let mut unbudgeted = usize::MAX;
+        assert!(list.users.find(&text, &mut unbudgeted).is_none());
+        let would_take = usize::MAX - unbudgeted;
         assert!(
-            per_check < std::time::Duration::from_millis(2),
-            "{per_check:?} per check"
+            would_take > 10 * CHECK_BUDGET,
+            "the list should be slow: {would_take} steps"
         );
+        let mut budget = CHECK_BUDGET;
+        assert!(list.users.find(&text, &mut budget).is_none());
+        assert_eq!(budget, 0, "a check stops when its budget is spent");
+        assert!(list.check(&user(&text)).is_none());
         assert!(list.over_budget.load(Ordering::Relaxed));
         // Exact rules do not spend the budget.
         assert_eq!(list.check(&user("@aaaa:exact")).unwrap().reason, "exact");

@@ -30,6 +30,15 @@ pub fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Says loudly that `test` did not run and why. Under `CI=true` a test that cannot run fails
+/// instead: CI must run everything.
+pub fn skip(test: &str, reason: &str) {
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("{test} cannot run, and CI=true: {reason}");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
 /// Why namespaces cannot be made here, if they cannot.
 pub fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions and cannot fail.

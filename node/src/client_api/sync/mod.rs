@@ -14,12 +14,16 @@ use ruma::serde::Raw;
 use ruma::{OneTimeKeyAlgorithm, OwnedUserId, RoomId, UInt, UserId};
 use serde_json::{Value, json};
 
+mod sections;
+
 use super::Ruma;
 use super::error::{ApiResult, MatrixError};
 use super::request::{Req, User};
-use super::rooms::{history_start, parse_stream_token, stream_token};
+use super::rooms::history_start;
+use super::tokens::{Token, stream_token};
 use crate::node::AppState;
 use crate::rooms::Pdu;
+use sections::SyncBody;
 
 /// Timeline events per room when the filter says nothing.
 const DEFAULT_TIMELINE_LIMIT: u32 = 20;
@@ -32,11 +36,11 @@ pub(crate) async fn sync(
     State(state): State<AppState>,
     user: User,
     Req(request): Req<sync::Request>,
-) -> ApiResult<sync::Response> {
+) -> Result<SyncBody, MatrixError> {
     let (since, typing_since) = match request.since.as_deref() {
         Some(token) => {
-            let (position, typing) = parse_sync_token(token)?;
-            (Some(position), typing)
+            let token = Token::parse_stream(token)?;
+            (Some(token.position), token.typing)
         }
         None => (None, None),
     };
@@ -64,18 +68,19 @@ pub(crate) async fn sync(
             position: since,
             typing: typing_since,
         };
-        let mut response = build(&state, &user, since, upto, request.full_state, limit).await?;
-        response.next_batch = format!("{}_t{typing_now}", response.next_batch);
+        let (mut response, reached) =
+            build(&state, &user, since, upto, request.full_state, limit).await?;
+        response.next_batch = Token::sync(reached, typing_now);
         if since.position.is_none()
             || has_news(&response)
             || tokio::time::Instant::now() >= deadline
         {
-            return Ok(Ruma(response));
+            return Ok(SyncBody(response));
         }
         tokio::select! {
-            changed = position.changed() => if changed.is_err() { return Ok(Ruma(response)) },
-            changed = typing.changed() => if changed.is_err() { return Ok(Ruma(response)) },
-            _ = tokio::time::sleep_until(deadline) => return Ok(Ruma(response)),
+            changed = position.changed() => if changed.is_err() { return Ok(SyncBody(response)) },
+            changed = typing.changed() => if changed.is_err() { return Ok(SyncBody(response)) },
+            _ = tokio::time::sleep_until(deadline) => return Ok(SyncBody(response)),
         }
     }
 }
@@ -85,19 +90,6 @@ pub(crate) async fn sync(
 struct Since {
     position: Option<i64>,
     typing: Option<u64>,
-}
-
-/// `s<position>` or `s<position>_t<typing serial>`.
-fn parse_sync_token(token: &str) -> Result<(i64, Option<u64>), MatrixError> {
-    match token.split_once("_t") {
-        Some((position, typing)) => {
-            let typing = typing
-                .parse()
-                .map_err(|_| MatrixError::invalid_param(format!("Unknown sync token {token:?}")))?;
-            Ok((parse_stream_token(position)?, Some(typing)))
-        }
-        None => Ok((parse_stream_token(token)?, None)),
-    }
 }
 
 fn has_news(response: &sync::Response) -> bool {
@@ -138,7 +130,8 @@ async fn timeline_limit(
         .clamp(1, 500))
 }
 
-/// What changed for `user` in `(since, upto]` (everything up to `upto` when `since` is `None`).
+/// What changed for `user` in `(since, upto]` (everything up to `upto` when `since` is `None`),
+/// and the position it reached (short of `upto` when the to-device batch was cut).
 async fn build(
     state: &AppState,
     user: &User,
@@ -146,7 +139,7 @@ async fn build(
     upto: i64,
     full_state: bool,
     limit: u32,
-) -> Result<sync::Response, MatrixError> {
+) -> Result<(sync::Response, i64), MatrixError> {
     let typing_since = since.typing;
     let since = since.position;
     let store = &state.store;
@@ -170,7 +163,7 @@ async fn build(
     } else {
         upto
     };
-    let mut response = sync::Response::new(stream_token(upto));
+    let mut response = sync::Response::new(String::new());
     response.to_device.events = messages
         .into_iter()
         .filter_map(|(_, kind, sender, content)| {
@@ -433,7 +426,7 @@ async fn build(
             .map(|a| OneTimeKeyAlgorithm::from(a.as_str()))
             .collect(),
     );
-    Ok(response)
+    Ok((response, upto))
 }
 
 /// The timeline as clients get it, and the parsed events; `prev_batch` points just before the
