@@ -23,9 +23,9 @@ use serde_json::value::RawValue as RawJsonValue;
 use super::Ruma;
 use super::account::rate_limit;
 use super::error::{ApiResult, MatrixError};
+use super::history::parse_stream_token;
 use super::remote_keys;
 use super::request::{Req, User};
-use super::rooms::parse_stream_token;
 use super::uia;
 use crate::node::AppState;
 

@@ -16,8 +16,9 @@ use serde_json::{Value, json};
 
 use super::Ruma;
 use super::error::{ApiResult, MatrixError};
+use super::events::{ClientEvents, parsed};
+use super::history::{history_start, parse_stream_token, stream_token};
 use super::request::{Req, User};
-use super::rooms::{history_start, parse_stream_token, stream_token};
 use crate::node::AppState;
 use crate::rooms::Pdu;
 
@@ -204,14 +205,12 @@ async fn build(
                 // the room lets the member read, as on a first sync.
                 let newly_joined =
                     since.is_some() && changed_now && previous.as_deref() != Some("join");
-                let from = if since.is_none() || newly_joined {
-                    history_start(state, &room_id, &user.user_id)
-                        .await?
-                        .saturating_sub(1)
-                        .max(0)
+                let start = if since.is_none() || newly_joined {
+                    Some(history_start(state, &room_id, &user.user_id).await?)
                 } else {
-                    after
+                    None
                 };
+                let from = start.map_or(after, |start| start.saturating_sub(1).max(0));
                 let (timeline, limited) = store
                     .room_timeline(room_id.to_string(), from, upto, limit)
                     .await?;
@@ -246,7 +245,15 @@ async fn build(
                     .first()
                     .and_then(|p| p.stream_pos)
                     .unwrap_or(upto + 1);
-                let (timeline, pdus) = timeline_of(state, user, &timeline, limited, from).await?;
+                // What of the room the user may read, for the relations bundled with the
+                // timeline; only needed when there is one.
+                let visible_from = match start {
+                    Some(start) => start,
+                    None if timeline.is_empty() => i64::MAX,
+                    None => history_start(state, &room_id, &user.user_id).await?,
+                };
+                let events = ClientEvents::timeline(state, user, &room_id, visible_from, false);
+                let (timeline, pdus) = timeline_of(&events, &timeline, limited, from).await?;
                 for pdu in &pdus {
                     if pdu.kind.to_string() == "m.room.member"
                         && crate::rooms::membership_of(&pdu.content).as_deref() == Some("join")
@@ -259,14 +266,14 @@ async fn build(
                 // The state as of the timeline's start: whole, or what changed in the gap a
                 // limited timeline left out.
                 let whole = since.is_none() || newly_joined || full_state;
-                let state_events = store
+                let mut state_before = store
                     .state_before(room_id.to_string(), timeline_start)
-                    .await?
-                    .iter()
-                    .filter(|s| whole || (limited && s.stream_pos.is_some_and(|pos| pos > after)))
-                    .filter_map(|s| Pdu::from_stored(s).ok())
-                    .map(|pdu| pdu.to_raw(false))
-                    .collect();
+                    .await?;
+                state_before
+                    .retain(|s| whole || (limited && s.stream_pos.is_some_and(|pos| pos > after)));
+                let state_events = ClientEvents::without_relations(state, user, false)
+                    .serve_stored(&state_before)
+                    .await?;
                 let mut room = JoinedRoom::new();
                 room.timeline = timeline;
                 room.ephemeral.events = ephemeral
@@ -321,7 +328,10 @@ async fn build(
                     let (timeline, limited) = store
                         .room_timeline(room_id.to_string(), after, position, limit)
                         .await?;
-                    room.timeline = timeline_of(state, user, &timeline, limited, after).await?.0;
+                    // Without relations: what the user could read of the room ended when they
+                    // left, and what relates to it since is not theirs to see.
+                    let events = ClientEvents::without_relations(state, user, false);
+                    room.timeline = timeline_of(&events, &timeline, limited, after).await?.0;
                 }
                 response.rooms.leave.insert(room_id, room);
             }
@@ -439,22 +449,12 @@ async fn build(
 /// The timeline as clients get it, and the parsed events; `prev_batch` points just before the
 /// first event (or at `after` when there is none), for `/messages` to go back from.
 async fn timeline_of(
-    state: &AppState,
-    user: &User,
+    events: &ClientEvents<'_>,
     stored: &[hyphae_store::StoredPdu],
     limited: bool,
     after: i64,
 ) -> Result<(Timeline, Vec<Pdu>), MatrixError> {
-    let pdus: Vec<Pdu> = stored
-        .iter()
-        .filter_map(|s| match Pdu::from_stored(s) {
-            Ok(pdu) => Some(pdu),
-            Err(e) => {
-                tracing::error!(error = %e, "skipping a damaged stored event");
-                None
-            }
-        })
-        .collect();
+    let pdus = parsed(stored);
     let mut timeline = Timeline::new();
     timeline.limited = limited;
     let before_first = stored
@@ -462,7 +462,7 @@ async fn timeline_of(
         .and_then(|s| s.stream_pos)
         .map_or(after, |pos| pos - 1);
     timeline.prev_batch = Some(stream_token(before_first));
-    timeline.events = super::rooms::client_events(state, user, &pdus, false).await?;
+    timeline.events = events.serve(&pdus).await?;
     Ok((timeline, pdus))
 }
 
