@@ -44,15 +44,31 @@ impl StoredPdu {
         "e.event_id, e.room_id, e.stream_pos, e.depth, e.pdu, e.rejection_reason";
 
     pub(crate) fn from_row(row: &Row<'_>) -> rusqlite::Result<StoredPdu> {
+        StoredPdu::from_row_at(row, 0)
+    }
+
+    /// The PDU from [`StoredPdu::COLUMNS`] starting at column `first` of a row.
+    pub(crate) fn from_row_at(row: &Row<'_>, first: usize) -> rusqlite::Result<StoredPdu> {
         Ok(StoredPdu {
-            event_id: row.get(0)?,
-            room_id: row.get(1)?,
-            stream_pos: row.get(2)?,
-            depth: row.get(3)?,
-            json: row.get(4)?,
-            rejection_reason: row.get(5)?,
+            event_id: row.get(first)?,
+            room_id: row.get(first + 1)?,
+            stream_pos: row.get(first + 2)?,
+            depth: row.get(first + 3)?,
+            json: row.get(first + 4)?,
+            rejection_reason: row.get(first + 5)?,
         })
     }
+}
+
+/// The state event a state event replaced in its room's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplacedState {
+    /// The state event that replaced it.
+    pub event_id: String,
+    pub replaced: String,
+    pub sender: String,
+    /// Its content as JSON (redacted if it was redacted).
+    pub content: String,
 }
 
 impl Store {
@@ -72,6 +88,52 @@ impl Store {
             Ok(conn
                 .query_row(&sql, [event_id], StoredPdu::from_row)
                 .optional()?)
+        })
+        .await
+    }
+
+    /// For each of some state events, the event it replaced: the one at the same (type, state
+    /// key) in the room state before it, as kept when it was accepted; for one kept without
+    /// that state (history fetched from other servers), the newest accepted one before it in
+    /// the stream. One query for them all.
+    pub async fn replaced_states(&self, event_ids: Vec<String>) -> Result<Vec<ReplacedState>> {
+        self.read(move |conn| {
+            let ids = serde_json::to_string(&event_ids).unwrap_or_else(|_| "[]".into());
+            let mut statement = conn.prepare_cached(
+                "WITH asked AS (
+                     SELECT e.event_id, e.room_id, e.event_type, e.state_key, e.stream_pos,
+                            s.snapshot_id
+                     FROM json_each(?1) x JOIN events e ON e.event_id = x.value
+                     LEFT JOIN event_state s ON s.event_id = e.event_id
+                     WHERE e.state_key IS NOT NULL)
+                 SELECT a.event_id, p.event_id, p.sender, json_extract(p.pdu, '$.content')
+                 FROM asked a
+                 JOIN state_snapshot_entries se ON se.snapshot_id = a.snapshot_id
+                   AND se.event_type = a.event_type AND se.state_key = a.state_key
+                 JOIN events p ON p.event_id = se.event_id
+                 UNION ALL
+                 SELECT a.event_id, p.event_id, p.sender, json_extract(p.pdu, '$.content')
+                 FROM asked a JOIN events p ON p.event_id = (
+                     SELECT n.event_id FROM events n
+                     WHERE n.room_id = a.room_id AND n.event_type = a.event_type
+                       AND n.state_key = a.state_key AND n.rejection_reason IS NULL
+                       AND n.stream_pos < a.stream_pos
+                     ORDER BY n.stream_pos DESC LIMIT 1)
+                 WHERE a.snapshot_id IS NULL",
+            )?;
+            let replaced = statement
+                .query_map([ids], |row| {
+                    Ok(ReplacedState {
+                        event_id: row.get(0)?,
+                        replaced: row.get(1)?,
+                        sender: row.get(2)?,
+                        content: row
+                            .get::<_, Option<String>>(3)?
+                            .unwrap_or_else(|| "{}".into()),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(replaced)
         })
         .await
     }
@@ -154,6 +216,9 @@ pub(crate) fn append_pdu(conn: &Connection, pdu: &NewPdu) -> Result<Option<i64>>
         ])?;
     }
     insert_edges(conn, pdu)?;
+    if stream_pos.is_some() {
+        crate::relations::index_relation(conn, &pdu.event_id)?;
+    }
     if in_timeline {
         let mut superseded = conn.prepare_cached(
             "DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2",

@@ -23,6 +23,7 @@ mod peers;
 mod policy;
 mod readers;
 mod receipts;
+mod relations;
 mod rooms;
 mod to_device;
 mod writer;
@@ -49,13 +50,16 @@ pub use crypto::{
     TrackedUser, TrackedUserWrite,
 };
 pub use error::{Result, StoreError};
-pub use events::{NewPdu, StoredPdu};
+pub use events::{NewPdu, ReplacedState, StoredPdu};
 pub use keys::{ClaimedKey, CrossSigningKey, KeySignature, KeyUpload, OneTimeKey};
 pub use mailbox::{MailOutcome, MailboxRecord};
 pub use migrations::SCHEMA_VERSION;
 pub use outbox::{OutboxEntry, OutboxKind};
 pub use peers::KnownPeer;
 pub use receipts::Receipt;
+pub use relations::{
+    Aggregations, MAX_RELATION_DEPTH, RelationFilter, StreamPage, ThreadRoot, ThreadSummary,
+};
 pub use rooms::{AcceptedPdu, Membership, ResolvedState, StateSnapshot};
 pub use rusqlite;
 pub use to_device::ToDeviceMessage;

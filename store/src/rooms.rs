@@ -579,6 +579,7 @@ impl Store {
                     ])?;
                 }
                 insert_edges(conn, pdu)?;
+                crate::relations::index_relation(conn, &pdu.event_id)?;
                 added += 1;
             }
             Ok(added)
@@ -710,13 +711,15 @@ impl Store {
         .await
     }
 
-    /// Replaces a stored PDU's JSON (with its redacted form).
+    /// Replaces a stored PDU's JSON with its redacted form; a relation it held goes with its
+    /// content.
     pub async fn replace_pdu_json(&self, event_id: String, json: String) -> Result<()> {
         self.write(move |conn| {
             conn.execute(
                 "UPDATE events SET pdu = ?2 WHERE event_id = ?1",
-                [event_id, json],
+                [&event_id, &json],
             )?;
+            crate::relations::unindex_relation(conn, &event_id)?;
             Ok(())
         })
         .await

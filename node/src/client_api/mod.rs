@@ -7,9 +7,12 @@ mod backup;
 mod devices;
 mod ephemeral;
 mod error;
+mod events;
+mod history;
 mod keys;
 mod profile;
 mod rate_limit;
+mod relations;
 mod remote_keys;
 mod request;
 mod rooms;
@@ -19,6 +22,10 @@ mod tokens;
 mod uia;
 mod versions;
 
+#[cfg(test)]
+mod events_tests;
+#[cfg(test)]
+mod relations_tests;
 #[cfg(test)]
 mod room_tests;
 #[cfg(test)]
@@ -169,12 +176,25 @@ pub(crate) fn router(state: AppState) -> Router {
             "/v3/rooms/{room_id}/state/{event_type}/{state_key}",
             get(rooms::get_state_for_key).put(rooms::put_state),
         )
-        .route("/v3/rooms/{room_id}/event/{event_id}", get(rooms::event))
-        .route("/v3/rooms/{room_id}/messages", get(rooms::messages))
+        .route("/v3/rooms/{room_id}/event/{event_id}", get(history::event))
+        .route("/v3/rooms/{room_id}/messages", get(history::messages))
         .route(
             "/v3/rooms/{room_id}/context/{event_id}",
-            get(rooms::context),
+            get(history::context),
         )
+        .route(
+            "/v1/rooms/{room_id}/relations/{event_id}",
+            get(relations::relating_events),
+        )
+        .route(
+            "/v1/rooms/{room_id}/relations/{event_id}/{rel_type}",
+            get(relations::relating_events_with_rel_type),
+        )
+        .route(
+            "/v1/rooms/{room_id}/relations/{event_id}/{rel_type}/{event_type}",
+            get(relations::relating_events_with_rel_type_and_event_type),
+        )
+        .route("/v1/rooms/{room_id}/threads", get(relations::threads))
         .route(
             "/v3/rooms/{room_id}/receipt/{receipt_type}/{event_id}",
             post(ephemeral::receipt),

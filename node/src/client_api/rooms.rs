@@ -1,17 +1,16 @@
-//! Rooms over the Client-Server API: creating, membership, sending, state, history, aliases.
+//! Rooms over the Client-Server API: creating, membership, sending, state, aliases.
 
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use ruma::api::Direction;
 use ruma::api::client::alias::{create_alias, delete_alias, get_alias};
 use ruma::api::client::membership::{
     ban_user, forget_room, invite_user, join_room_by_id, join_room_by_id_or_alias, joined_members,
     joined_rooms, kick_user, leave_room, unban_user,
 };
-use ruma::api::client::message::{get_message_events, send_message_event};
+use ruma::api::client::message::send_message_event;
 use ruma::api::client::redact::redact_event;
-use ruma::api::client::room::{create_room, get_room_event};
+use ruma::api::client::room::create_room;
 use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
 use ruma::events::{StateEventType, TimelineEventType};
 use ruma::{OwnedRoomId, OwnedServerName, RoomAliasId, RoomId, UserId};
@@ -19,92 +18,10 @@ use serde_json::{Value, json};
 
 use super::Ruma;
 use super::error::{ApiResult, MatrixError};
+use super::events::ClientEvents;
 use super::request::{Req, User};
-use super::tokens::{Token, stream_token};
 use crate::node::AppState;
 use crate::rooms::{EventDraft, NewRoom, Pdu, ROOM_VERSIONS};
-
-/// The first stream position of a room that `user` may read, by the room's history
-/// visibility: everything for "shared" and "world_readable", from their invite or join for
-/// "invited", from their join for "joined".
-pub(crate) async fn history_start(
-    state: &AppState,
-    room_id: &RoomId,
-    user: &UserId,
-) -> Result<i64, MatrixError> {
-    let current = state.store.current_state(room_id.to_string()).await?;
-    let visibility_event = current
-        .iter()
-        .find(|(kind, key, _)| kind == "m.room.history_visibility" && key.is_empty())
-        .map(|(_, _, id)| id.clone());
-    let visibility = match visibility_event {
-        Some(id) => state
-            .store
-            .pdu(id)
-            .await?
-            .and_then(|p| serde_json::from_str::<Value>(&p.json).ok())
-            .and_then(|json| {
-                json["content"]["history_visibility"]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| "shared".into()),
-        None => "shared".into(),
-    };
-    let from_invite = match visibility.as_str() {
-        "joined" => false,
-        "invited" => true,
-        // All of it, history fetched from other servers (at negative positions) included.
-        _ => return Ok(i64::MIN),
-    };
-    Ok(state
-        .store
-        .membership_start(room_id.to_string(), user.to_string(), from_invite)
-        .await?
-        .unwrap_or(i64::MAX))
-}
-
-/// Events as `user`'s device sees them: with `unsigned.transaction_id` on the ones it sent, so
-/// the client can match its local echo.
-pub(crate) async fn client_events<T>(
-    state: &AppState,
-    user: &User,
-    pdus: &[Pdu],
-    with_room_id: bool,
-) -> Result<Vec<ruma::serde::Raw<T>>, MatrixError> {
-    let own: Vec<String> = pdus
-        .iter()
-        .filter(|p| p.sender == user.user_id)
-        .map(|p| p.event_id.to_string())
-        .collect();
-    let transactions: std::collections::HashMap<String, String> = if own.is_empty() {
-        Default::default()
-    } else {
-        state
-            .store
-            .transaction_ids(user.localpart.clone(), user.device_id.to_string(), own)
-            .await?
-            .into_iter()
-            .collect()
-    };
-    Ok(pdus
-        .iter()
-        .map(|pdu| {
-            let mut event = pdu.to_client_json(with_room_id);
-            if let Some(scoped) = transactions.get(pdu.event_id.as_str())
-                && let Some(room_id) = pdu.room_id()
-            {
-                // Stored as "<endpoint>/<room>/<txn id>".
-                let txn = ["send", "redact"]
-                    .iter()
-                    .find_map(|endpoint| scoped.strip_prefix(&format!("{endpoint}/{room_id}/")))
-                    .unwrap_or(scoped);
-                event["unsigned"]["transaction_id"] = txn.into();
-            }
-            ruma::serde::Raw::from_json(serde_json::value::to_raw_value(&event).unwrap_or_default())
-        })
-        .collect())
-}
 
 /// Refuses users who are not joined to the room.
 pub(crate) async fn require_joined(
@@ -592,8 +509,11 @@ pub(crate) async fn members(
                     .as_ref()
                     .is_none_or(|m| m.as_str() != membership)
         })
-        .map(|(_, pdu)| pdu.to_raw(true))
-        .collect();
+        .map(|(_, pdu)| pdu.clone())
+        .collect::<Vec<Pdu>>();
+    let chunk = ClientEvents::without_relations(&state, &user, true)
+        .serve(&chunk)
+        .await?;
     Ok(Ruma(
         ruma::api::client::membership::get_member_events::v3::Response::new(chunk),
     ))
@@ -735,8 +655,9 @@ pub(crate) async fn get_state(
     Req(request): Req<get_state_events::v3::Request>,
 ) -> ApiResult<get_state_events::v3::Response> {
     require_joined(&state, &request.room_id, &user).await?;
-    let room_state = state.rooms.state(&request.room_id).await?;
-    let events = room_state.values().map(|pdu| pdu.to_raw(true)).collect();
+    let events = ClientEvents::without_relations(&state, &user, true)
+        .serve_room_state(&request.room_id)
+        .await?;
     Ok(Ruma(get_state_events::v3::Response::new(events)))
 }
 
@@ -751,99 +672,18 @@ pub(crate) async fn get_state_for_key(
         .get(&(request.event_type.clone(), request.state_key.clone()))
         .ok_or_else(|| MatrixError::not_found("No such state event"))?;
     let body = match request.format {
-        get_state_event_for_key::v3::StateEventFormat::Event => pdu.to_client_json(true),
+        get_state_event_for_key::v3::StateEventFormat::Event => {
+            ClientEvents::without_relations(&state, &user, true)
+                .serve_json(std::slice::from_ref(pdu))
+                .await?
+                .pop()
+                .unwrap_or_default()
+        }
         _ => serde_json::from_str(pdu.content.get()).unwrap_or_default(),
     };
     let raw =
         serde_json::value::to_raw_value(&body).map_err(|e| MatrixError::unknown(e.to_string()))?;
     Ok(Ruma(get_state_event_for_key::v3::Response::new(raw)))
-}
-
-pub(crate) async fn event(
-    State(state): State<AppState>,
-    user: User,
-    Req(request): Req<get_room_event::v3::Request>,
-) -> ApiResult<get_room_event::v3::Response> {
-    require_joined(&state, &request.room_id, &user).await?;
-    let stored = state
-        .store
-        .pdu(request.event_id.to_string())
-        .await?
-        .filter(|p| p.room_id == request.room_id.as_str() && p.rejection_reason.is_none())
-        .ok_or_else(|| MatrixError::not_found("Event not found"))?;
-    let start = history_start(&state, &request.room_id, &user.user_id).await?;
-    if stored.stream_pos.is_some_and(|pos| pos < start) {
-        return Err(MatrixError::not_found("Event not found"));
-    }
-    let pdu = Pdu::from_stored(&stored).map_err(|e| MatrixError::unknown(e.to_string()))?;
-    Ok(Ruma(get_room_event::v3::Response::new(pdu.to_raw(true))))
-}
-
-/// History pages. Tokens are stream positions: backwards from `s<n>` gives events at or before
-/// n, forwards gives events after n.
-pub(crate) async fn messages(
-    State(state): State<AppState>,
-    user: User,
-    Req(request): Req<get_message_events::v3::Request>,
-) -> ApiResult<get_message_events::v3::Response> {
-    require_joined(&state, &request.room_id, &user).await?;
-    let backwards = request.dir == Direction::Backward;
-    let from = match &request.from {
-        Some(token) => Token::parse(token)?.position,
-        None if backwards => *state.store.stream_position().borrow(),
-        None => i64::MIN,
-    };
-    let to = request
-        .to
-        .as_deref()
-        .map(|t| Token::parse(t).map(|t| t.position))
-        .transpose()?;
-    let limit = u32::try_from(u64::from(request.limit))
-        .unwrap_or(100)
-        .clamp(1, 1000);
-    let mut pdus = state
-        .store
-        .room_page(request.room_id.to_string(), from, backwards, limit)
-        .await?;
-    // Short of a page going back: history older than what this node holds may be had from
-    // the room's other servers.
-    if backwards && (pdus.len() as u32) < limit {
-        match state.rooms.backfill(&request.room_id).await {
-            Ok(0) => {}
-            Ok(_) => {
-                pdus = state
-                    .store
-                    .room_page(request.room_id.to_string(), from, backwards, limit)
-                    .await?;
-            }
-            Err(e) => tracing::info!(room_id = %request.room_id, error = %e, "backfill failed"),
-        }
-    }
-    let start = history_start(&state, &request.room_id, &user.user_id).await?;
-    let reached_start = pdus
-        .iter()
-        .any(|p| p.stream_pos.unwrap_or_default() < start);
-    pdus.retain(|p| p.stream_pos.unwrap_or_default() >= start);
-    if let Some(to) = to {
-        pdus.retain(|p| {
-            let pos = p.stream_pos.unwrap_or_default();
-            if backwards { pos > to } else { pos <= to }
-        });
-    }
-    let end = pdus
-        .last()
-        .and_then(|p| p.stream_pos)
-        .map(|pos| stream_token(if backwards { pos - 1 } else { pos }));
-    let parsed: Vec<Pdu> = pdus
-        .iter()
-        .filter_map(|stored| Pdu::from_stored(stored).ok())
-        .collect();
-    let chunk = client_events(&state, &user, &parsed, true).await?;
-    let mut response = get_message_events::v3::Response::new();
-    response.start = stream_token(from);
-    response.end = end.filter(|_| (pdus.len() as u32 == limit && !reached_start) || !backwards);
-    response.chunk = chunk;
-    Ok(Ruma(response))
 }
 
 pub(crate) async fn alias_get(
@@ -898,79 +738,4 @@ pub(crate) async fn alias_delete(
         return Err(MatrixError::not_found("No such alias of yours"));
     }
     Ok(Ruma(delete_alias::v3::Response::new()))
-}
-
-/// An event with the events around it (for jumping to a reply or search result).
-pub(crate) async fn context(
-    State(state): State<AppState>,
-    user: User,
-    Req(request): Req<ruma::api::client::context::get_context::v3::Request>,
-) -> ApiResult<ruma::api::client::context::get_context::v3::Response> {
-    use ruma::api::client::context::get_context::v3::Response;
-    require_joined(&state, &request.room_id, &user).await?;
-    let stored = state
-        .store
-        .pdu(request.event_id.to_string())
-        .await?
-        .filter(|p| p.room_id == request.room_id.as_str() && p.rejection_reason.is_none())
-        .ok_or_else(|| MatrixError::not_found("Event not found"))?;
-    let position = stored
-        .stream_pos
-        .ok_or_else(|| MatrixError::not_found("Event not in this room's timeline"))?;
-    let start = history_start(&state, &request.room_id, &user.user_id).await?;
-    if position < start {
-        return Err(MatrixError::not_found("Event not found"));
-    }
-    let limit = u32::try_from(u64::from(request.limit))
-        .unwrap_or(10)
-        .min(100);
-    let before_limit = limit / 2;
-    let after_limit = limit - before_limit;
-    let room = request.room_id.to_string();
-    let mut before = state
-        .store
-        .room_page(room.clone(), position - 1, true, before_limit.max(1))
-        .await?;
-    before.retain(|p| p.stream_pos.is_some_and(|pos| pos >= start));
-    let after = state
-        .store
-        .room_page(room, position, false, after_limit.max(1))
-        .await?;
-    let client = |pdus: &[hyphae_store::StoredPdu], take: u32| {
-        pdus.iter()
-            .take(take as usize)
-            .filter_map(|s| Pdu::from_stored(s).ok())
-            .map(|pdu| pdu.to_raw(true))
-            .collect::<Vec<_>>()
-    };
-    let mut response = Response::new();
-    response.event = Some(
-        Pdu::from_stored(&stored)
-            .map_err(|e| MatrixError::unknown(e.to_string()))?
-            .to_raw(true),
-    );
-    response.events_before = client(&before, before_limit);
-    response.events_after = client(&after, after_limit);
-    let earliest = before
-        .iter()
-        .take(before_limit as usize)
-        .next_back()
-        .and_then(|p| p.stream_pos)
-        .unwrap_or(position);
-    let latest = after
-        .iter()
-        .take(after_limit as usize)
-        .next_back()
-        .and_then(|p| p.stream_pos)
-        .unwrap_or(position);
-    response.start = Some(stream_token(earliest - 1));
-    response.end = Some(stream_token(latest));
-    response.state = state
-        .rooms
-        .state(&request.room_id)
-        .await?
-        .values()
-        .map(|pdu| pdu.to_raw(true))
-        .collect();
-    Ok(Ruma(response))
 }

@@ -234,6 +234,37 @@ impl Api {
             .await
     }
 
+    /// Joins the user of `token` to `room_id` (a room id or alias).
+    pub(crate) async fn join(&self, token: &str, room_id: &str) {
+        let (status, body) = self
+            .post(&format!("/v3/join/{room_id}"), Some(token), json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// Sends an event of `kind` into `room_id` as the user of `token` (a fresh transaction id
+    /// each time); returns its id.
+    pub(crate) async fn send_event(
+        &self,
+        token: &str,
+        room_id: &str,
+        kind: &str,
+        content: Value,
+    ) -> String {
+        let mut txn = [0u8; 8];
+        getrandom::fill(&mut txn).unwrap();
+        let txn = u64::from_le_bytes(txn);
+        let (status, body) = self
+            .put(
+                &format!("/v3/rooms/{room_id}/send/{kind}/t{txn}"),
+                Some(token),
+                content,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["event_id"].as_str().unwrap().to_owned()
+    }
+
     /// Makes `user_id` a joined member of `room_id` in this node's store, as if their join had
     /// come over federation: for tests of what other servers' members see.
     pub(crate) async fn add_joined_member(&self, room_id: &str, user_id: &str) {

@@ -58,6 +58,12 @@ impl Token {
     }
 }
 
+/// The position a pagination token (`/messages`, `/relations`, `/threads`) names: any token
+/// this node gave out, history fetched from other servers (at negative positions) included.
+pub(crate) fn parse_page_token(token: &str) -> Result<i64, MatrixError> {
+    Token::parse(token).map(|token| token.position)
+}
+
 /// A position as a pagination or stream token (`prev_batch`, `start`, `end`).
 pub(crate) fn stream_token(position: i64) -> String {
     format!("s{position}")

@@ -2,7 +2,6 @@
 //! and clients need, parsed once.
 
 use ruma::events::TimelineEventType;
-use ruma::serde::Raw;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
     OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
@@ -140,7 +139,8 @@ impl Pdu {
         Pdu::from_json(event_id, json, stored.rejection_reason.is_some())
     }
 
-    /// The event as clients see it in `/sync` (no `room_id`) or elsewhere (with it).
+    /// The event as clients see it in `/sync` (no `room_id`) or elsewhere (with it), before
+    /// `client_api::events` adds what the server tells of it in `unsigned`.
     pub(crate) fn to_client_json(&self, with_room_id: bool) -> serde_json::Value {
         let mut event = serde_json::Map::new();
         event.insert("event_id".into(), self.event_id.as_str().into());
@@ -169,13 +169,6 @@ impl Pdu {
             event.insert("unsigned".into(), unsigned);
         }
         serde_json::Value::Object(event)
-    }
-
-    pub(crate) fn to_raw<T>(&self, with_room_id: bool) -> Raw<T> {
-        Raw::from_json(
-            serde_json::value::to_raw_value(&self.to_client_json(with_room_id))
-                .unwrap_or_else(|_| RawValue::from_string("{}".into()).unwrap_or_default()),
-        )
     }
 
     /// The room, including for a v12 create event (whose id is the room id's hash).

@@ -7,7 +7,7 @@
 
 use axum::extract::State;
 use ruma::api::client::filter::{
-    FilterDefinition, RoomEventFilter, UrlFilter, create_filter, get_filter,
+    FilterDefinition, LazyLoadOptions, RoomEventFilter, UrlFilter, create_filter, get_filter,
 };
 use ruma::api::client::sync::sync_events::v3::Filter;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UInt};
@@ -254,6 +254,11 @@ pub(crate) async fn get_filter(
     }
     let filter = stored(&state, &user, &request.filter_id).await?;
     Ok(Ruma(get_filter::v3::Response::new(filter)))
+}
+
+/// Whether a `/messages` filter asks for the members of a page's senders.
+pub(crate) fn lazy_loads(filter: &RoomEventFilter) -> bool {
+    matches!(filter.lazy_load_options, LazyLoadOptions::Enabled { .. })
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use super::request::{Req, User};
 use super::tokens::Token;
 use crate::node::AppState;
 use filter::SyncFilter;
-pub(crate) use filter::{create_filter, get_filter};
+pub(crate) use filter::{EventMatch, create_filter, get_filter, lazy_loads};
 use rooms::Window;
 use sections::SyncBody;
 

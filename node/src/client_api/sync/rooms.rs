@@ -12,8 +12,9 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId, UInt, UserId};
 
 use super::filter::SyncFilter;
 use crate::client_api::error::MatrixError;
+use crate::client_api::events::{ClientEvents, parsed};
+use crate::client_api::history::history_start;
 use crate::client_api::request::User;
-use crate::client_api::rooms::history_start;
 use crate::client_api::tokens::stream_token;
 use crate::node::AppState;
 use crate::rooms::Pdu;
@@ -120,10 +121,12 @@ pub(super) async fn rooms(
                             filter.timeline_limit,
                         )
                         .await?;
-                    left.timeline =
-                        timeline_of(state, user, &stored, limited, window.after, filter)
-                            .await?
-                            .0;
+                    // Without relations: what the user could read of the room ended when
+                    // they left, and what relates to it since is not theirs to see.
+                    let events = ClientEvents::without_relations(state, user, false);
+                    left.timeline = timeline_of(&events, &stored, limited, window.after, filter)
+                        .await?
+                        .0;
                 }
                 synced.rooms.leave.insert(room_id, left);
             }
@@ -144,14 +147,12 @@ async fn joined_room(
     newly_joined: bool,
 ) -> Result<Option<(JoinedRoom, Vec<Pdu>)>, MatrixError> {
     let store = &state.store;
-    let from = if window.since.is_none() || newly_joined {
-        history_start(state, room_id, &user.user_id)
-            .await?
-            .saturating_sub(1)
-            .max(0)
+    let start = if window.since.is_none() || newly_joined {
+        Some(history_start(state, room_id, &user.user_id).await?)
     } else {
-        window.after
+        None
     };
+    let from = start.map_or(window.after, |start| start.saturating_sub(1).max(0));
     let (stored, limited) = store
         .room_timeline(
             room_id.to_string(),
@@ -188,7 +189,15 @@ async fn joined_room(
         .first()
         .and_then(|p| p.stream_pos)
         .unwrap_or(window.upto + 1);
-    let (timeline, pdus) = timeline_of(state, user, &stored, limited, from, filter).await?;
+    // What of the room the user may read, for the relations bundled with the timeline; only
+    // needed when there is one.
+    let visible_from = match start {
+        Some(start) => start,
+        None if stored.is_empty() => i64::MAX,
+        None => history_start(state, room_id, &user.user_id).await?,
+    };
+    let events = ClientEvents::timeline(state, user, room_id, visible_from, false);
+    let (timeline, pdus) = timeline_of(&events, &stored, limited, from, filter).await?;
 
     // The state as of the timeline's start: whole, or what changed in the gap a limited
     // timeline left out. With lazy-loaded members, only those of the timeline's senders (and
@@ -229,7 +238,9 @@ async fn joined_room(
         .map(Raw::from_json)
         .collect();
     let mut state_before = StateEvents::new();
-    state_before.events = state_pdus.iter().map(|pdu| pdu.to_raw(false)).collect();
+    state_before.events = ClientEvents::without_relations(state, user, false)
+        .serve(&state_pdus)
+        .await?;
     room.state = sync::State::Before(state_before);
     // Clients name rooms without a name from the summary, and count members from it when
     // members are lazy-loaded: sent whenever the membership may have changed.
@@ -329,24 +340,14 @@ async fn invited_room(
 /// `prev_batch` points just before the first event (or at `after` when there is none), for
 /// `/messages` to go back from.
 async fn timeline_of(
-    state: &AppState,
-    user: &User,
+    events: &ClientEvents<'_>,
     stored: &[hyphae_store::StoredPdu],
     limited: bool,
     after: i64,
     filter: &SyncFilter,
 ) -> Result<(Timeline, Vec<Pdu>), MatrixError> {
-    let pdus: Vec<Pdu> = stored
-        .iter()
-        .filter_map(|s| match Pdu::from_stored(s) {
-            Ok(pdu) => Some(pdu),
-            Err(e) => {
-                tracing::error!(error = %e, "skipping a damaged stored event");
-                None
-            }
-        })
-        .filter(|pdu| filter.timeline.allows_pdu(pdu))
-        .collect();
+    let mut pdus = parsed(stored);
+    pdus.retain(|pdu| filter.timeline.allows_pdu(pdu));
     let mut timeline = Timeline::new();
     timeline.limited = limited;
     let before_first = stored
@@ -354,7 +355,7 @@ async fn timeline_of(
         .and_then(|s| s.stream_pos)
         .map_or(after, |pos| pos - 1);
     timeline.prev_batch = Some(stream_token(before_first));
-    timeline.events = crate::client_api::rooms::client_events(state, user, &pdus, false).await?;
+    timeline.events = events.serve(&pdus).await?;
     Ok((timeline, pdus))
 }
 

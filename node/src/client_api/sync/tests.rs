@@ -251,3 +251,40 @@ async fn a_room_left_comes_with_every_section_and_with_include_leave_on_a_first_
         "{timeline}"
     );
 }
+
+#[tokio::test]
+async fn a_messages_page_keeps_what_its_filter_names_and_brings_its_senders_members() {
+    let api = Api::start().await;
+    let (people, room) = a_room_of_five(&api, Some("Paged")).await;
+    send(&api, &people[1], &room, "bob one").await;
+    send(&api, &people[2], &room, "carol one").await;
+    let first = sync(&api, &people[0], json!({}), None).await;
+    let since = first["next_batch"].as_str().unwrap();
+    let filter = json!({"types": ["m.room.message"], "lazy_load_members": true}).to_string();
+    let (status, page) = api
+        .get(
+            &format!(
+                "/v3/rooms/{room}/messages?dir=b&from={since}&limit=50&filter={}",
+                urlencode(&filter)
+            ),
+            Some(&people[0].token),
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let chunk = page["chunk"].as_array().unwrap();
+    assert!(
+        chunk.iter().all(|e| e["type"] == "m.room.message"),
+        "{chunk:?}"
+    );
+    assert_eq!(chunk.len(), 2, "{chunk:?}");
+    let mut members: Vec<&str> = page["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state_key"].as_str().unwrap())
+        .collect();
+    members.sort();
+    let mut senders = vec![people[1].user_id.as_str(), people[2].user_id.as_str()];
+    senders.sort();
+    assert_eq!(members, senders);
+}
