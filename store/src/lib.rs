@@ -13,6 +13,7 @@ mod backup_server;
 mod backup_subscription;
 mod crypto;
 mod dag;
+mod directory;
 mod error;
 mod events;
 mod keys;
@@ -24,6 +25,7 @@ mod policy;
 mod readers;
 mod receipts;
 mod rooms;
+mod search;
 mod to_device;
 mod writer;
 
@@ -58,6 +60,7 @@ pub use peers::KnownPeer;
 pub use receipts::Receipt;
 pub use rooms::{AcceptedPdu, Membership, ResolvedState, StateSnapshot};
 pub use rusqlite;
+pub use search::{EventSearch, SearchCursor, SearchHit, SearchOrder, SearchPage, search_terms};
 pub use to_device::ToDeviceMessage;
 
 use readers::Readers;
