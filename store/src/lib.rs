@@ -13,6 +13,7 @@ mod backup_server;
 mod backup_subscription;
 mod crypto;
 mod dag;
+mod directory;
 mod error;
 mod events;
 mod keys;
@@ -25,6 +26,7 @@ mod readers;
 mod receipts;
 mod relations;
 mod rooms;
+mod search;
 mod to_device;
 mod writer;
 
@@ -62,6 +64,7 @@ pub use relations::{
 };
 pub use rooms::{AcceptedPdu, Membership, ResolvedState, StateSnapshot};
 pub use rusqlite;
+pub use search::{EventSearch, SearchCursor, SearchHit, SearchOrder, SearchPage, search_terms};
 pub use to_device::ToDeviceMessage;
 
 use readers::Readers;

@@ -25,6 +25,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0013_mailbox.sql"),
     include_str!("../migrations/0014_policy.sql"),
     include_str!("../migrations/0015_relations.sql"),
+    include_str!("../migrations/0016_directory_search.sql"),
 ];
 
 /// Marks a SQLite file as Hyphae's (`PRAGMA application_id`), so another program's database is

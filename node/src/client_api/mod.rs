@@ -5,6 +5,7 @@ mod account;
 mod account_data;
 mod backup;
 mod devices;
+pub(crate) mod directory;
 mod ephemeral;
 mod error;
 mod events;
@@ -16,6 +17,7 @@ mod relations;
 mod remote_keys;
 mod request;
 mod rooms;
+mod search;
 mod sync;
 mod to_device;
 mod tokens;
@@ -23,11 +25,15 @@ mod uia;
 mod versions;
 
 #[cfg(test)]
+mod directory_tests;
+#[cfg(test)]
 mod events_tests;
 #[cfg(test)]
 mod relations_tests;
 #[cfg(test)]
 mod room_tests;
+#[cfg(test)]
+mod search_tests;
 #[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
@@ -207,6 +213,15 @@ pub(crate) fn router(state: AppState) -> Router {
             "/v3/rooms/{room_id}/typing/{user_id}",
             put(ephemeral::typing),
         )
+        .route(
+            "/v3/publicRooms",
+            get(directory::public_rooms).post(directory::public_rooms_filtered),
+        )
+        .route(
+            "/v3/directory/list/room/{room_id}",
+            get(directory::get_visibility).put(directory::set_visibility),
+        )
+        .route("/v3/search", post(search::search))
         .route(
             "/v3/directory/room/{room_alias}",
             get(rooms::alias_get)

@@ -1,7 +1,9 @@
 //! Extractors: a ruma request parsed from the HTTP request (with the spec's errors for bad
 //! bodies), and the user an access token belongs to.
 
-use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::extract::{
+    FromRequest, FromRequestParts, OptionalFromRequestParts, RawPathParams, Request,
+};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -94,6 +96,24 @@ impl FromRequestParts<AppState> for User {
             user_id,
             device_id: device_id.into(),
         })
+    }
+}
+
+/// The user where an endpoint takes requests without an access token too: none without a
+/// token, refused with a token that is not valid.
+impl OptionalFromRequestParts<AppState> for User {
+    type Rejection = MatrixError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, MatrixError> {
+        if access_token(parts).is_none() {
+            return Ok(None);
+        }
+        <User as FromRequestParts<AppState>>::from_request_parts(parts, state)
+            .await
+            .map(Some)
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::test_support::{Api, Person, person};
+use super::test_support::{Api, Person, message_bodies, person};
 
 async fn send_text(api: &Api, who: &Person, room: &str, txn: &str, text: &str) -> (u16, Value) {
     api.put(
@@ -26,16 +26,7 @@ async fn sync(api: &Api, who: &Person, since: Option<&str>, timeout_ms: u64) -> 
 }
 
 fn timeline_bodies(sync: &Value, room: &str) -> Vec<String> {
-    sync["rooms"]["join"][room]["timeline"]["events"]
-        .as_array()
-        .map(|events| {
-            events
-                .iter()
-                .filter(|e| e["type"] == "m.room.message")
-                .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    message_bodies(&sync["rooms"]["join"][room]["timeline"]["events"])
 }
 
 #[tokio::test]

@@ -126,6 +126,12 @@ pub(crate) async fn create(
             },
         )
         .await?;
+    if request.visibility == ruma::api::client::room::Visibility::Public {
+        state
+            .store
+            .set_room_published(room_id.to_string(), true)
+            .await?;
+    }
     Ok(Ruma(create_room::v3::Response::new(room_id)))
 }
 
@@ -202,9 +208,11 @@ async fn join(
         return set_membership(state, room_id, user_id, user_id, "join", reason).await;
     }
     // A room held by other servers: join through the inviter's server (clients join by room id
-    // alone), then any the client or an alias named.
+    // alone), then any the client or an alias named, then those whose directory listed it.
     let mut servers = state.rooms.invite_servers(room_id, user_id).await?;
     servers.extend(via.iter().cloned());
+    // A room picked from the directory: the servers that listed it.
+    servers.extend(state.directory.servers_listing(room_id));
     servers.retain(|s| *s != state.server_name);
     if servers.is_empty() {
         return Err(MatrixError::not_found(format!(

@@ -16,6 +16,38 @@ pub(crate) async fn person(api: &Api, name: &str) -> Person {
     Person { user_id, token }
 }
 
+/// The bodies of the `m.room.message` events in a list of client events.
+pub(crate) fn message_bodies(events: &Value) -> Vec<String> {
+    events
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter(|e| e["type"] == "m.room.message")
+                .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Signs a local user in with a single-use login token (how the embedding app does it; an owner
+/// has no password), as a new device.
+pub(crate) async fn signed_in(api: &Api, localpart: &str) -> Person {
+    let token = api.node.login_token(localpart).await.unwrap();
+    let (status, body) = api
+        .post(
+            "/v3/login",
+            None,
+            json!({"type": "m.login.token", "token": token}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    Person {
+        user_id: body["user_id"].as_str().unwrap().to_owned(),
+        token: body["access_token"].as_str().unwrap().to_owned(),
+    }
+}
+
 pub(crate) struct Api {
     pub(crate) node: Node,
     pub(crate) http: reqwest::Client,

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use axum::body::Bytes;
 use axum::http::{Method, Request, StatusCode, header};
-use hyphae_p2p::{HttpError, Transport, TransportEvent, WeakTransport, server_name_of_peer};
+use hyphae_p2p::{
+    HttpError, RequestOptions, Transport, TransportEvent, WeakTransport, server_name_of_peer,
+};
 use hyphae_store::{OutboxKind, Store, StoreError};
 use ruma::{OwnedServerName, ServerName};
 use serde::de::DeserializeOwned;
@@ -232,6 +234,20 @@ impl Federation {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<T, FederationError> {
+        self.request_with(destination, method, path, body, None)
+            .await
+    }
+
+    /// [`Federation::request`] with other limits than the transport's defaults (a shorter
+    /// timeout, a smaller answer).
+    pub(crate) async fn request_with<T: DeserializeOwned>(
+        &self,
+        destination: &ServerName,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        limits: Option<RequestOptions>,
+    ) -> Result<T, FederationError> {
         let transport = self.transport()?;
         let body = match body {
             Some(body) => Bytes::from(body.to_string()),
@@ -246,7 +262,14 @@ impl Federation {
                 server: destination.to_owned(),
                 reason: format!("request: {e}"),
             })?;
-        let response = transport.request(destination.as_str(), request).await?;
+        let response = match limits {
+            Some(limits) => {
+                transport
+                    .request_with(destination.as_str(), request, limits)
+                    .await?
+            }
+            None => transport.request(destination.as_str(), request).await?,
+        };
         let status = response.status();
         let body = response.into_body();
         if !status.is_success() {

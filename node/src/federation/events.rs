@@ -34,7 +34,7 @@ impl<T: IncomingRequest, S: Send + Sync> FromRequest<S> for Incoming<T> {
 
     async fn from_request(request: Request, state: &S) -> Result<Self, MatrixError> {
         let (mut parts, body) = request.into_parts();
-        // Every route taking one of these has path parameters; their values, decoded, in order.
+        // The path parameters' values (none for some routes), decoded, in order.
         let Path(path_args) = Path::<Vec<String>>::from_request_parts(&mut parts, state)
             .await
             .map_err(|e| MatrixError::invalid_param(e.body_text()))?;

@@ -241,15 +241,15 @@ async fn state_ids(api: &Api, who: &Person, room: &str) -> Vec<String> {
     event_ids(&body)
 }
 
-/// The node still takes federation: a message Alice sends now reaches Bob.
-async fn still_delivers(
+/// The node still takes federation: a message the first sends now reaches the second.
+pub(crate) async fn still_delivers(
     (a, alice): (&Api, &Person),
     (b, bob): (&Api, &Person),
     room: &str,
     text: &str,
 ) {
     send_text(a, alice, room, text).await;
-    eventually(WITHIN, &format!("{text:?} on Bob's server"), || async {
+    eventually(WITHIN, &format!("{text:?} on the other server"), || async {
         texts(b, bob, room).await.iter().any(|t| t == text)
     })
     .await;
@@ -1029,7 +1029,7 @@ async fn an_event_on_another_rooms_history_is_refused() {
 
 /// Mallory's server as a bare transport whose federation API takes every request and never
 /// answers; `asked` is told of each request.
-async fn silent_server(
+pub(crate) async fn silent_server(
     asked: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> (hyphae_p2p::Transport, SigningKey, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();

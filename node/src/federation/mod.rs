@@ -3,6 +3,7 @@
 //! handle this node uses to call them and to send its outbox.
 
 mod client;
+mod directory;
 mod edus;
 mod events;
 #[cfg(test)]
@@ -25,6 +26,7 @@ use axum::routing::{get, post, put};
 use crate::node::AppState;
 
 pub(crate) use client::{Federation, FederationError};
+pub(crate) use directory::RoomDirectories;
 pub(crate) use membership::INVITE_EDU;
 pub(crate) use origin::Origin;
 
@@ -60,6 +62,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(
             "/_matrix/federation/v1/query/directory",
             get(membership::query_directory),
+        )
+        .route(
+            "/_matrix/federation/v1/publicRooms",
+            get(directory::public_rooms).post(directory::public_rooms_filtered),
         )
         .route(
             "/_matrix/federation/v1/user/keys/query",
