@@ -65,6 +65,8 @@ pub(crate) struct AppState {
     pub(crate) backup_invites: Option<std::path::PathBuf>,
     /// The policy lists the node and its users subscribe to.
     pub(crate) policy: crate::policy::Policy,
+    /// Other servers' users' profiles, people nearby, presence.
+    pub(crate) people: crate::people::People,
 }
 
 impl Node {
@@ -102,7 +104,9 @@ impl Node {
             .start()
             .await
             .map_err(|e| NodeError::Startup(format!("policy lists: {e}")))?;
+        let people = crate::people::People::start(&store, &federation, server_name.clone()).await?;
         let state = AppState {
+            people: people.clone(),
             policy,
             rooms,
             typing: Typing::new(),
@@ -136,6 +140,7 @@ impl Node {
                 .attach(transport)
                 .await
                 .map_err(|e| NodeError::Startup(e.to_string()))?;
+            people.attach(transport).await;
             if config.backup_server {
                 if let Err(e) = transport
                     .start_providing(crate::backup::ANNOUNCE_KEY.to_vec())

@@ -13,6 +13,7 @@ mod backup_server;
 mod backup_subscription;
 mod crypto;
 mod dag;
+mod directory;
 mod error;
 mod events;
 mod keys;
@@ -21,8 +22,10 @@ mod migrations;
 mod outbox;
 mod peers;
 mod policy;
+mod presence;
 mod readers;
 mod receipts;
+mod remote_profiles;
 mod rooms;
 mod to_device;
 mod writer;
@@ -48,6 +51,7 @@ pub use crypto::{
     OlmSessionRow, OutboundGroupSessionRow, OutboundShare, OutboundWrite, TrackedDevice,
     TrackedUser, TrackedUserWrite,
 };
+pub use directory::DirectoryEntry;
 pub use error::{Result, StoreError};
 pub use events::{NewPdu, StoredPdu};
 pub use keys::{ClaimedKey, CrossSigningKey, KeySignature, KeyUpload, OneTimeKey};
@@ -55,7 +59,9 @@ pub use mailbox::{MailOutcome, MailboxRecord};
 pub use migrations::SCHEMA_VERSION;
 pub use outbox::{OutboxEntry, OutboxKind};
 pub use peers::KnownPeer;
+pub use presence::PresenceRow;
 pub use receipts::Receipt;
+pub use remote_profiles::{CachedProfile, PeerOwner};
 pub use rooms::{AcceptedPdu, Membership, ResolvedState, StateSnapshot};
 pub use rusqlite;
 pub use to_device::ToDeviceMessage;

@@ -33,13 +33,17 @@ pub(crate) async fn sync(
     user: User,
     Req(request): Req<sync::Request>,
 ) -> ApiResult<sync::Response> {
-    let (since, typing_since) = match request.since.as_deref() {
+    let (since_token, presence_since) =
+        super::presence::split_sync_token(request.since.as_deref())?;
+    let (since, typing_since) = match since_token {
         Some(token) => {
             let (position, typing) = parse_sync_token(token)?;
             (Some(position), typing)
         }
         None => (None, None),
     };
+    super::presence::syncing(&state, &user.user_id, &request.set_presence).await;
+    let presence_since = super::presence::since(&state, since.is_none(), presence_since);
     let limit = timeline_limit(&state, &user, request.filter.as_ref()).await?;
     let timeout = request.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
@@ -65,7 +69,10 @@ pub(crate) async fn sync(
             typing: typing_since,
         };
         let mut response = build(&state, &user, since, upto, request.full_state, limit).await?;
-        response.next_batch = format!("{}_t{typing_now}", response.next_batch);
+        let presence_now =
+            super::presence::add_to_sync(&state, &user.user_id, presence_since, &mut response)
+                .await?;
+        response.next_batch = format!("{}_t{typing_now}_p{presence_now}", response.next_batch);
         if since.position.is_none()
             || has_news(&response)
             || tokio::time::Instant::now() >= deadline
@@ -75,6 +82,7 @@ pub(crate) async fn sync(
         tokio::select! {
             changed = position.changed() => if changed.is_err() { return Ok(Ruma(response)) },
             changed = typing.changed() => if changed.is_err() { return Ok(Ruma(response)) },
+            _ = super::presence::news(&state, &user.user_id, presence_now) => {},
             _ = tokio::time::sleep_until(deadline) => return Ok(Ruma(response)),
         }
     }
@@ -87,7 +95,7 @@ struct Since {
     typing: Option<u64>,
 }
 
-/// `s<position>` or `s<position>_t<typing serial>`.
+/// `s<position>` or `s<position>_t<typing serial>` (a presence serial split off before).
 fn parse_sync_token(token: &str) -> Result<(i64, Option<u64>), MatrixError> {
     match token.split_once("_t") {
         Some((position, typing)) => {
@@ -108,6 +116,7 @@ fn has_news(response: &sync::Response) -> bool {
         || !response.to_device.events.is_empty()
         || !response.device_lists.changed.is_empty()
         || !response.device_lists.left.is_empty()
+        || !response.presence.is_empty()
 }
 
 async fn timeline_limit(
