@@ -11,6 +11,7 @@ mod error;
 mod federation;
 mod node;
 mod peers;
+mod people;
 pub mod policy;
 mod rooms;
 mod signing;

@@ -67,6 +67,8 @@ pub(crate) struct AppState {
     pub(crate) policy: crate::policy::Policy,
     /// Other servers' room directories, as this node asked for them.
     pub(crate) directory: crate::federation::RoomDirectories,
+    /// Other servers' users' profiles, people nearby, presence.
+    pub(crate) people: crate::people::People,
 }
 
 impl Node {
@@ -104,7 +106,9 @@ impl Node {
             .start()
             .await
             .map_err(|e| NodeError::Startup(format!("policy lists: {e}")))?;
+        let people = crate::people::People::start(&store, &federation, server_name.clone()).await?;
         let state = AppState {
+            people: people.clone(),
             policy,
             directory: Default::default(),
             rooms,
@@ -139,6 +143,7 @@ impl Node {
                 .attach(transport)
                 .await
                 .map_err(|e| NodeError::Startup(e.to_string()))?;
+            people.attach(transport).await;
             if config.backup_server {
                 if let Err(e) = transport
                     .start_providing(crate::backup::ANNOUNCE_KEY.to_vec())

@@ -22,12 +22,15 @@ mod migrations;
 mod outbox;
 mod peers;
 mod policy;
+mod presence;
 mod readers;
 mod receipts;
 mod relations;
+mod remote_profiles;
 mod rooms;
 mod search;
 mod to_device;
+mod user_directory;
 mod writer;
 
 #[cfg(test)]
@@ -58,14 +61,17 @@ pub use mailbox::{MailOutcome, MailboxRecord};
 pub use migrations::SCHEMA_VERSION;
 pub use outbox::{OutboxEntry, OutboxKind};
 pub use peers::KnownPeer;
+pub use presence::PresenceRow;
 pub use receipts::Receipt;
 pub use relations::{
     Aggregations, MAX_RELATION_DEPTH, RelationFilter, StreamPage, ThreadRoot, ThreadSummary,
 };
+pub use remote_profiles::{CachedProfile, PeerOwner};
 pub use rooms::{AcceptedPdu, Membership, ResolvedState, StateSnapshot};
 pub use rusqlite;
 pub use search::{EventSearch, SearchCursor, SearchHit, SearchOrder, SearchPage, search_terms};
 pub use to_device::ToDeviceMessage;
+pub use user_directory::DirectoryEntry;
 
 use readers::Readers;
 use writer::Writer;

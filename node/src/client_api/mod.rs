@@ -11,6 +11,7 @@ mod error;
 mod events;
 mod history;
 mod keys;
+mod presence;
 mod profile;
 mod rate_limit;
 mod relations;
@@ -22,6 +23,7 @@ mod sync;
 mod to_device;
 mod tokens;
 mod uia;
+mod user_directory;
 mod versions;
 
 #[cfg(test)]
@@ -51,7 +53,7 @@ use crate::node::AppState;
 
 pub(crate) use error::{MatrixError, unrecognized};
 pub(crate) use keys::{claim_local, local_keys, user_keys};
-pub(crate) use profile::profile_of;
+pub(crate) use profile::local_profile;
 pub(crate) use rate_limit::RateLimiter;
 pub(crate) use remote_keys::servers_sharing_rooms;
 pub(crate) use request::Req;
@@ -128,6 +130,11 @@ pub(crate) fn router(state: AppState) -> Router {
             "/v3/profile/{user_id}/avatar_url",
             get(profile::get_avatar).put(profile::set_avatar),
         )
+        .route(
+            "/v3/presence/{user_id}/status",
+            get(presence::get_status).put(presence::set_status),
+        )
+        .route("/v3/user_directory/search", post(user_directory::search))
         .route("/v3/pushrules/", get(account_data::push_rules))
         .route(
             "/v3/user/{user_id}/account_data/{event_type}",

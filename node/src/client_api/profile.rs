@@ -1,5 +1,6 @@
-//! Profiles: display names and avatars of this node's users. A change is also written into the
-//! user's membership in every room they are in, as other homeservers do.
+//! Profiles: display names and avatars of this node's users, and of other servers' users as
+//! their servers say. A change is also written into the user's membership in every room they
+//! are in, as other homeservers do.
 
 use axum::extract::State;
 use ruma::api::client::profile::{
@@ -14,14 +15,28 @@ use super::request::{Req, User};
 use crate::node::AppState;
 use crate::rooms::EventDraft;
 
-/// (display name, avatar URL) of a user of this node.
+/// (display name, avatar URL) of a user of this node, or of another server's as their server
+/// says (cached; see `people::profiles`).
 pub(crate) async fn profile_of(
     state: &AppState,
     user_id: &UserId,
 ) -> Result<(Option<String>, Option<String>), MatrixError> {
     if user_id.server_name() != state.server_name {
-        // Other servers' profiles arrive with federation.
-        return Err(MatrixError::not_found("Profile not found"));
+        return crate::people::profiles::remote_profile(state, user_id)
+            .await?
+            .ok_or_else(|| MatrixError::not_found("Profile not found"));
+    }
+    local_profile(state, user_id).await
+}
+
+/// (display name, avatar URL) of a user of this node: what other servers are told. Anyone else
+/// is not found, whatever this node knows of them.
+pub(crate) async fn local_profile(
+    state: &AppState,
+    user_id: &UserId,
+) -> Result<(Option<String>, Option<String>), MatrixError> {
+    if user_id.server_name() != state.server_name {
+        return Err(MatrixError::not_found("Not a user of this server"));
     }
     state
         .store

@@ -96,24 +96,7 @@ async fn invite_join_chat_and_sync() {
 
     // Long-poll: Bob waits; Alice's message wakes him long before the timeout.
     let since = update["next_batch"].as_str().unwrap().to_owned();
-    let waiting = {
-        let http = api.http.clone();
-        let url = api.url(&format!("/v3/sync?timeout=20000&since={since}"));
-        let token = bob.token.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let body: Value = http
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            (started.elapsed(), body)
-        })
-    };
+    let waiting = api.sync_in_background(&bob.token, &since, 20_000);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "sync returned with nothing new");
     send_text(&api, &alice, &room, "t2", "are you there?").await;

@@ -231,6 +231,32 @@ impl Api {
             .await
     }
 
+    /// Starts a `/sync` from `since` that waits up to `timeout_ms` for news, as the user of
+    /// `token`: how long it took, and its answer.
+    pub(crate) fn sync_in_background(
+        &self,
+        token: &str,
+        since: &str,
+        timeout_ms: u64,
+    ) -> tokio::task::JoinHandle<(std::time::Duration, Value)> {
+        let http = self.http.clone();
+        let url = self.url(&format!("/v3/sync?timeout={timeout_ms}&since={since}"));
+        let token = token.to_owned();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let body: Value = http
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (started.elapsed(), body)
+        })
+    }
+
     /// Registers through the dummy stage; returns (user id, access token, device id).
     pub(crate) async fn register(
         &self,

@@ -2,7 +2,7 @@
 //! `start` and `end` from `/messages` and `/context`, `from` and `to` of `/keys/changes`.
 //!
 //! Every one is a position in the store's stream, `s<position>`. A `/sync` token adds the
-//! serials of the streams kept in memory, `_t<typing serial>`. The spec lets any of them be
+//! serials of the streams kept apart from it, `_t<typing serial>_p<presence serial>`. The spec lets any of them be
 //! passed where another is taken (a `/messages` page may start from a sync's `next_batch`), so
 //! there is one parser for all of them, and each endpoint reads the parts it needs.
 
@@ -15,10 +15,12 @@ pub(crate) struct Token {
     pub(crate) position: i64,
     /// The typing serial, in `/sync` tokens only.
     pub(crate) typing: Option<u64>,
+    /// The presence serial, in `/sync` tokens only.
+    pub(crate) presence: Option<u64>,
 }
 
 impl Token {
-    /// Reads `s<position>` optionally followed by `_t<typing serial>`. Positions below zero
+    /// Reads `s<position>` optionally followed by `_t<typing serial>` and `_p<presence serial>`. Positions below zero
     /// (history fetched from other servers sits before everything seen live) come only in
     /// pagination tokens; [`Token::parse_stream`] refuses them.
     pub(crate) fn parse(token: &str) -> Result<Token, MatrixError> {
@@ -29,16 +31,23 @@ impl Token {
             .next()
             .and_then(|p| p.parse::<i64>().ok())
             .ok_or_else(unknown)?;
-        let mut typing = None;
+        let (mut typing, mut presence) = (None, None);
         for part in parts {
-            match part.split_at_checked(1) {
-                Some(("t", serial)) if typing.is_none() => {
-                    typing = Some(serial.parse().map_err(|_| unknown())?);
-                }
+            let (slot, serial) = match part.split_at_checked(1) {
+                Some(("t", serial)) => (&mut typing, serial),
+                Some(("p", serial)) => (&mut presence, serial),
                 _ => return Err(unknown()),
+            };
+            if slot.is_some() {
+                return Err(unknown());
             }
+            *slot = Some(serial.parse().map_err(|_| unknown())?);
         }
-        Ok(Token { position, typing })
+        Ok(Token {
+            position,
+            typing,
+            presence,
+        })
     }
 
     /// A token from `/sync` or `/keys/changes`, which only ever name live positions.
@@ -53,8 +62,8 @@ impl Token {
     }
 
     /// A `/sync` `next_batch`.
-    pub(crate) fn sync(position: i64, typing: u64) -> String {
-        format!("s{position}_t{typing}")
+    pub(crate) fn sync(position: i64, typing: u64, presence: u64) -> String {
+        format!("s{position}_t{typing}_p{presence}")
     }
 }
 
@@ -79,12 +88,17 @@ mod tests {
             Token::parse("s34_t0").unwrap(),
             Token {
                 position: 34,
-                typing: Some(0)
+                typing: Some(0),
+                presence: None,
             }
+        );
+        let full = Token::parse(&Token::sync(5, 6, 7)).unwrap();
+        assert_eq!(
+            (full.position, full.typing, full.presence),
+            (5, Some(6), Some(7))
         );
         assert_eq!(Token::parse("s34").unwrap().position, 34);
         assert_eq!(Token::parse(&stream_token(-12)).unwrap().position, -12);
-        assert_eq!(Token::parse(&Token::sync(7, 3)).unwrap().typing, Some(3));
     }
 
     #[test]

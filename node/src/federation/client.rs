@@ -124,28 +124,10 @@ impl Federation {
             return Some(owner.clone());
         }
         let known = known.map(|(_, owner)| owner);
-        let server_name = <&ServerName>::try_from(server).ok()?;
-        let Ok(Ok(answer)) = tokio::time::timeout(
-            std::time::Duration::from_secs(3),
-            self.request::<serde_json::Value>(server_name, Method::GET, OWNER_PATH, None),
-        )
-        .await
-        else {
-            return known;
+        let owner = match self.ask_owner(server).await {
+            Ok(owner) => owner?,
+            Err(()) => return known,
         };
-        let user_id = ruma::UserId::parse(answer["user_id"].as_str()?).ok()?;
-        // A node speaks only for its own users.
-        if user_id.server_name() != server_name {
-            return None;
-        }
-        if let Some(record) = answer.get("mailbox").filter(|r| r.is_object()) {
-            crate::backup::mailbox::learn_record(&self.inner.store, &record.to_string(), server)
-                .await;
-        }
-        let owner = (
-            user_id.to_string(),
-            answer["displayname"].as_str().map(str::to_owned),
-        );
         self.inner
             .owners
             .lock()
@@ -155,6 +137,38 @@ impl Federation {
                 (std::time::Instant::now(), owner.clone()),
             );
         Some(owner)
+    }
+
+    /// Asks `server` who owns it, past what `owner_of` remembers: `Err` when it does not answer,
+    /// `Ok(None)` when it has no owner or names someone else's user.
+    pub(crate) async fn ask_owner(&self, server: &str) -> Result<Option<Owner>, ()> {
+        let server_name = <&ServerName>::try_from(server).map_err(drop)?;
+        let Ok(Ok(answer)) = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            self.request::<serde_json::Value>(server_name, Method::GET, OWNER_PATH, None),
+        )
+        .await
+        else {
+            return Err(());
+        };
+        let Some(user_id) = answer["user_id"]
+            .as_str()
+            .and_then(|user_id| ruma::UserId::parse(user_id).ok())
+        else {
+            return Ok(None);
+        };
+        // A node speaks only for its own users.
+        if user_id.server_name() != server_name {
+            return Ok(None);
+        }
+        if let Some(record) = answer.get("mailbox").filter(|r| r.is_object()) {
+            crate::backup::mailbox::learn_record(&self.inner.store, &record.to_string(), server)
+                .await;
+        }
+        Ok(Some((
+            user_id.to_string(),
+            answer["displayname"].as_str().map(str::to_owned),
+        )))
     }
 
     /// The servers this node has a connection to right now.

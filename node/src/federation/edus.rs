@@ -1,6 +1,6 @@
 //! Inbound EDUs: to-device messages for local devices (`m.direct_to_device`), other servers'
 //! device-list and cross-signing changes (`m.device_list_update`, `m.signing_key_update`),
-//! typing notifications and read receipts. An EDU speaks for users of its origin server only;
+//! typing notifications, read receipts and presence (`people::presence` takes it). An EDU speaks for users of its origin server only;
 //! one that is malformed or speaks for anyone else is dropped with a logged reason, never
 //! failing the transaction that carried it.
 
@@ -28,6 +28,8 @@ enum EduError {
     NotFromOrigin { user: OwnedUserId },
     #[error("{user} is not joined to {room}")]
     NotInRoom { user: OwnedUserId, room: String },
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -67,6 +69,10 @@ pub(super) async fn receive(state: &AppState, origin: &ServerName, edu: &serde_j
         Ok(Edu::SigningKeyUpdate(content)) => signing_key_update(state, origin, content).await,
         Ok(Edu::Typing(content)) => typing(state, origin, content).await,
         Ok(Edu::Receipt(content)) => receipt(state, origin, content).await,
+        Ok(Edu::Presence(content)) => (state.people.presence)
+            .take_edu(origin, content.push)
+            .await
+            .map_err(EduError::Refused),
         Ok(_) => {
             tracing::debug!(%origin, edu_type, "EDU type not handled; ignored");
             Ok(())
@@ -466,5 +472,60 @@ mod tests {
         let receipts = ephemeral("m.receipt").await;
         let readers = receipts[&event_id]["m.read"].as_object().unwrap();
         assert_eq!(readers.keys().collect::<Vec<_>>(), [&alice], "{receipts}");
+    }
+
+    #[tokio::test]
+    async fn presence_edus_count_only_for_the_origins_users_in_a_room_here() {
+        let api = Api::start().await;
+        let (_, token, _) = api.register("bob", "password").await;
+        let peer = Peer::new();
+        let alice = format!("@alice:{}", peer.name());
+        let outsider = format!("@outsider:{}", peer.name());
+        let carol = format!("@carol:{}", Peer::new().name());
+        let room_id = api.create_public_room(&token).await;
+        api.add_joined_member(&room_id, &alice).await;
+        api.add_joined_member(&room_id, &carol).await;
+        let update = |user: &str, status: &str| {
+            json!({"user_id": user, "presence": "unavailable", "status_msg": status,
+                   "last_active_ago": 5000, "currently_active": false})
+        };
+        let presence =
+            |push: Vec<Value>| json!({"edu_type": "m.presence", "content": {"push": push}});
+        // Another server's user, a user in no room here, a status message of a novel's size.
+        peer.send(
+            &api,
+            vec![presence(vec![
+                update(&carol, "not the origin's to say"),
+                update(&outsider, "in no room"),
+                update(&alice, &"x".repeat(2000)),
+            ])],
+        )
+        .await;
+        let kept = || async {
+            let rows = api.node.store().presence_rows().await.unwrap();
+            rows.into_iter()
+                .map(|row| (row.user_id, row.state, row.status_msg))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kept().await, []);
+        peer.send(&api, vec![presence(vec![update(&alice, "away")])])
+            .await;
+        assert_eq!(
+            kept().await,
+            [(
+                alice.clone(),
+                "unavailable".to_owned(),
+                Some("away".to_owned())
+            )]
+        );
+        let (status, body) = api
+            .get(&format!("/v3/presence/{alice}/status"), Some(&token))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        // Said by her server, but her server is not connected here: offline, with her status.
+        assert_eq!(
+            (&body["presence"], &body["status_msg"]),
+            (&json!("offline"), &json!("away"))
+        );
     }
 }

@@ -10,7 +10,9 @@ use ruma::api::federation::keys::{claim_keys, get_keys};
 use ruma::api::federation::query::get_profile_information;
 
 use super::Origin;
-use crate::client_api::{MatrixError, Req, Ruma, claim_local, local_keys, profile_of, user_keys};
+use crate::client_api::{
+    MatrixError, Req, Ruma, claim_local, local_keys, local_profile, user_keys,
+};
 use crate::node::AppState;
 
 type FederationResult<T> = Result<Ruma<T>, MatrixError>;
@@ -76,7 +78,7 @@ pub(super) async fn profile(
     Origin(_): Origin,
     Req(request): Req<get_profile_information::v1::Request>,
 ) -> FederationResult<get_profile_information::v1::Response> {
-    let (displayname, avatar_url) = profile_of(&state, &request.user_id).await?;
+    let (displayname, avatar_url) = local_profile(&state, &request.user_id).await?;
     let wanted = |field: &str| {
         request
             .field

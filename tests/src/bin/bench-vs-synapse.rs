@@ -152,7 +152,15 @@ async fn fill(base: &str, sizes: &Sizes) -> User {
         async move {
             for (r, e) in chunk {
                 let text = format!("message {e} of room {r}: a line of chat of ordinary length");
-                send(http, base, &friend.token, &rooms[r], &format!("f{r}-{e}"), &text).await;
+                send(
+                    http,
+                    base,
+                    &friend.token,
+                    &rooms[r],
+                    &format!("f{r}-{e}"),
+                    &text,
+                )
+                .await;
             }
         }
     }))
@@ -212,7 +220,13 @@ async fn incremental(base: &str, sizes: &Sizes) -> (Duration, Duration, f64) {
     let mut clients = Vec::new();
     for n in 0..CLIENTS {
         let user = register(&http, base, &format!("listener{n}")).await;
-        post(&http, &format!("{base}/join/{room}"), &user.token, json!({})).await;
+        post(
+            &http,
+            &format!("{base}/join/{room}"),
+            &user.token,
+            json!({}),
+        )
+        .await;
         clients.push(user);
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant, usize)>();
@@ -298,7 +312,10 @@ async fn get_sync(
         .bytes()
         .await
         .unwrap();
-    (serde_json::from_slice(&body).unwrap_or(Value::Null), body.len())
+    (
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+        body.len(),
+    )
 }
 
 /// A Synapse process on a free loopback port, with its data in a temporary folder.

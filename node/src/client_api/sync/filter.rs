@@ -38,6 +38,7 @@ pub(crate) struct SyncFilter {
     pub(crate) ephemeral: EventMatch,
     pub(crate) room_account_data: EventMatch,
     pub(crate) account_data: EventMatch,
+    pub(crate) presence: EventMatch,
     /// Members only of the timeline's senders (and the user's own) in a room's `state`.
     pub(crate) lazy_load_members: bool,
 }
@@ -79,6 +80,7 @@ impl SyncFilter {
             ephemeral: EventMatch::of_room_events(&room.ephemeral),
             room_account_data: EventMatch::of_room_events(&room.account_data),
             account_data: EventMatch::of_events(&definition.account_data),
+            presence: EventMatch::of_events(&definition.presence),
             lazy_load_members: !room.state.lazy_load_options.is_disabled()
                 || !room.timeline.lazy_load_options.is_disabled(),
         }

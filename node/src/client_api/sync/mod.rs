@@ -22,6 +22,7 @@ use ruma::{OwnedRoomId, RoomId};
 use serde_json::{Value, json};
 
 use super::error::MatrixError;
+use super::presence;
 use super::request::{Req, User};
 use super::tokens::Token;
 use crate::node::AppState;
@@ -38,14 +39,16 @@ pub(crate) async fn sync(
     user: User,
     Req(request): Req<sync::Request>,
 ) -> Result<SyncBody, MatrixError> {
-    let (since, typing_since) = match request.since.as_deref() {
+    let (since, typing_since, presence_since) = match request.since.as_deref() {
         Some(token) => {
             let token = Token::parse_stream(token)?;
-            (Some(token.position), token.typing)
+            (Some(token.position), token.typing, token.presence)
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let filter = SyncFilter::load(&state, &user, request.filter.as_ref()).await?;
+    presence::syncing(&state, &user.user_id, &request.set_presence).await;
+    let presence_since = presence::since(&state, since.is_none(), presence_since);
     let timeout = request.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
     // What the client acknowledged with `since` is delivered: drop it, once per request.
@@ -73,13 +76,22 @@ pub(crate) async fn sync(
             full_state: request.full_state,
         };
         let (mut response, reached) = build(&state, &user, window, &filter).await?;
-        response.next_batch = Token::sync(reached, typing_now);
+        let presence_now =
+            presence::add_to_sync(&state, &user.user_id, presence_since, &mut response).await?;
+        response.presence.events.retain(|event| {
+            let sender = event.get_field::<String>("sender").ok().flatten();
+            filter
+                .presence
+                .allows("m.presence", sender.as_deref(), None, None)
+        });
+        response.next_batch = Token::sync(reached, typing_now, presence_now);
         if since.is_none() || has_news(&response) || tokio::time::Instant::now() >= deadline {
             return Ok(SyncBody(response));
         }
         tokio::select! {
             changed = position.changed() => if changed.is_err() { return Ok(SyncBody(response)) },
             changed = typing.changed() => if changed.is_err() { return Ok(SyncBody(response)) },
+            _ = presence::news(&state, &user.user_id, presence_now) => {},
             _ = tokio::time::sleep_until(deadline) => return Ok(SyncBody(response)),
         }
     }
@@ -93,6 +105,7 @@ fn has_news(response: &sync::Response) -> bool {
         || !response.to_device.events.is_empty()
         || !response.device_lists.changed.is_empty()
         || !response.device_lists.left.is_empty()
+        || !response.presence.is_empty()
 }
 
 /// What changed for `user` in the window, and the position it reached (short of `upto` when
