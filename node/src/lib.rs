@@ -12,6 +12,7 @@ mod federation;
 mod node;
 mod peers;
 pub mod policy;
+mod push;
 mod rooms;
 mod signing;
 mod typing;

@@ -65,6 +65,8 @@ pub(crate) struct AppState {
     pub(crate) backup_invites: Option<std::path::PathBuf>,
     /// The policy lists the node and its users subscribe to.
     pub(crate) policy: crate::policy::Policy,
+    /// Evaluates push rules for unread counts and `/notifications`.
+    pub(crate) notifier: crate::push::Notifier,
 }
 
 impl Node {
@@ -104,6 +106,7 @@ impl Node {
             .map_err(|e| NodeError::Startup(format!("policy lists: {e}")))?;
         let state = AppState {
             policy,
+            notifier: Default::default(),
             rooms,
             typing: Typing::new(),
             login_tokens: login_tokens.clone(),

@@ -21,6 +21,8 @@ mod migrations;
 mod outbox;
 mod peers;
 mod policy;
+mod push_actions;
+mod pushers;
 mod readers;
 mod receipts;
 mod rooms;
@@ -55,6 +57,10 @@ pub use mailbox::{MailOutcome, MailboxRecord};
 pub use migrations::SCHEMA_VERSION;
 pub use outbox::{OutboxEntry, OutboxKind};
 pub use peers::KnownPeer;
+pub use push_actions::{
+    EvaluationBatch, EventToEvaluate, LocalMember, MAIN_THREAD, PushAction, RoomNow, SentMark,
+    StoredNotification, UnreadCounts,
+};
 pub use receipts::Receipt;
 pub use rooms::{AcceptedPdu, Membership, ResolvedState, StateSnapshot};
 pub use rusqlite;

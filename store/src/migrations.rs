@@ -24,6 +24,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0012_backup_identity.sql"),
     include_str!("../migrations/0013_mailbox.sql"),
     include_str!("../migrations/0014_policy.sql"),
+    include_str!("../migrations/0017_notifications.sql"),
 ];
 
 /// Marks a SQLite file as Hyphae's (`PRAGMA application_id`), so another program's database is

@@ -268,6 +268,8 @@ async fn build(
                     .map(|pdu| pdu.to_raw(false))
                     .collect();
                 let mut room = JoinedRoom::new();
+                room.unread_notifications =
+                    crate::push::unread_notifications(state, &user.user_id, &room_id, upto).await?;
                 room.timeline = timeline;
                 room.ephemeral.events = ephemeral
                     .into_iter()
@@ -350,6 +352,9 @@ async fn build(
                 .or_default()
                 .push(Raw::from_json(event));
         }
+    }
+    if since.is_none() {
+        crate::push::with_push_rules(&user.user_id, &mut response.account_data.events);
     }
     for (room, events) in room_account_data {
         let Ok(room_id) = RoomId::parse(&room) else {
