@@ -755,7 +755,38 @@ function renderSettings() {
   $('my-peer-id').textContent = state.me.peer_id || 'no peer-to-peer network';
   $('my-device-id').textContent = state.me.device_id;
   $('policy-create-server').textContent = shortServer(state.me.server_name);
+  $('password-user-id').textContent = state.me.user_id;
+  $('password-homeserver').textContent = location.origin;
+  $('password-state').textContent = state.me.has_password
+    ? 'A password is set; a new one replaces it.'
+    : 'No password is set yet, so nobody can log in as you from elsewhere.';
+  $('password-save').textContent = state.me.has_password ? 'Change password' : 'Set password';
   renderKnownPeers();
+}
+
+async function setPassword() {
+  const status = $('password-status');
+  const password = $('new-password').value;
+  if (password !== $('new-password-again').value) {
+    status.textContent = 'The two passwords differ.';
+    status.dataset.state = 'failed';
+    return;
+  }
+  status.textContent = 'Saving…';
+  status.dataset.state = '';
+  try {
+    await api('POST', '/me/password', { password });
+    // Not kept on the page once set.
+    $('new-password').value = '';
+    $('new-password-again').value = '';
+    await refreshMe();
+    renderSettings();
+    status.textContent = 'Saved';
+    status.dataset.state = 'saved';
+  } catch (err) {
+    status.textContent = 'Not saved: ' + err.message;
+    status.dataset.state = 'failed';
+  }
 }
 
 function renderBackup() {
@@ -1206,6 +1237,10 @@ function wire() {
       status.textContent = 'Not saved: ' + err.message;
       status.dataset.state = 'failed';
     }
+  });
+  $('password-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    setPassword();
   });
   $('backup-form').addEventListener('submit', (e) => {
     e.preventDefault();

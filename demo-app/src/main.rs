@@ -1,9 +1,11 @@
 //! `hyphae`: the app people run. `hyphae up` starts a node in this process, serves the
 //! Client-Server API and, beside it, the owner's web UI (`ui/`); `hyphae backup-server` runs a
 //! node with no owner that keeps replicas for the devices its operator invites; `hyphae policy`
-//! edits and subscribes to policy lists on a running `hyphae up` (`policy_cli.rs`).
+//! edits and subscribes to policy lists on a running `hyphae up` (`policy_cli.rs`), and
+//! `hyphae password` sets the owner's password there (`password_cli.rs`).
 
 mod backup_target;
+mod password_cli;
 mod policy_cli;
 mod ui;
 
@@ -135,6 +137,9 @@ enum Command {
     /// Your policy lists and subscriptions, on the `hyphae up` running here: make a list, ban
     /// users, rooms or servers in it, share it, subscribe to others' (hide, blur or warn).
     Policy(policy_cli::PolicyArgs),
+    /// Set the password you log in with from Element or another Matrix client on this device,
+    /// on the `hyphae up` running here. Asked at a prompt (not shown), or read from stdin.
+    Password(password_cli::PasswordArgs),
 }
 
 /// Policy lists the node itself subscribes to (its operator's choice), for every user on it.
@@ -343,6 +348,7 @@ fn main() -> ExitCode {
             ))
         }
         Command::Policy(args) => policy_cli::run(args, &runtime),
+        Command::Password(args) => password_cli::run(args, &runtime),
     }
 }
 

@@ -17,6 +17,13 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 pub struct PolicyArgs {
     #[command(subcommand)]
     action: PolicyAction,
+    #[command(flatten)]
+    node: RunningNode,
+}
+
+/// Which running `hyphae up` a command acts on.
+#[derive(clap::Args)]
+pub struct RunningNode {
     /// The running node's data folder (where its `ui-secret` is). Default: the platform's
     /// data folder, as for `hyphae up`.
     #[arg(long, value_name = "DIR", env = "HYPHAE_DATA", global = true)]
@@ -24,6 +31,17 @@ pub struct PolicyArgs {
     /// Where the running node serves its API (`hyphae up --listen`).
     #[arg(long, value_name = "ADDR", default_value_t = hyphae_node::Config::DEFAULT_CLIENT_LISTEN, global = true)]
     api: SocketAddr,
+}
+
+impl RunningNode {
+    /// A client of the node's web UI API, signed in with its data folder's secret.
+    pub fn client(self) -> Result<UiClient, String> {
+        let data = self
+            .data
+            .or_else(crate::default_data_dir)
+            .ok_or("no platform data folder is known here; pass --data DIR")?;
+        UiClient::new(&data, self.api)
+    }
 }
 
 const KINDS: [&str; 3] = ["user", "room", "server"];
@@ -89,11 +107,7 @@ enum PolicyAction {
 }
 
 pub fn run(args: PolicyArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
-    let Some(data) = args.data.or_else(crate::default_data_dir) else {
-        eprintln!("hyphae: no platform data folder is known here; pass --data DIR");
-        return ExitCode::FAILURE;
-    };
-    let client = match UiClient::new(&data, args.api) {
+    let client = match args.node.client() {
         Ok(client) => client,
         Err(e) => {
             eprintln!("hyphae: {e}");

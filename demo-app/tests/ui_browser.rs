@@ -910,6 +910,28 @@ fn backup_invite(data: &Path) -> String {
 /// The settings page's Backup section as its owner uses it: a mistyped token shows the server's
 /// refusal, the right one backs up (the status line names the server and follows the replica
 /// live), key backup shows its recovery key once, and Unsubscribe asks first.
+/// chromedriver and a desktop browser with `url` (an owner's page) loaded: what a test of one
+/// owner's settings starts with.
+async fn desktop_page(
+    (chromium, chromedriver): (&Path, &Path),
+    label: &'static str,
+    artifacts: &Path,
+    url: &str,
+) -> (Driver, Browser) {
+    let (driver_process, driver) =
+        start_chromedriver(chromedriver, &artifacts.join("chromedriver.log")).await;
+    let browser = Browser::open(&driver, chromium, false, label, artifacts).await;
+    browser.goto(url).await;
+    browser
+        .wait_for(
+            "the page to load",
+            "return document.body.dataset.ready === 'true'",
+            json!([]),
+        )
+        .await;
+    (driver_process, browser)
+}
+
 #[tokio::test]
 async fn the_owner_backs_up_from_the_settings_page() {
     let Some((chromium, chromedriver)) =
@@ -934,17 +956,13 @@ async fn the_owner_backs_up_from_the_settings_page() {
         None,
         &artifacts.join("carol.log"),
     );
-    let (_driver, driver) =
-        start_chromedriver(&chromedriver, &artifacts.join("chromedriver.log")).await;
-    let browser = Browser::open(&driver, &chromium, false, "backup-desktop", &artifacts).await;
-    browser.goto(&device.ui_url).await;
-    browser
-        .wait_for(
-            "the page to load",
-            "return document.body.dataset.ready === 'true'",
-            json!([]),
-        )
-        .await;
+    let (_driver, browser) = desktop_page(
+        (&chromium, &chromedriver),
+        "backup-desktop",
+        &artifacts,
+        &device.ui_url,
+    )
+    .await;
 
     browser.click("#open-settings").await;
     browser
@@ -1098,6 +1116,82 @@ async fn the_owner_backs_up_from_the_settings_page() {
     );
     browser.close().await;
     drop(device.process);
+}
+
+/// The owner sets a password in the settings, typed twice (a mismatch is caught on the page),
+/// and another Matrix client then logs in with it.
+#[tokio::test]
+async fn the_owner_sets_a_password_on_the_settings_page() {
+    let Some((chromium, chromedriver)) =
+        browser_programs("the_owner_sets_a_password_on_the_settings_page")
+    else {
+        return;
+    };
+    let artifacts = artifacts_dir().join("password");
+    std::fs::create_dir_all(&artifacts).expect("artefacts folder");
+    let data = tempfile::tempdir().unwrap();
+    let device = start_device(data.path(), "dana", None, &artifacts.join("dana.log"));
+    let (_driver, browser) = desktop_page(
+        (&chromium, &chromedriver),
+        "password-desktop",
+        &artifacts,
+        &device.ui_url,
+    )
+    .await;
+    browser.click("#open-settings").await;
+    browser
+        .wait_for(
+            "the password form, no password set",
+            "return document.body.dataset.view === 'settings' \
+               && document.getElementById('password-save').textContent === 'Set password' \
+               && document.getElementById('password-user-id').textContent === arguments[0]",
+            json!([device.user_id]),
+        )
+        .await;
+
+    let password = "dana's long password";
+    browser.type_into("#new-password", password).await;
+    browser
+        .type_into("#new-password-again", "not the same")
+        .await;
+    browser.click("#password-save").await;
+    browser
+        .wait_for(
+            "the mismatch to be caught",
+            "const s = document.getElementById('password-status'); \
+             return s.dataset.state === 'failed' && s.textContent.includes('differ')",
+            json!([]),
+        )
+        .await;
+    browser.type_into("#new-password-again", password).await;
+    browser.click("#password-save").await;
+    browser
+        .wait_for(
+            "the password to be saved",
+            "return document.getElementById('password-status').dataset.state === 'saved' \
+               && document.getElementById('password-save').textContent === 'Change password' \
+               && document.getElementById('new-password').value === ''",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("desktop-password-set").await;
+
+    let response = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/login", device.client_api))
+        .json(&json!({"type": "m.login.password",
+                      "identifier": {"type": "m.id.user", "user": device.user_id},
+                      "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let session: Value = response.json().await.unwrap();
+    assert_eq!(session["user_id"], device.user_id.as_str());
+    browser.close().await;
+    drop(device.process);
+    let log = std::fs::read_to_string(artifacts.join("dana.log")).unwrap();
+    assert!(log.contains("the owner set a password"), "{log}");
+    assert!(!log.contains(password), "the password in the log:\n{log}");
 }
 
 /// The UI's API answers only the page that holds the key, and never another origin.

@@ -13,6 +13,7 @@ mod node;
 mod peers;
 mod people;
 pub mod policy;
+mod push;
 mod rooms;
 mod signing;
 mod typing;

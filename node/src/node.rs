@@ -69,6 +69,8 @@ pub(crate) struct AppState {
     pub(crate) directory: crate::federation::RoomDirectories,
     /// Other servers' users' profiles, people nearby, presence.
     pub(crate) people: crate::people::People,
+    /// Evaluates push rules for unread counts and `/notifications`.
+    pub(crate) notifier: crate::push::Notifier,
 }
 
 impl Node {
@@ -111,6 +113,7 @@ impl Node {
             people: people.clone(),
             policy,
             directory: Default::default(),
+            notifier: Default::default(),
             rooms,
             typing: Typing::new(),
             login_tokens: login_tokens.clone(),

@@ -23,6 +23,8 @@ mod outbox;
 mod peers;
 mod policy;
 mod presence;
+mod push_actions;
+mod pushers;
 mod readers;
 mod receipts;
 mod relations;
@@ -62,6 +64,10 @@ pub use migrations::SCHEMA_VERSION;
 pub use outbox::{OutboxEntry, OutboxKind};
 pub use peers::KnownPeer;
 pub use presence::PresenceRow;
+pub use push_actions::{
+    EvaluationBatch, EventToEvaluate, LocalMember, MAIN_THREAD, PushAction, RoomNow, SentMark,
+    StoredNotification, UnreadCounts,
+};
 pub use receipts::Receipt;
 pub use relations::{
     Aggregations, MAX_RELATION_DEPTH, RelationFilter, StreamPage, ThreadRoot, ThreadSummary,

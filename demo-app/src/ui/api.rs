@@ -24,6 +24,7 @@ pub(super) fn router() -> Router<Ui> {
     Router::new()
         .route("/me", get(me))
         .route("/me/display_name", put(set_display_name))
+        .route("/me/password", post(set_password))
         .route("/nearby", get(nearby))
         .route("/rooms", get(rooms))
         .route("/invites", get(invites))
@@ -130,7 +131,21 @@ async fn me(State(ui): State<Ui>) -> Answer {
         "display_name": ready.app.display_name().await,
         "server_name": ready.server_name,
         "peer_id": ready.peer_id,
+        "has_password": ready.app.has_password().await?,
     }))
+}
+
+/// A password never appears in a log: this body is not logged, nor is a refusal's reason.
+#[derive(Deserialize)]
+struct Password {
+    password: String,
+}
+
+/// Sets the password the owner logs in with from other Matrix clients on this device.
+async fn set_password(State(ui): State<Ui>, Json(body): Json<Password>) -> Answer {
+    let app = app(&ui)?;
+    app.set_password(&body.password).await?;
+    ok(json!({ "user_id": app.user_id(), "has_password": true }))
 }
 
 #[derive(Deserialize)]

@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -37,12 +38,47 @@ impl Drop for Running {
 
 /// Starts `command`, reads its stdout up to "Press Ctrl-C", returns the process and the lines.
 /// The rest of its output is read on, so the child never blocks on a full pipe.
-pub fn start(mut command: Command) -> (Running, Vec<String>) {
+pub fn start(command: Command) -> (Running, Vec<String>) {
+    start_with(command, None)
+}
+
+/// What a child process has written to stderr (its log) so far.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<String>>);
+
+impl Log {
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// As [`start`], keeping what the process logs.
+pub fn start_logged(command: Command) -> (Running, Vec<String>, Log) {
+    let log = Log::default();
+    let (child, lines) = start_with(command, Some(log.clone()));
+    (child, lines, log)
+}
+
+fn start_with(mut command: Command, log: Option<Log>) -> (Running, Vec<String>) {
+    let stderr = if log.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
     let mut child = command
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
+    if let (Some(log), Some(stderr)) = (log, child.stderr.take()) {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut text = log.0.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+    }
     let stdout = child.stdout.take().unwrap();
     let child = Running(child);
     let mut lines = BufReader::new(stdout).lines();
@@ -64,6 +100,18 @@ pub fn field(lines: &[String], name: &str) -> Option<String> {
     lines
         .iter()
         .find_map(|l| l.trim().strip_prefix(name).map(|r| r.trim().to_owned()))
+}
+
+/// GETs a Client-Server API `url` as the holder of `token`; the JSON answer.
+pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> Value {
+    http.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("the node answers")
+        .json()
+        .await
+        .expect("a JSON answer")
 }
 
 /// The owner's web UI API on one `hyphae up`, signed in with the key its link holds.

@@ -6,6 +6,7 @@
 pub(crate) mod crypto;
 pub(crate) mod cs;
 mod key_backup;
+mod password;
 mod policy;
 mod rooms;
 #[cfg(test)]
@@ -26,6 +27,7 @@ use crate::node::AppState;
 pub use crypto::{KeyBackupStatus, RecoveryKey};
 pub use cs::ApiError;
 use cs::CsApi;
+pub use password::MIN_PASSWORD_CHARS;
 pub use rooms::{Invite, Member, NearbyPeer, RoomSummary};
 pub use timeline::{Delivery, ItemKind, TimelineItem};
 
@@ -47,6 +49,9 @@ pub enum AppError {
     /// A recovery key that is mistyped or belongs to another key backup.
     #[error("{0}")]
     RecoveryKey(String),
+    /// Something on this device failed (no randomness, a hash that could not be made).
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// What changed, for a UI that shows it live.

@@ -6,9 +6,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use ruma::api::client::account::register::RegistrationKind;
 use ruma::api::client::account::{change_password, get_username_availability, register, whoami};
-use ruma::api::client::session::get_login_types::v3::{
-    LoginType, PasswordLoginType, TokenLoginType,
-};
+use ruma::api::client::session::get_login_types::v3::{LoginType, PasswordLoginType};
 use ruma::api::client::session::{get_login_types, login, logout, logout_all};
 use ruma::api::client::uiaa::{AuthData, AuthType, UserIdentifier};
 use ruma::api::error::ErrorKind;
@@ -27,7 +25,7 @@ use crate::node::AppState;
 use hyphae_store::{NewDevice, StoreError};
 
 /// Longer passwords are refused rather than hashed: argon2 cost grows with the input.
-const MAX_PASSWORD_BYTES: usize = 1024;
+pub(crate) const MAX_PASSWORD_BYTES: usize = 1024;
 
 pub(crate) async fn register(
     State(state): State<AppState>,
@@ -144,10 +142,11 @@ pub(crate) async fn username_available(
     Ok(Ruma(get_username_availability::v3::Response::new(true)))
 }
 
+/// Only what a client can use: passwords. Login tokens are minted for the embedding app alone
+/// (`Node::login_token`), which does not ask; no client can obtain one, so none is offered.
 pub(crate) async fn login_types() -> Ruma<get_login_types::v3::Response> {
     Ruma(get_login_types::v3::Response::new(vec![
         LoginType::Password(PasswordLoginType::new()),
-        LoginType::Token(TokenLoginType::new()),
     ]))
 }
 

@@ -1,11 +1,10 @@
-//! Account data, push rules and capabilities: what clients keep on, or ask of, their server.
+//! Account data and capabilities: what clients keep on, or ask of, their server.
 
 use axum::extract::State;
 use ruma::api::client::config::{
     get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data,
 };
 use ruma::api::client::discovery::get_capabilities::v3 as get_capabilities;
-use ruma::api::client::push::get_pushrules_all;
 use ruma::serde::Raw;
 
 use super::Ruma;
@@ -14,7 +13,7 @@ use super::request::{Req, User};
 use crate::node::AppState;
 use crate::rooms::ROOM_VERSIONS;
 
-fn only_self(user: &User, user_id: &ruma::UserId) -> Result<(), MatrixError> {
+pub(crate) fn only_self(user: &User, user_id: &ruma::UserId) -> Result<(), MatrixError> {
     if user.user_id != user_id {
         return Err(MatrixError::forbidden(
             "You can only reach your own account data",
@@ -110,15 +109,12 @@ pub(crate) async fn get_room(
     )?)))
 }
 
-/// The spec's default push rules: this node keeps no per-user rules yet, and Element waits for
-/// this answer before its first sync.
-pub(crate) async fn push_rules(user: User) -> Ruma<get_pushrules_all::v3::Response> {
-    Ruma(get_pushrules_all::v3::Response::new(
-        ruma::push::Ruleset::server_default(&user.user_id),
-    ))
-}
-
-pub(crate) async fn capabilities(_user: User) -> Ruma<get_capabilities::Response> {
+/// What the user may do here. Capabilities at the spec's default (`enabled: true`) are left out
+/// by ruma, which clients read as enabled: display name and avatar changes.
+pub(crate) async fn capabilities(
+    State(state): State<AppState>,
+    user: User,
+) -> ApiResult<get_capabilities::Response> {
     let mut capabilities = get_capabilities::Capabilities::new();
     capabilities.room_versions = get_capabilities::RoomVersionsCapability::new(
         ROOM_VERSIONS[0].clone(),
@@ -127,5 +123,15 @@ pub(crate) async fn capabilities(_user: User) -> Ruma<get_capabilities::Response
             .map(|v| (v.clone(), get_capabilities::RoomVersionStability::Stable))
             .collect(),
     );
-    Ruma(get_capabilities::Response::new(capabilities))
+    // Changing a password proves the old one: an account without one (the device owner's,
+    // until they set one in the app) cannot.
+    let has_password = state
+        .store
+        .account(user.localpart)
+        .await?
+        .is_some_and(|a| a.password_hash.is_some());
+    capabilities.change_password = get_capabilities::ChangePasswordCapability::new(has_password);
+    capabilities.thirdparty_id_changes =
+        get_capabilities::ThirdPartyIdChangesCapability::new(false);
+    Ok(Ruma(get_capabilities::Response::new(capabilities)))
 }

@@ -11,8 +11,12 @@ mod error;
 mod events;
 mod history;
 mod keys;
+mod not_offered;
+mod notifications;
 mod presence;
 mod profile;
+mod push_rules;
+mod pushers;
 mod rate_limit;
 mod relations;
 mod remote_keys;
@@ -20,6 +24,7 @@ mod request;
 mod rooms;
 mod search;
 mod sync;
+mod tags;
 mod to_device;
 mod tokens;
 mod uia;
@@ -31,11 +36,15 @@ mod directory_tests;
 #[cfg(test)]
 mod events_tests;
 #[cfg(test)]
+mod push_tests;
+#[cfg(test)]
 mod relations_tests;
 #[cfg(test)]
 mod room_tests;
 #[cfg(test)]
 mod search_tests;
+#[cfg(test)]
+mod settings_tests;
 #[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
@@ -51,6 +60,7 @@ use ruma::api::{OutgoingResponse, OutgoingResponseExt};
 
 use crate::node::AppState;
 
+pub(crate) use account::MAX_PASSWORD_BYTES;
 pub(crate) use error::{MatrixError, unrecognized};
 pub(crate) use keys::{claim_local, local_keys, user_keys};
 pub(crate) use profile::local_profile;
@@ -135,7 +145,36 @@ pub(crate) fn router(state: AppState) -> Router {
             get(presence::get_status).put(presence::set_status),
         )
         .route("/v3/user_directory/search", post(user_directory::search))
-        .route("/v3/pushrules/", get(account_data::push_rules))
+        .route("/v3/pushrules/", get(push_rules::get_all))
+        .route("/v3/pushrules/global/", get(push_rules::get_global))
+        .route(
+            "/v3/pushrules/global/{kind}/{rule_id}",
+            get(push_rules::get_rule)
+                .put(push_rules::set_rule)
+                .delete(push_rules::delete_rule),
+        )
+        .route(
+            "/v3/pushrules/global/{kind}/{rule_id}/enabled",
+            get(push_rules::get_enabled).put(push_rules::set_enabled),
+        )
+        .route(
+            "/v3/pushrules/global/{kind}/{rule_id}/actions",
+            get(push_rules::get_actions).put(push_rules::set_actions),
+        )
+        .route("/v3/notifications", get(notifications::list))
+        .route("/v3/pushers", get(pushers::list))
+        .route("/v3/pushers/set", post(pushers::set))
+        .route("/v3/user/{user_id}/rooms/{room_id}/tags", get(tags::get))
+        .route(
+            "/v3/user/{user_id}/rooms/{room_id}/tags/{tag}",
+            put(tags::put).delete(tags::delete),
+        )
+        .route("/v3/voip/turnServer", get(not_offered::turn_server))
+        .route(
+            "/v3/thirdparty/protocols",
+            get(not_offered::thirdparty_protocols),
+        )
+        .route("/v3/account/3pid", get(not_offered::threepids))
         .route(
             "/v3/user/{user_id}/account_data/{event_type}",
             get(account_data::get_global).put(account_data::put_global),

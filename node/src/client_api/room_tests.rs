@@ -6,7 +6,13 @@ use serde_json::{Value, json};
 
 use super::test_support::{Api, Person, message_bodies, person};
 
-async fn send_text(api: &Api, who: &Person, room: &str, txn: &str, text: &str) -> (u16, Value) {
+pub(super) async fn send_text(
+    api: &Api,
+    who: &Person,
+    room: &str,
+    txn: &str,
+    text: &str,
+) -> (u16, Value) {
     api.put(
         &format!("/v3/rooms/{room}/send/m.room.message/{txn}"),
         Some(&who.token),
@@ -15,7 +21,7 @@ async fn send_text(api: &Api, who: &Person, room: &str, txn: &str, text: &str) -
     .await
 }
 
-async fn sync(api: &Api, who: &Person, since: Option<&str>, timeout_ms: u64) -> Value {
+pub(super) async fn sync(api: &Api, who: &Person, since: Option<&str>, timeout_ms: u64) -> Value {
     let mut path = format!("/v3/sync?timeout={timeout_ms}");
     if let Some(since) = since {
         path.push_str(&format!("&since={since}"));

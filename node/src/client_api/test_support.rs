@@ -10,6 +10,11 @@ pub(crate) struct Person {
     pub(crate) token: String,
 }
 
+/// A response's status and Matrix error code.
+pub(crate) fn errcode(response: &(u16, Value)) -> (u16, Option<&str>) {
+    (response.0, response.1["errcode"].as_str())
+}
+
 /// Registers `name` on `api`.
 pub(crate) async fn person(api: &Api, name: &str) -> Person {
     let (user_id, token, _) = api.register(name, "password").await;
@@ -224,6 +229,10 @@ impl Api {
     pub(crate) async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
         self.call(reqwest::Method::PUT, path, token, Some(body))
             .await
+    }
+
+    pub(crate) async fn delete(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, token, None).await
     }
 
     pub(crate) async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {

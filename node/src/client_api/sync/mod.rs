@@ -123,7 +123,10 @@ async fn build(
     response.to_device.events = to_device;
 
     let mut synced = rooms::rooms(state, user, window, filter).await?;
-    let (global, by_room) = account_data(state, user, window, filter).await?;
+    let (mut global, by_room) = account_data(state, user, window, filter).await?;
+    if window.since.is_none() && filter.account_data.allows_type("m.push_rules") {
+        crate::push::with_push_rules(&user.user_id, &mut global);
+    }
     response.account_data.events = global;
     rooms::room_account_data(&mut synced.rooms, &synced.joined, by_room);
     response.rooms = synced.rooms;

@@ -231,6 +231,8 @@ async fn joined_room(
             .any(|p| p.kind.to_string() == "m.room.member");
 
     let mut room = JoinedRoom::new();
+    room.unread_notifications =
+        crate::push::unread_notifications(state, &user.user_id, room_id, window.upto).await?;
     room.timeline = timeline;
     room.ephemeral.events = ephemeral
         .into_iter()
