@@ -212,9 +212,27 @@ async fn build(
                 } else {
                     after
                 };
-                let (timeline, limited) = store
+                let (mut timeline, mut limited) = store
                     .room_timeline(room_id.to_string(), from, upto, limit)
                     .await?;
+                let whole = since.is_none() || newly_joined || full_state;
+                // The state as of the timeline's start: whole, or what changed in the gap a
+                // limited timeline left out.
+                let state_events: Vec<Pdu> = if whole {
+                    whole_state(state, &room_id, &mut timeline, &mut limited, upto).await?
+                } else {
+                    let timeline_start = timeline
+                        .first()
+                        .and_then(|p| p.stream_pos)
+                        .unwrap_or(upto + 1);
+                    store
+                        .state_before(room_id.to_string(), timeline_start)
+                        .await?
+                        .iter()
+                        .filter(|s| limited && s.stream_pos.is_some_and(|pos| pos > after))
+                        .filter_map(|s| Pdu::from_stored(s).ok())
+                        .collect()
+                };
                 let ephemeral = super::ephemeral::room_ephemeral(
                     state,
                     &user.user_id,
@@ -242,10 +260,6 @@ async fn build(
                         }
                     }
                 }
-                let timeline_start = timeline
-                    .first()
-                    .and_then(|p| p.stream_pos)
-                    .unwrap_or(upto + 1);
                 let (timeline, pdus) = timeline_of(state, user, &timeline, limited, from).await?;
                 for pdu in &pdus {
                     if pdu.kind.to_string() == "m.room.member"
@@ -256,17 +270,7 @@ async fn build(
                         newly_joined_members.insert(member);
                     }
                 }
-                // The state as of the timeline's start: whole, or what changed in the gap a
-                // limited timeline left out.
-                let whole = since.is_none() || newly_joined || full_state;
-                let state_events = store
-                    .state_before(room_id.to_string(), timeline_start)
-                    .await?
-                    .iter()
-                    .filter(|s| whole || (limited && s.stream_pos.is_some_and(|pos| pos > after)))
-                    .filter_map(|s| Pdu::from_stored(s).ok())
-                    .map(|pdu| pdu.to_raw(false))
-                    .collect();
+                let state_events = state_events.iter().map(|pdu| pdu.to_raw(false)).collect();
                 let mut room = JoinedRoom::new();
                 room.timeline = timeline;
                 room.ephemeral.events = ephemeral
@@ -434,6 +438,55 @@ async fn build(
             .collect(),
     );
     Ok(response)
+}
+
+/// The room's whole state as of the start of `timeline`. A room this node joined through another
+/// server has no known state before the join: the invite that came first was stored alone. Then
+/// the timeline starts at the first event whose state is known (the join), marked limited so the
+/// client pages back for the rest; without this the client would get the room with no create,
+/// power levels or encryption event, and could not send in it.
+async fn whole_state(
+    state: &AppState,
+    room_id: &RoomId,
+    timeline: &mut Vec<hyphae_store::StoredPdu>,
+    limited: &mut bool,
+    upto: i64,
+) -> Result<Vec<Pdu>, MatrixError> {
+    let store = &state.store;
+    let start = timeline
+        .first()
+        .and_then(|p| p.stream_pos)
+        .unwrap_or(upto + 1);
+    let parsed = |stored: &[hyphae_store::StoredPdu]| -> Vec<Pdu> {
+        stored
+            .iter()
+            .filter_map(|s| Pdu::from_stored(s).ok())
+            .collect()
+    };
+    let before = parsed(&store.state_before(room_id.to_string(), start).await?);
+    let is_create = |pdu: &Pdu| pdu.kind == ruma::events::TimelineEventType::RoomCreate;
+    let starts_at_creation = timeline
+        .first()
+        .and_then(|s| Pdu::from_stored(s).ok())
+        .is_some_and(|pdu| is_create(&pdu));
+    if starts_at_creation || before.iter().any(is_create) {
+        return Ok(before);
+    }
+    for (index, event) in timeline.iter().enumerate() {
+        let Some(snapshot) = store.state_at(event.event_id.clone()).await? else {
+            continue;
+        };
+        let ids = snapshot.entries.into_iter().map(|(_, _, id)| id).collect();
+        let known = parsed(&store.pdus(ids).await?);
+        if known.iter().any(is_create) {
+            if index > 0 {
+                timeline.drain(..index);
+                *limited = true;
+            }
+            return Ok(known);
+        }
+    }
+    Ok(before)
 }
 
 /// The timeline as clients get it, and the parsed events; `prev_batch` points just before the

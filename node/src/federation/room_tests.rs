@@ -336,3 +336,92 @@ async fn a_public_room_on_another_server_is_joined_by_its_alias() {
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["errcode"], "M_NOT_FOUND");
 }
+
+/// The types of the events in a sync response's section (`state` or `timeline`).
+fn event_types(section: &Value) -> Vec<String> {
+    section["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter_map(|e| e["type"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_room_joined_through_another_server_comes_whole_in_sync() {
+    let a = Api::start_federated().await;
+    let b = Api::start_federated().await;
+    a.connect(&b).await;
+    let alice = person(&a, "alice").await;
+    let bob = person(&b, "bob").await;
+    let (status, body) = a
+        .post(
+            "/v3/createRoom",
+            Some(&alice.token),
+            json!({"preset": "private_chat", "invite": [bob.user_id],
+                   "initial_state": [{"type": "m.room.encryption", "state_key": "",
+                                      "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room = body["room_id"].as_str().unwrap().to_owned();
+    let (_, synced) = b.get("/v3/sync", Some(&bob.token)).await;
+    assert!(synced["rooms"]["invite"][&room].is_object(), "{synced}");
+    let since = synced["next_batch"].as_str().unwrap().to_owned();
+    let (status, body) = b
+        .post(&format!("/v3/join/{room}"), Some(&bob.token), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Bob's server knew only the invite before the join: the room still comes with its state
+    // (a client without it cannot tell the room is encrypted, nor send in it), the timeline
+    // starting at the join, limited so the client pages back for the rest. So on an
+    // incremental sync and on a first one.
+    let (_, incremental) = b
+        .get(&format!("/v3/sync?since={since}"), Some(&bob.token))
+        .await;
+    let (_, first) = b.get("/v3/sync", Some(&bob.token)).await;
+    for synced in [&incremental, &first] {
+        let joined = &synced["rooms"]["join"][&room];
+        let state = event_types(&joined["state"]);
+        for kind in [
+            "m.room.create",
+            "m.room.power_levels",
+            "m.room.encryption",
+            "m.room.member",
+        ] {
+            assert!(state.iter().any(|k| k == kind), "no {kind} in {joined}");
+        }
+        let timeline = &joined["timeline"];
+        assert_eq!(event_types(timeline), ["m.room.member"], "{joined}");
+        assert_eq!(timeline["events"][0]["content"]["membership"], "join");
+        assert_eq!(timeline["limited"], true, "{joined}");
+    }
+
+    // Paging back from the timeline's start finds the invite, then the room's creation.
+    let from = incremental["rooms"]["join"][&room]["timeline"]["prev_batch"]
+        .as_str()
+        .unwrap();
+    let (status, page) = b
+        .get(
+            &format!("/v3/rooms/{room}/messages?dir=b&from={from}&limit=100"),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let older = event_types(&json!({"events": page["chunk"]}));
+    assert_eq!(
+        older.first().map(String::as_str),
+        Some("m.room.member"),
+        "{page}"
+    );
+    assert_eq!(page["chunk"][0]["content"]["membership"], "invite");
+    assert_eq!(
+        older.last().map(String::as_str),
+        Some("m.room.create"),
+        "{page}"
+    );
+}
