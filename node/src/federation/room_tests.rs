@@ -425,3 +425,67 @@ async fn a_room_joined_through_another_server_comes_whole_in_sync() {
         "{page}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_sent_the_moment_a_join_is_accepted_reaches_the_joining_server() {
+    let a = Api::start_federated().await;
+    let b = Api::start_federated().await;
+    a.connect(&b).await;
+    let alice = person(&a, "alice").await;
+    let bob = person(&b, "bob").await;
+    let (status, body) = b
+        .post(
+            "/v3/createRoom",
+            Some(&bob.token),
+            json!({"preset": "private_chat", "invite": [alice.user_id]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room = body["room_id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(10), "Alice's invite", || async {
+        let (_, synced) = a.get("/v3/sync", Some(&alice.token)).await;
+        synced["rooms"]["invite"][&room].is_object()
+    })
+    .await;
+
+    // Bob writes as soon as his server has accepted Alice's join: while her server is still
+    // reading the answer to it. The message must not be lost on the way.
+    let join_path = format!("/v3/join/{room}");
+    let join = a.post(&join_path, Some(&alice.token), json!({}));
+    let write_at_once = async {
+        let both = 2;
+        eventually(
+            Duration::from_secs(10),
+            "Alice's join on Bob's server",
+            || async { members(&b, &bob, &room).await.len() == both },
+        )
+        .await;
+        send_text(&b, &bob, &room, "right after your join").await;
+    };
+    let ((status, body), ()) = tokio::join!(join, write_at_once);
+    assert_eq!(status, 200, "{body}");
+    // Seen live, in Alice's sync (paging back would fetch it from Bob's server anyway).
+    let mut since: Option<String> = None;
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    while !seen.iter().any(|t| t == "right after your join") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "Alice's sync never showed Bob's message: {seen:?}"
+        );
+        let path = match &since {
+            Some(since) => format!("/v3/sync?since={since}&timeout=1000"),
+            None => "/v3/sync".to_owned(),
+        };
+        let (_, synced) = a.get(&path, Some(&alice.token)).await;
+        since = synced["next_batch"].as_str().map(str::to_owned);
+        let events = synced["rooms"]["join"][&room]["timeline"]["events"].clone();
+        seen.extend(
+            events
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)),
+        );
+    }
+}

@@ -243,6 +243,17 @@ impl Rooms {
         Ok(Some(rooms.entry(room_id.to_owned()).or_default().clone()))
     }
 
+    /// The slot of a room this node is joining, made even before the room is stored.
+    fn slot_for_join(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<Option<RoomEntry>>> {
+        self.inner
+            .rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(room_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
     /// Drops what is cached of a room, so it is read afresh from the store.
     fn forget_cached(&self, room_id: &RoomId) {
         self.inner
