@@ -61,24 +61,28 @@ where
     }
 }
 
-/// Two nodes connected over loopback libp2p, Alice on the first and Bob on the second, in a
-/// room Alice created and Bob joined by invite.
-pub(crate) async fn two_nodes_in_a_room() -> (Api, Api, Person, Person, String) {
+/// Two nodes connected over loopback libp2p, Alice on the first and Bob on the second, and a
+/// room Alice created with `create` (a createRoom body, to which Bob's invite is added); Bob
+/// has not answered yet.
+pub(crate) async fn alice_invites_bob(mut create: Value) -> (Api, Api, Person, Person, String) {
     log_to_test_output();
     let a = Api::start_federated().await;
     let b = Api::start_federated().await;
     a.connect(&b).await;
     let alice = person(&a, "alice").await;
     let bob = person(&b, "bob").await;
-    let (status, body) = a
-        .post(
-            "/v3/createRoom",
-            Some(&alice.token),
-            json!({"preset": "private_chat", "name": "Across", "invite": [bob.user_id]}),
-        )
-        .await;
+    create["invite"] = json!([bob.user_id]);
+    let (status, body) = a.post("/v3/createRoom", Some(&alice.token), create).await;
     assert_eq!(status, 200, "{body}");
     let room = body["room_id"].as_str().unwrap().to_owned();
+    (a, b, alice, bob, room)
+}
+
+/// Two nodes connected over loopback libp2p, Alice on the first and Bob on the second, in a
+/// room Alice created and Bob joined by invite.
+pub(crate) async fn two_nodes_in_a_room() -> (Api, Api, Person, Person, String) {
+    let (a, b, alice, bob, room) =
+        alice_invites_bob(json!({"preset": "private_chat", "name": "Across"})).await;
 
     // Bob's client sees the invite with the room's name, then joins by room id alone.
     let (_, synced) = b.get("/v3/sync", Some(&bob.token)).await;
@@ -182,21 +186,7 @@ pub(crate) fn event_ids(events: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn an_invite_from_another_server_can_be_declined() {
-    log_to_test_output();
-    let a = Api::start_federated().await;
-    let b = Api::start_federated().await;
-    a.connect(&b).await;
-    let alice = person(&a, "alice").await;
-    let bob = person(&b, "bob").await;
-    let (status, body) = a
-        .post(
-            "/v3/createRoom",
-            Some(&alice.token),
-            json!({"preset": "private_chat", "invite": [bob.user_id]}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let room = body["room_id"].as_str().unwrap().to_owned();
+    let (a, b, alice, bob, room) = alice_invites_bob(json!({"preset": "private_chat"})).await;
     let (_, synced) = b.get("/v3/sync", Some(&bob.token)).await;
     assert!(synced["rooms"]["invite"][&room].is_object(), "{synced}");
     let since = synced["next_batch"].as_str().unwrap().to_owned();
@@ -352,22 +342,12 @@ fn event_types(section: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn a_room_joined_through_another_server_comes_whole_in_sync() {
-    let a = Api::start_federated().await;
-    let b = Api::start_federated().await;
-    a.connect(&b).await;
-    let alice = person(&a, "alice").await;
-    let bob = person(&b, "bob").await;
-    let (status, body) = a
-        .post(
-            "/v3/createRoom",
-            Some(&alice.token),
-            json!({"preset": "private_chat", "invite": [bob.user_id],
-                   "initial_state": [{"type": "m.room.encryption", "state_key": "",
-                                      "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let room = body["room_id"].as_str().unwrap().to_owned();
+    let (_a, b, _alice, bob, room) = alice_invites_bob(json!({
+        "preset": "private_chat",
+        "initial_state": [{"type": "m.room.encryption", "state_key": "",
+                           "content": {"algorithm": "m.megolm.v1.aes-sha2"}}],
+    }))
+    .await;
     let (_, synced) = b.get("/v3/sync", Some(&bob.token)).await;
     assert!(synced["rooms"]["invite"][&room].is_object(), "{synced}");
     let since = synced["next_batch"].as_str().unwrap().to_owned();
@@ -428,56 +408,43 @@ async fn a_room_joined_through_another_server_comes_whole_in_sync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_is_sent_the_moment_a_join_is_accepted_reaches_the_joining_server() {
-    let a = Api::start_federated().await;
-    let b = Api::start_federated().await;
-    a.connect(&b).await;
-    let alice = person(&a, "alice").await;
-    let bob = person(&b, "bob").await;
-    let (status, body) = b
-        .post(
-            "/v3/createRoom",
-            Some(&bob.token),
-            json!({"preset": "private_chat", "invite": [alice.user_id]}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let room = body["room_id"].as_str().unwrap().to_owned();
-    eventually(Duration::from_secs(10), "Alice's invite", || async {
-        let (_, synced) = a.get("/v3/sync", Some(&alice.token)).await;
+    let (a, b, alice, bob, room) = alice_invites_bob(json!({"preset": "private_chat"})).await;
+    eventually(Duration::from_secs(10), "Bob's invite", || async {
+        let (_, synced) = b.get("/v3/sync", Some(&bob.token)).await;
         synced["rooms"]["invite"][&room].is_object()
     })
     .await;
 
-    // Bob writes as soon as his server has accepted Alice's join: while her server is still
+    // Alice writes as soon as her server has accepted Bob's join: while his server is still
     // reading the answer to it. The message must not be lost on the way.
     let join_path = format!("/v3/join/{room}");
-    let join = a.post(&join_path, Some(&alice.token), json!({}));
+    let join = b.post(&join_path, Some(&bob.token), json!({}));
     let write_at_once = async {
         let both = 2;
         eventually(
             Duration::from_secs(10),
-            "Alice's join on Bob's server",
-            || async { members(&b, &bob, &room).await.len() == both },
+            "Bob's join on Alice's server",
+            || async { members(&a, &alice, &room).await.len() == both },
         )
         .await;
-        send_text(&b, &bob, &room, "right after your join").await;
+        send_text(&a, &alice, &room, "right after your join").await;
     };
     let ((status, body), ()) = tokio::join!(join, write_at_once);
     assert_eq!(status, 200, "{body}");
-    // Seen live, in Alice's sync (paging back would fetch it from Bob's server anyway).
+    // Seen live, in Bob's sync (paging back would fetch it from Alice's server anyway).
     let mut since: Option<String> = None;
     let mut seen = Vec::new();
     let started = Instant::now();
     while !seen.iter().any(|t| t == "right after your join") {
         assert!(
             started.elapsed() < Duration::from_secs(10),
-            "Alice's sync never showed Bob's message: {seen:?}"
+            "Bob's sync never showed Alice's message: {seen:?}"
         );
         let path = match &since {
             Some(since) => format!("/v3/sync?since={since}&timeout=1000"),
             None => "/v3/sync".to_owned(),
         };
-        let (_, synced) = a.get(&path, Some(&alice.token)).await;
+        let (_, synced) = b.get(&path, Some(&bob.token)).await;
         since = synced["next_batch"].as_str().map(str::to_owned);
         let events = synced["rooms"]["join"][&room]["timeline"]["events"].clone();
         seen.extend(

@@ -152,7 +152,7 @@ impl Rooms {
             // (from the moment the resident server accepted the join, before its answer is
             // read here): their PDUs wait on the room's slot for its state, instead of being
             // refused as for a room this node is not in, and lost.
-            let slot = self.slot_for_join(room_id);
+            let slot = self.slot_made(room_id);
             let mut joining = slot.lock().await;
             let joined = self.join_through(room_id, user, server).await;
             // What was cached (an invite at most) is stale either way: read afresh.
