@@ -1,7 +1,9 @@
 //! hyphae-tests: scenarios across Hyphae's crates (several nodes, real clients, network
 //! namespaces, benchmarks). The scenarios are in `tests/tests/`; shared helpers live here.
 
+pub mod browser;
 pub mod client;
+pub mod program;
 
 use std::net::SocketAddr;
 
@@ -72,4 +74,18 @@ impl TestNode {
 
 pub fn loopback_any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Says loudly that `test` did not run, and why. Under `CI=true` everything a test needs is
+/// installed (scripts/test.sh), so there a test that cannot run fails instead.
+pub fn skip_or_fail(test: &str, why: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} cannot run under CI: {why}"
+    );
+    eprintln!(
+        "\n======================================================================\n\
+         SKIPPED {test}:\n{why}\n\
+         ======================================================================\n"
+    );
 }

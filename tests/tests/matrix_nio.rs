@@ -10,9 +10,9 @@ use hyphae_tests::TestNode;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_nio_registers_chats_and_reads_history() {
     let Ok(python) = std::env::var("HYPHAE_NIO_PYTHON") else {
-        eprintln!(
-            "SKIPPED matrix_nio_registers_chats_and_reads_history: HYPHAE_NIO_PYTHON is not set \
-             (scripts/test.sh sets it after installing matrix-nio)"
+        hyphae_tests::skip_or_fail(
+            "matrix_nio_registers_chats_and_reads_history",
+            "HYPHAE_NIO_PYTHON is not set (scripts/test.sh sets it after installing matrix-nio)",
         );
         return;
     };
