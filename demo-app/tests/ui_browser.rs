@@ -6,16 +6,14 @@
 //! up to a backup server from the settings page and is shown a recovery key once. Screenshots (phone and desktop size) go to
 //! $HYPHAE_ARTIFACTS, by default a folder below the target dir that the test prints.
 //! Without chromium and chromedriver (Debian's `chromium`, `chromium-driver`; scripts/test.sh
-//! installs them) the browser test prints SKIPPED with the reason and passes (fails under
-//! `CI=true`).
+//! installs them) the browser test prints SKIPPED with the reason (under CI=true it fails).
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
-use base64::Engine;
+use hyphae_tests::browser::{Browser, browser_programs, start_chromedriver};
 use serde_json::{Value, json};
 
 mod common;
@@ -80,307 +78,9 @@ fn start_device(data: &Path, name: &str, bootstrap: Option<&str>, log: &Path) ->
 }
 
 fn artifacts_dir() -> PathBuf {
-    let dir = std::env::var_os("HYPHAE_ARTIFACTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui-browser"));
-    std::fs::create_dir_all(&dir).expect("artefacts folder");
-    // Failures of an earlier run would read as this run's.
-    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with("failure-") {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-    dir
-}
-
-/// A program on PATH (or where `env` says), if there is one.
-fn find_program(env: &str, names: &[&str]) -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os(env) {
-        return Some(PathBuf::from(path));
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
-        .find(|candidate| candidate.is_file())
-}
-
-fn free_loopback_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-/// A minimal W3C WebDriver client: just what this test does, over plain HTTP to chromedriver.
-struct Browser {
-    http: reqwest::Client,
-    session: String,
-    label: &'static str,
-    artifacts: PathBuf,
-}
-
-/// The key WebDriver names element references by.
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-const WAIT: Duration = Duration::from_secs(90);
-
-async fn webdriver(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: &str,
-    body: Option<Value>,
-) -> Result<Value, String> {
-    let mut request = http.request(method, url);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.map_err(|e| e.to_string())?;
-    let status = response.status();
-    let answer: Value = response.json().await.map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        return Err(format!("{status}: {}", answer["value"]));
-    }
-    Ok(answer["value"].clone())
-}
-
-impl Browser {
-    /// A new browser with its own profile (so its own cookies), phone-sized or desktop-sized.
-    async fn open(
-        driver: &str,
-        chromium: &Path,
-        phone: bool,
-        label: &'static str,
-        artifacts: &Path,
-    ) -> Browser {
-        let mut args = vec![
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--lang=en-US",
-            // Nothing beyond loopback: no background services, every host name unresolvable but
-            // localhost, and anything else sent to a closed loopback port.
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-default-apps",
-            "--disable-extensions",
-            "--disable-domain-reliability",
-            "--disable-client-side-phishing-detection",
-            "--metrics-recording-only",
-            "--no-pings",
-            "--disable-crash-reporter",
-            "--disable-breakpad",
-            "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
-            "--proxy-server=http://127.0.0.1:9",
-        ];
-        if !phone {
-            args.push("--window-size=1280,800");
-        }
-        let mut options = json!({ "binary": chromium, "args": args });
-        if phone {
-            options["mobileEmulation"] = json!({
-                "deviceMetrics": { "width": 375, "height": 740, "pixelRatio": 2.0, "touch": true }
-            });
-        }
-        let http = reqwest::Client::new();
-        let created = webdriver(
-            &http,
-            reqwest::Method::POST,
-            &format!("{driver}/session"),
-            Some(json!({ "capabilities": { "alwaysMatch": {
-                "browserName": "chrome",
-                "goog:chromeOptions": options,
-            }}})),
-        )
-        .await
-        .expect("chromedriver starts a browser");
-        let session = created["sessionId"]
-            .as_str()
-            .expect("a session id")
-            .to_owned();
-        Browser {
-            http,
-            session: format!("{driver}/session/{session}"),
-            label,
-            artifacts: artifacts.to_owned(),
-        }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        match webdriver(&self.http, method, &format!("{}{path}", self.session), body).await {
-            Ok(value) => value,
-            Err(e) => self.fail(&format!("WebDriver {path}: {e}")).await,
-        }
-    }
-
-    async fn goto(&self, url: &str) {
-        self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
-            .await;
-    }
-
-    /// Runs `script` (a function body; `arguments` holds `args`) in the page.
-    async fn js(&self, script: &str, args: Value) -> Value {
-        self.call(
-            reqwest::Method::POST,
-            "/execute/sync",
-            Some(json!({ "script": script, "args": args })),
-        )
-        .await
-    }
-
-    async fn element(&self, css: &str) -> String {
-        let found = self
-            .call(
-                reqwest::Method::POST,
-                "/element",
-                Some(json!({ "using": "css selector", "value": css })),
-            )
-            .await;
-        match found[ELEMENT].as_str() {
-            Some(element) => element.to_owned(),
-            None => {
-                self.fail(&format!("no element {css}: {found}")).await;
-                unreachable!()
-            }
-        }
-    }
-
-    /// Clicks as a person would: the element must be shown and not covered.
-    async fn click(&self, css: &str) {
-        self.wait_for(
-            &format!("{css} to be shown"),
-            "const e = document.querySelector(arguments[0]); \
-             return !!e && e.getClientRects().length > 0 && !e.disabled;",
-            json!([css]),
-        )
-        .await;
-        let element = self.element(css).await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{element}/click"),
-            Some(json!({})),
-        )
-        .await;
-    }
-
-    async fn type_into(&self, css: &str, text: &str) {
-        let element = self.element(css).await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{element}/clear"),
-            Some(json!({})),
-        )
-        .await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{element}/value"),
-            Some(json!({ "text": text })),
-        )
-        .await;
-    }
-
-    /// Waits until `condition` (a function body returning a truthy value) holds; returns it.
-    async fn wait_for(&self, what: &str, condition: &str, args: Value) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let value = self.js(condition, args.clone()).await;
-            if !(value.is_null() || value == false || value == "") {
-                return value;
-            }
-            if Instant::now() > deadline {
-                self.fail(&format!("waited {WAIT:?} for {what}")).await;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn screenshot(&self, name: &str) -> PathBuf {
-        let shot = webdriver(
-            &self.http,
-            reqwest::Method::GET,
-            &format!("{}/screenshot", self.session),
-            None,
-        )
-        .await
-        .expect("a screenshot");
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(shot.as_str().unwrap_or_default())
-            .expect("a PNG in base64");
-        let path = self.artifacts.join(format!("{name}.png"));
-        std::fs::write(&path, png).expect("screenshot written");
-        path
-    }
-
-    /// Fails the test with what the page showed, keeping a screenshot of it.
-    async fn fail(&self, why: &str) -> Value {
-        let shot = self.screenshot(&format!("failure-{}", self.label)).await;
-        let text = webdriver(
-            &self.http,
-            reqwest::Method::POST,
-            &format!("{}/execute/sync", self.session),
-            Some(json!({ "script": "return document.body.innerText", "args": [] })),
-        )
-        .await
-        .unwrap_or_default();
-        panic!(
-            "{} browser: {why}\nscreenshot: {}\npage text:\n{}",
-            self.label,
-            shot.display(),
-            text.as_str().unwrap_or_default()
-        );
-    }
-
-    async fn close(self) {
-        let _ = webdriver(&self.http, reqwest::Method::DELETE, &self.session, None).await;
-    }
-}
-
-/// chromedriver and the browsers it started: all in one process group, ended together, so a
-/// failing test leaves no browser behind.
-struct Driver(Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        // A negative pid is the process group made for chromedriver below, and only that.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts chromedriver on a free loopback port; returns it and its URL once it answers.
-async fn start_chromedriver(program: &Path, log: &Path) -> (Driver, String) {
-    use std::os::unix::process::CommandExt;
-    let port = free_loopback_port();
-    let child = Command::new(program)
-        .arg(format!("--port={port}"))
-        .arg("--allowed-ips=127.0.0.1")
-        .process_group(0)
-        .stdout(std::fs::File::create(log).expect("log file"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver starts");
-    let running = Driver(child);
-    let url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(status) =
-            webdriver(&http, reqwest::Method::GET, &format!("{url}/status"), None).await
-            && status["ready"] == true
-        {
-            return (running, url);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "chromedriver did not answer on {url}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    hyphae_tests::browser::artifacts_dir(
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui-browser"),
+    )
 }
 
 /// Sets the owner's display name on the settings page, as a person would.
@@ -449,26 +149,6 @@ async fn wait_message(browser: &Browser, text: &str, own: bool) -> Value {
 async fn send(browser: &Browser, text: &str) {
     browser.type_into("#composer-text", text).await;
     browser.click("#send").await;
-}
-
-/// Chromium and chromedriver, or `None` after saying loudly that `test` is skipped.
-fn browser_programs(test: &str) -> Option<(PathBuf, PathBuf)> {
-    let found = (
-        find_program(
-            "HYPHAE_CHROMIUM",
-            &["chromium", "chromium-browser", "google-chrome"],
-        ),
-        find_program("HYPHAE_CHROMEDRIVER", &["chromedriver"]),
-    );
-    if let (Some(chromium), Some(chromedriver)) = found {
-        return Some((chromium, chromedriver));
-    }
-    common::skip(
-        test,
-        "chromium and chromedriver are not both installed (Debian: apt-get install \
-         chromium chromium-driver; scripts/test.sh does). The web UI was NOT tested.",
-    );
-    None
 }
 
 #[tokio::test]
@@ -910,28 +590,6 @@ fn backup_invite(data: &Path) -> String {
 /// The settings page's Backup section as its owner uses it: a mistyped token shows the server's
 /// refusal, the right one backs up (the status line names the server and follows the replica
 /// live), key backup shows its recovery key once, and Unsubscribe asks first.
-/// chromedriver and a desktop browser with `url` (an owner's page) loaded: what a test of one
-/// owner's settings starts with.
-async fn desktop_page(
-    (chromium, chromedriver): (&Path, &Path),
-    label: &'static str,
-    artifacts: &Path,
-    url: &str,
-) -> (Driver, Browser) {
-    let (driver_process, driver) =
-        start_chromedriver(chromedriver, &artifacts.join("chromedriver.log")).await;
-    let browser = Browser::open(&driver, chromium, false, label, artifacts).await;
-    browser.goto(url).await;
-    browser
-        .wait_for(
-            "the page to load",
-            "return document.body.dataset.ready === 'true'",
-            json!([]),
-        )
-        .await;
-    (driver_process, browser)
-}
-
 #[tokio::test]
 async fn the_owner_backs_up_from_the_settings_page() {
     let Some((chromium, chromedriver)) =
@@ -956,13 +614,17 @@ async fn the_owner_backs_up_from_the_settings_page() {
         None,
         &artifacts.join("carol.log"),
     );
-    let (_driver, browser) = desktop_page(
-        (&chromium, &chromedriver),
-        "backup-desktop",
-        &artifacts,
-        &device.ui_url,
-    )
-    .await;
+    let (_driver, driver) =
+        start_chromedriver(&chromedriver, &artifacts.join("chromedriver.log")).await;
+    let browser = Browser::open(&driver, &chromium, false, "backup-desktop", &artifacts).await;
+    browser.goto(&device.ui_url).await;
+    browser
+        .wait_for(
+            "the page to load",
+            "return document.body.dataset.ready === 'true'",
+            json!([]),
+        )
+        .await;
 
     browser.click("#open-settings").await;
     browser
@@ -1116,82 +778,6 @@ async fn the_owner_backs_up_from_the_settings_page() {
     );
     browser.close().await;
     drop(device.process);
-}
-
-/// The owner sets a password in the settings, typed twice (a mismatch is caught on the page),
-/// and another Matrix client then logs in with it.
-#[tokio::test]
-async fn the_owner_sets_a_password_on_the_settings_page() {
-    let Some((chromium, chromedriver)) =
-        browser_programs("the_owner_sets_a_password_on_the_settings_page")
-    else {
-        return;
-    };
-    let artifacts = artifacts_dir().join("password");
-    std::fs::create_dir_all(&artifacts).expect("artefacts folder");
-    let data = tempfile::tempdir().unwrap();
-    let device = start_device(data.path(), "dana", None, &artifacts.join("dana.log"));
-    let (_driver, browser) = desktop_page(
-        (&chromium, &chromedriver),
-        "password-desktop",
-        &artifacts,
-        &device.ui_url,
-    )
-    .await;
-    browser.click("#open-settings").await;
-    browser
-        .wait_for(
-            "the password form, no password set",
-            "return document.body.dataset.view === 'settings' \
-               && document.getElementById('password-save').textContent === 'Set password' \
-               && document.getElementById('password-user-id').textContent === arguments[0]",
-            json!([device.user_id]),
-        )
-        .await;
-
-    let password = "dana's long password";
-    browser.type_into("#new-password", password).await;
-    browser
-        .type_into("#new-password-again", "not the same")
-        .await;
-    browser.click("#password-save").await;
-    browser
-        .wait_for(
-            "the mismatch to be caught",
-            "const s = document.getElementById('password-status'); \
-             return s.dataset.state === 'failed' && s.textContent.includes('differ')",
-            json!([]),
-        )
-        .await;
-    browser.type_into("#new-password-again", password).await;
-    browser.click("#password-save").await;
-    browser
-        .wait_for(
-            "the password to be saved",
-            "return document.getElementById('password-status').dataset.state === 'saved' \
-               && document.getElementById('password-save').textContent === 'Change password' \
-               && document.getElementById('new-password').value === ''",
-            json!([]),
-        )
-        .await;
-    browser.screenshot("desktop-password-set").await;
-
-    let response = reqwest::Client::new()
-        .post(format!("{}/_matrix/client/v3/login", device.client_api))
-        .json(&json!({"type": "m.login.password",
-                      "identifier": {"type": "m.id.user", "user": device.user_id},
-                      "password": password}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let session: Value = response.json().await.unwrap();
-    assert_eq!(session["user_id"], device.user_id.as_str());
-    browser.close().await;
-    drop(device.process);
-    let log = std::fs::read_to_string(artifacts.join("dana.log")).unwrap();
-    assert!(log.contains("the owner set a password"), "{log}");
-    assert!(!log.contains(password), "the password in the log:\n{log}");
 }
 
 /// The UI's API answers only the page that holds the key, and never another origin.

@@ -393,12 +393,8 @@ impl Store {
     }
 
     /// The room's state as of stream position `before` (exclusive): the current state kept
-    /// with the last event before it. When that event kept none (nothing before it, or only a
-    /// membership recorded while this node was not in the room, such as the invite before a
-    /// join through another server), the state before the first event from `before` on that
-    /// has one: for a room joined through another server, the state its join was made
-    /// against, which came whole with the join. For rooms from before either was kept, for
-    /// each (type, key) the newest accepted state event before it, skipping outliers.
+    /// with the last event before it; for rooms from before that was kept, for each (type, key)
+    /// the newest accepted state event before it, skipping outliers.
     pub async fn state_before(&self, room_id: String, before: i64) -> Result<Vec<StoredPdu>> {
         self.read(move |conn| {
             let kept: Option<Option<i64>> = conn
@@ -410,19 +406,7 @@ impl Store {
                     |row| row.get(0),
                 )
                 .optional()?;
-            let kept = match kept {
-                Some(Some(snapshot_id)) => Some(snapshot_id),
-                _ => conn
-                    .query_row(
-                        "SELECT s.snapshot_id FROM events e JOIN event_state s USING (event_id)
-                         WHERE e.room_id = ?1 AND e.stream_pos >= ?2
-                         ORDER BY e.stream_pos LIMIT 1",
-                        params![room_id, before],
-                        |row| row.get(0),
-                    )
-                    .optional()?,
-            };
-            if let Some(snapshot_id) = kept {
+            if let Some(Some(snapshot_id)) = kept {
                 let sql = format!(
                     "SELECT {} FROM state_snapshot_entries s JOIN events e USING (event_id)
                      WHERE s.snapshot_id = ?1 ORDER BY e.stream_pos IS NULL, e.stream_pos",

@@ -9,6 +9,9 @@ pub struct User {
     pub user_id: String,
 }
 
+/// The password `register` gives every account.
+pub const PASSWORD: &str = "benchmark";
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -16,7 +19,7 @@ pub fn ms(d: Duration) -> f64 {
 pub async fn register(http: &reqwest::Client, base: &str, name: &str) -> User {
     let body: Value = http
         .post(format!("{base}/register"))
-        .json(&json!({"username": name, "password": "benchmark",
+        .json(&json!({"username": name, "password": PASSWORD,
                       "auth": {"type": "m.login.dummy"}}))
         .send()
         .await

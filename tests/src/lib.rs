@@ -1,7 +1,9 @@
 //! hyphae-tests: scenarios across Hyphae's crates (several nodes, real clients, network
 //! namespaces, benchmarks). The scenarios are in `tests/tests/`; shared helpers live here.
 
+pub mod browser;
 pub mod client;
+pub mod program;
 
 use std::net::SocketAddr;
 
@@ -70,21 +72,12 @@ impl TestNode {
     }
 }
 
-/// Says loudly that `test` did not run and why. Under `CI=true` a test that cannot run fails
-/// instead: CI must run everything.
-pub fn skip(test: &str, reason: &str) {
-    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        panic!("{test} cannot run, and CI=true: {reason}");
-    }
-    eprintln!("SKIPPED {test}: {reason}");
-}
-
 /// The Python that has matrix-nio (with its end-to-end encryption), as `scripts/test.sh` names
-/// it in HYPHAE_NIO_PYTHON; `None` (after [`skip`]) when it is not set.
+/// it in HYPHAE_NIO_PYTHON; `None` (after [`skip_or_fail`]) when it is not set.
 pub fn nio_python(test: &str) -> Option<String> {
     let python = std::env::var("HYPHAE_NIO_PYTHON").ok();
     if python.is_none() {
-        skip(
+        skip_or_fail(
             test,
             "HYPHAE_NIO_PYTHON is not set (scripts/test.sh sets it after installing matrix-nio)",
         );
@@ -117,4 +110,18 @@ pub async fn run_client_script(program: String, script: &str, args: Vec<String>)
 
 pub fn loopback_any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Says loudly that `test` did not run, and why. Under `CI=true` everything a test needs is
+/// installed (scripts/test.sh), so there a test that cannot run fails instead.
+pub fn skip_or_fail(test: &str, why: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} cannot run under CI: {why}"
+    );
+    eprintln!(
+        "\n======================================================================\n\
+         SKIPPED {test}:\n{why}\n\
+         ======================================================================\n"
+    );
 }

@@ -9,19 +9,6 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
-/// Says loudly that `test` did not run and why. Under `CI=true` a test that cannot run fails
-/// instead: CI must run everything.
-pub fn skip(test: &str, reason: &str) {
-    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        panic!("{test} cannot run, and CI=true: {reason}");
-    }
-    eprintln!(
-        "\n======================================================================\n\
-         SKIPPED {test}: {reason}\n\
-         ======================================================================\n"
-    );
-}
-
 pub fn hyphae() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hyphae"))
 }

@@ -57,6 +57,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use ruma::api::{OutgoingResponse, OutgoingResponseExt};
+use tower::ServiceExt;
 
 use crate::node::AppState;
 
@@ -274,13 +275,31 @@ pub(crate) fn router(state: AppState) -> Router {
                 .put(rooms::alias_put)
                 .delete(rooms::alias_delete),
         );
+    let client = client
+        .fallback(error::unrecognized)
+        .method_not_allowed_fallback(error::method_not_allowed);
     Router::new()
-        .nest("/_matrix/client", client)
+        .nest("/_matrix/client", client.clone())
+        .nest_service(
+            "/_matrix/client/r0",
+            client.with_state(state.clone()).map_request(r0_as_v3),
+        )
         .route("/health", get(versions::health))
         .fallback(error::unrecognized)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(middleware::from_fn(cors))
         .with_state(state)
+}
+
+/// Serves an `r0` path (the prefix the spec replaced with `v3` in v1.1, still called by clients in
+/// use: Hydrogen does for nearly everything) with the `v3` endpoint, as Synapse and Conduit do:
+/// only the prefix changed between them for the endpoints both have.
+fn r0_as_v3(mut request: Request) -> Request {
+    let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    if let Ok(v3) = format!("/v3{path_and_query}").parse() {
+        *request.uri_mut() = v3;
+    }
+    request
 }
 
 /// The CORS headers the spec asks of every Client-Server response, so browser clients work;

@@ -432,3 +432,54 @@ async fn display_names_show_in_profiles_and_memberships() {
         .await;
     assert_eq!(members["joined"][&alice]["display_name"], "Alice B.");
 }
+
+#[tokio::test]
+async fn clients_on_the_r0_prefix_get_the_v3_endpoints() {
+    let api = Api::start().await;
+    let (alice, _, _) = api.register("alice", "pw").await;
+    let (status, flows) = api.get("/r0/login", None).await;
+    assert_eq!(status, 200, "{flows}");
+    assert_eq!(flows["flows"][0]["type"], "m.login.password");
+    let (status, login) = api
+        .post("/r0/login", None, password_auth("alice", "pw"))
+        .await;
+    assert_eq!(status, 200, "{login}");
+    let token = login["access_token"].as_str().unwrap();
+    let (status, me) = api.get("/r0/account/whoami", Some(token)).await;
+    assert_eq!((status, &me["user_id"]), (200, &json!(alice)));
+    // Path parameters and query strings come through.
+    let (status, _) = api
+        .put(
+            &format!("/r0/profile/{alice}/displayname"),
+            Some(token),
+            json!({"displayname": "Alice"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, profile) = api.get(&format!("/v3/profile/{alice}"), None).await;
+    assert_eq!(profile["displayname"], "Alice");
+    let (status, synced) = api.get("/r0/sync?timeout=0", Some(token)).await;
+    assert_eq!(status, 200, "{synced}");
+    assert!(synced["next_batch"].is_string());
+
+    // Still Matrix errors, and CORS for browsers.
+    let (status, body) = api.get("/r0/account/whoami", None).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("M_MISSING_TOKEN"))
+    );
+    let (status, body) = api.get("/r0/no/such/endpoint", None).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("M_UNRECOGNIZED"))
+    );
+    let (status, body) = api
+        .call(reqwest::Method::DELETE, "/r0/login", None, None)
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (405, Some("M_UNRECOGNIZED"))
+    );
+    let response = api.http.get(api.url("/r0/login")).send().await.unwrap();
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+}

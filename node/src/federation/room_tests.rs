@@ -61,24 +61,28 @@ where
     }
 }
 
-/// Two nodes connected over loopback libp2p, Alice on the first and Bob on the second, in a
-/// room Alice created and Bob joined by invite.
-pub(crate) async fn two_nodes_in_a_room() -> (Api, Api, Person, Person, String) {
+/// Two nodes connected over loopback libp2p, Alice on the first and Bob on the second, and a
+/// room Alice created with `create` (a createRoom body, to which Bob's invite is added); Bob
+/// has not answered yet.
+pub(crate) async fn alice_invites_bob(mut create: Value) -> (Api, Api, Person, Person, String) {
     log_to_test_output();
     let a = Api::start_federated().await;
     let b = Api::start_federated().await;
     a.connect(&b).await;
     let alice = person(&a, "alice").await;
     let bob = person(&b, "bob").await;
-    let (status, body) = a
-        .post(
-            "/v3/createRoom",
-            Some(&alice.token),
-            json!({"preset": "private_chat", "name": "Across", "invite": [bob.user_id]}),
-        )
-        .await;
+    create["invite"] = json!([bob.user_id]);
+    let (status, body) = a.post("/v3/createRoom", Some(&alice.token), create).await;
     assert_eq!(status, 200, "{body}");
     let room = body["room_id"].as_str().unwrap().to_owned();
+    (a, b, alice, bob, room)
+}
+
+/// Two nodes connected over loopback libp2p, Alice on the first and Bob on the second, in a
+/// room Alice created and Bob joined by invite.
+pub(crate) async fn two_nodes_in_a_room() -> (Api, Api, Person, Person, String) {
+    let (a, b, alice, bob, room) =
+        alice_invites_bob(json!({"preset": "private_chat", "name": "Across"})).await;
 
     // Bob's client sees the invite with the room's name, then joins by room id alone.
     let (_, synced) = b.get("/v3/sync", Some(&bob.token)).await;
@@ -182,21 +186,7 @@ pub(crate) fn event_ids(events: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn an_invite_from_another_server_can_be_declined() {
-    log_to_test_output();
-    let a = Api::start_federated().await;
-    let b = Api::start_federated().await;
-    a.connect(&b).await;
-    let alice = person(&a, "alice").await;
-    let bob = person(&b, "bob").await;
-    let (status, body) = a
-        .post(
-            "/v3/createRoom",
-            Some(&alice.token),
-            json!({"preset": "private_chat", "invite": [bob.user_id]}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let room = body["room_id"].as_str().unwrap().to_owned();
+    let (a, b, alice, bob, room) = alice_invites_bob(json!({"preset": "private_chat"})).await;
     let (_, synced) = b.get("/v3/sync", Some(&bob.token)).await;
     assert!(synced["rooms"]["invite"][&room].is_object(), "{synced}");
     let since = synced["next_batch"].as_str().unwrap().to_owned();
@@ -418,5 +408,135 @@ async fn a_room_joined_on_another_server_comes_whole_whatever_the_timeline_limit
                 );
             }
         }
+    }
+}
+
+/// The types of the events in a sync response's section (`state` or `timeline`).
+fn event_types(section: &Value) -> Vec<String> {
+    section["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter_map(|e| e["type"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_room_joined_through_another_server_comes_whole_in_sync() {
+    let (_a, b, _alice, bob, room) = alice_invites_bob(json!({
+        "preset": "private_chat",
+        "initial_state": [{"type": "m.room.encryption", "state_key": "",
+                           "content": {"algorithm": "m.megolm.v1.aes-sha2"}}],
+    }))
+    .await;
+    let (_, synced) = b.get("/v3/sync", Some(&bob.token)).await;
+    assert!(synced["rooms"]["invite"][&room].is_object(), "{synced}");
+    let since = synced["next_batch"].as_str().unwrap().to_owned();
+    let (status, body) = b
+        .post(&format!("/v3/join/{room}"), Some(&bob.token), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Bob's server knew only the invite before the join: the room still comes with its state
+    // (a client without it cannot tell the room is encrypted, nor send in it), the timeline
+    // starting at the join, limited so the client pages back for the rest. So on an
+    // incremental sync and on a first one.
+    let (_, incremental) = b
+        .get(&format!("/v3/sync?since={since}"), Some(&bob.token))
+        .await;
+    let (_, first) = b.get("/v3/sync", Some(&bob.token)).await;
+    for synced in [&incremental, &first] {
+        let joined = &synced["rooms"]["join"][&room];
+        let state = event_types(&joined["state"]);
+        for kind in [
+            "m.room.create",
+            "m.room.power_levels",
+            "m.room.encryption",
+            "m.room.member",
+        ] {
+            assert!(state.iter().any(|k| k == kind), "no {kind} in {joined}");
+        }
+        let timeline = &joined["timeline"];
+        assert_eq!(event_types(timeline), ["m.room.member"], "{joined}");
+        assert_eq!(timeline["events"][0]["content"]["membership"], "join");
+        assert_eq!(timeline["limited"], true, "{joined}");
+    }
+
+    // Paging back from the timeline's start finds the invite, then the room's creation.
+    let from = incremental["rooms"]["join"][&room]["timeline"]["prev_batch"]
+        .as_str()
+        .unwrap();
+    let (status, page) = b
+        .get(
+            &format!("/v3/rooms/{room}/messages?dir=b&from={from}&limit=100"),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let older = event_types(&json!({"events": page["chunk"]}));
+    assert_eq!(
+        older.first().map(String::as_str),
+        Some("m.room.member"),
+        "{page}"
+    );
+    assert_eq!(page["chunk"][0]["content"]["membership"], "invite");
+    assert_eq!(
+        older.last().map(String::as_str),
+        Some("m.room.create"),
+        "{page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_sent_the_moment_a_join_is_accepted_reaches_the_joining_server() {
+    let (a, b, alice, bob, room) = alice_invites_bob(json!({"preset": "private_chat"})).await;
+    eventually(Duration::from_secs(10), "Bob's invite", || async {
+        let (_, synced) = b.get("/v3/sync", Some(&bob.token)).await;
+        synced["rooms"]["invite"][&room].is_object()
+    })
+    .await;
+
+    // Alice writes as soon as her server has accepted Bob's join: while his server is still
+    // reading the answer to it. The message must not be lost on the way.
+    let join_path = format!("/v3/join/{room}");
+    let join = b.post(&join_path, Some(&bob.token), json!({}));
+    let write_at_once = async {
+        let both = 2;
+        eventually(
+            Duration::from_secs(10),
+            "Bob's join on Alice's server",
+            || async { members(&a, &alice, &room).await.len() == both },
+        )
+        .await;
+        send_text(&a, &alice, &room, "right after your join").await;
+    };
+    let ((status, body), ()) = tokio::join!(join, write_at_once);
+    assert_eq!(status, 200, "{body}");
+    // Seen live, in Bob's sync (paging back would fetch it from Alice's server anyway).
+    let mut since: Option<String> = None;
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    while !seen.iter().any(|t| t == "right after your join") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "Bob's sync never showed Alice's message: {seen:?}"
+        );
+        let path = match &since {
+            Some(since) => format!("/v3/sync?since={since}&timeout=1000"),
+            None => "/v3/sync".to_owned(),
+        };
+        let (_, synced) = b.get(&path, Some(&bob.token)).await;
+        since = synced["next_batch"].as_str().map(str::to_owned);
+        let events = synced["rooms"]["join"][&room]["timeline"]["events"].clone();
+        seen.extend(
+            events
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)),
+        );
     }
 }

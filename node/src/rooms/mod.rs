@@ -234,13 +234,19 @@ impl Rooms {
         {
             return Ok(None);
         }
+        Ok(Some(self.slot_made(room_id)))
+    }
+
+    /// The room's slot, made if there is none: by `slot` for a room known to exist, and for a
+    /// room this node is joining, before it is stored.
+    fn slot_made(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<Option<RoomEntry>>> {
         let mut rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
         if rooms.len() >= MAX_CACHED_ROOMS {
             // Rooms nobody is sending into right now (no one holds their slot, so no commit
             // is pending) are read from the store again when next needed.
             rooms.retain(|_, slot| Arc::strong_count(slot) > 1);
         }
-        Ok(Some(rooms.entry(room_id.to_owned()).or_default().clone()))
+        rooms.entry(room_id.to_owned()).or_default().clone()
     }
 
     /// Drops what is cached of a room, so it is read afresh from the store.

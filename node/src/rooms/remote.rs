@@ -148,7 +148,18 @@ impl Rooms {
             if *server == self.inner.server_name {
                 continue;
             }
-            match self.join_through(room_id, user, server).await {
+            // While the join is under way the room's servers may already send to this node
+            // (from the moment the resident server accepted the join, before its answer is
+            // read here): their PDUs wait on the room's slot for its state, instead of being
+            // refused as for a room this node is not in, and lost.
+            let slot = self.slot_made(room_id);
+            let mut joining = slot.lock().await;
+            let joined = self.join_through(room_id, user, server).await;
+            // What was cached (an invite at most) is stale either way: read afresh.
+            *joining = None;
+            drop(joining);
+            self.forget_cached(room_id);
+            match joined {
                 Ok(event_id) => return Ok(event_id),
                 Err(e) => {
                     tracing::info!(%room_id, %server, error = %e, "could not join through a server");
@@ -359,8 +370,6 @@ impl Rooms {
             .store
             .join_remote_room(version.to_string(), outliers, accepted)
             .await?;
-        // Whatever was cached of the room (an invite only) is stale now.
-        self.forget_cached(room_id);
         // The room's whole state arrived at once: a list someone here subscribes to (or asked
         // for, and may now be in) is compiled from it.
         self.inner.policy.state_changed(room_id);

@@ -153,7 +153,7 @@ async fn joined_room(
         None
     };
     let from = start.map_or(window.after, |start| start.saturating_sub(1).max(0));
-    let (stored, limited) = store
+    let (mut stored, mut limited) = store
         .room_timeline(
             room_id.to_string(),
             from,
@@ -185,10 +185,22 @@ async fn joined_room(
     {
         return Ok(None);
     }
-    let timeline_start = stored
-        .first()
-        .and_then(|p| p.stream_pos)
-        .unwrap_or(window.upto + 1);
+    // The state as of the timeline's start: whole, or what changed in the gap a limited
+    // timeline left out.
+    let whole = window.since.is_none() || newly_joined || window.full_state;
+    let state_pdus = if whole {
+        whole_state(state, room_id, &mut stored, &mut limited, window.upto).await?
+    } else {
+        let timeline_start = stored
+            .first()
+            .and_then(|p| p.stream_pos)
+            .unwrap_or(window.upto + 1);
+        let mut gap = store
+            .state_before(room_id.to_string(), timeline_start)
+            .await?;
+        gap.retain(|s| limited && s.stream_pos.is_some_and(|pos| pos > window.after));
+        parsed(&gap)
+    };
     // What of the room the user may read, for the relations bundled with the timeline; only
     // needed when there is one.
     let visible_from = match start {
@@ -199,21 +211,15 @@ async fn joined_room(
     let events = ClientEvents::timeline(state, user, room_id, visible_from, false);
     let (timeline, pdus) = timeline_of(&events, &stored, limited, from, filter).await?;
 
-    // The state as of the timeline's start: whole, or what changed in the gap a limited
-    // timeline left out. With lazy-loaded members, only those of the timeline's senders (and
-    // the user's own) come with it.
-    let whole = window.since.is_none() || newly_joined || window.full_state;
+    // With lazy-loaded members, only those of the timeline's senders (and the user's own) come
+    // with the state.
     let senders: BTreeSet<&str> = pdus
         .iter()
         .map(|p| p.sender.as_str())
         .chain([user.user_id.as_str()])
         .collect();
-    let state_pdus: Vec<Pdu> = store
-        .state_before(room_id.to_string(), timeline_start)
-        .await?
-        .iter()
-        .filter(|s| whole || (limited && s.stream_pos.is_some_and(|pos| pos > window.after)))
-        .filter_map(|s| Pdu::from_stored(s).ok())
+    let state_pdus: Vec<Pdu> = state_pdus
+        .into_iter()
         .filter(|pdu| filter.state.allows_pdu(pdu))
         .filter(|pdu| {
             !filter.lazy_load_members
@@ -250,6 +256,49 @@ async fn joined_room(
         room.summary = summary(state, room_id, &user.user_id).await?;
     }
     Ok(Some((room, pdus)))
+}
+
+/// The room's whole state as of the start of `timeline`. A room this node joined through another
+/// server has no known state before the join: the invite that came first was stored alone. Then
+/// the timeline starts at the first event whose state is known (the join), marked limited so the
+/// client pages back for the rest; without this the client would get the room with no create,
+/// power levels or encryption event, and could not send in it.
+async fn whole_state(
+    state: &AppState,
+    room_id: &RoomId,
+    timeline: &mut Vec<hyphae_store::StoredPdu>,
+    limited: &mut bool,
+    upto: i64,
+) -> Result<Vec<Pdu>, MatrixError> {
+    let store = &state.store;
+    let start = timeline
+        .first()
+        .and_then(|p| p.stream_pos)
+        .unwrap_or(upto + 1);
+    let before = parsed(&store.state_before(room_id.to_string(), start).await?);
+    let is_create = |pdu: &Pdu| pdu.kind == ruma::events::TimelineEventType::RoomCreate;
+    let starts_at_creation = timeline
+        .first()
+        .and_then(|s| Pdu::from_stored(s).ok())
+        .is_some_and(|pdu| is_create(&pdu));
+    if starts_at_creation || before.iter().any(is_create) {
+        return Ok(before);
+    }
+    for (index, event) in timeline.iter().enumerate() {
+        let Some(snapshot) = store.state_at(event.event_id.clone()).await? else {
+            continue;
+        };
+        let ids = snapshot.entries.into_iter().map(|(_, _, id)| id).collect();
+        let known = parsed(&store.pdus(ids).await?);
+        if known.iter().any(is_create) {
+            if index > 0 {
+                timeline.drain(..index);
+                *limited = true;
+            }
+            return Ok(known);
+        }
+    }
+    Ok(before)
 }
 
 /// Users who joined in these events.
