@@ -33,6 +33,4 @@ WHERE stream_pos IS NOT NULL AND rejection_reason IS NULL
   AND length(json_extract(pdu, '$.content."m.relates_to".rel_type')) <= 255;
 
 -- The state event a state event replaced, for events kept without the state before them
--- (history fetched from other servers): the newest one before it at the same (type, key).
-CREATE INDEX events_room_state ON events (room_id, event_type, state_key, stream_pos)
-    WHERE state_key IS NOT NULL;
+-- (history fetched from other servers), is found through `events_room_state_stream` (0006).

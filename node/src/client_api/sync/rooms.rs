@@ -188,17 +188,26 @@ async fn joined_room(
     // The state as of the timeline's start: whole, or what changed in the gap a limited
     // timeline left out.
     let whole = window.since.is_none() || newly_joined || window.full_state;
-    let state_pdus = if whole {
+    // Outside the gap, the state before the timeline, for the members a lazy-loading client
+    // has not been sent yet.
+    let mut before_gap = Vec::new();
+    let mut state_pdus = if whole {
         whole_state(state, room_id, &mut stored, &mut limited, window.upto).await?
     } else {
         let timeline_start = stored
             .first()
             .and_then(|p| p.stream_pos)
             .unwrap_or(window.upto + 1);
-        let mut gap = store
+        let (gap, rest) = store
             .state_before(room_id.to_string(), timeline_start)
-            .await?;
-        gap.retain(|s| limited && s.stream_pos.is_some_and(|pos| pos > window.after));
+            .await?
+            .into_iter()
+            .partition::<Vec<_>, _>(|s| {
+                limited && s.stream_pos.is_some_and(|pos| pos > window.after)
+            });
+        if filter.lazy_load_members {
+            before_gap = parsed(&rest);
+        }
         parsed(&gap)
     };
     // What of the room the user may read, for the relations bundled with the timeline; only
@@ -218,6 +227,15 @@ async fn joined_room(
         .map(|p| p.sender.as_str())
         .chain([user.user_id.as_str()])
         .collect();
+    // A sender new to this client since its last sync comes with their member event, which
+    // it was not sent with the state it had.
+    state_pdus.extend(before_gap.into_iter().filter(|pdu| {
+        pdu.kind.to_string() == "m.room.member"
+            && pdu
+                .state_key
+                .as_deref()
+                .is_some_and(|k| senders.contains(k))
+    }));
     let state_pdus: Vec<Pdu> = state_pdus
         .into_iter()
         .filter(|pdu| filter.state.allows_pdu(pdu))

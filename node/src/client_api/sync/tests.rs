@@ -94,6 +94,16 @@ async fn lazy_loading_sends_only_the_members_of_the_timelines_senders() {
     assert_eq!(heroes.len(), 4, "everyone but Carol: {summary}");
     assert!(!heroes.contains(&json!(carol.user_id)));
 
+    // Later, a member who had not spoken yet does: their member event comes with it.
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    send(&api, &people[3], &room, "dan speaks").await;
+    let later = sync(&api, carol, lazy.clone(), Some(&since)).await;
+    assert!(
+        members_in_state(&later, &room).contains(&people[3].user_id),
+        "{}",
+        later["rooms"]["join"][&room]
+    );
+
     // Without lazy loading, every member comes with the state.
     let whole = sync(
         &api,
