@@ -1,6 +1,6 @@
 //! hyphae-node: the homeserver a Hyphae app embeds. `Node::start` opens the store, loads the
-//! identity, and serves the Client-Server API; the Server-Server API, rooms, sync, keys and the
-//! in-process client grow here (see DESIGN.md).
+//! identity, joins the overlay and serves both Matrix APIs; `Node::app` is the device owner's
+//! in-process client. `ARCHITECTURE.md` maps the modules and what may call what.
 
 pub mod app;
 mod backup;

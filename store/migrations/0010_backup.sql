@@ -1,4 +1,4 @@
--- Version 10: backup servers (DESIGN.md "Backup server"), both sides.
+-- Version 10: backup servers (ARCHITECTURE.md "Backup server and mailbox"), both sides.
 --
 -- On a backup server: the invitations its operator made, the devices that subscribed with one,
 -- and the replica of each subscriber's PDUs. On a device: the server it is subscribed to; the

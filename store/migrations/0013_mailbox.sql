@@ -1,4 +1,4 @@
--- Version 13: mailboxes (DESIGN.md "Backup server").
+-- Version 13: mailboxes (ARCHITECTURE.md "Backup server and mailbox").
 --
 -- On a backup server: transactions other servers could not deliver to a subscriber, held until
 -- the subscriber connects and takes them. Each is the sending server's signed transaction, kept

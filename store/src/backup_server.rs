@@ -1,6 +1,6 @@
-//! The backup server's side (DESIGN.md "Backup server"): one-time subscription tokens, the
-//! devices subscribed with them and their quotas, and the replica of each subscriber's PDUs.
-//! (The client's room-keys backup is `backup.rs`, a different thing.)
+//! The backup server's side (ARCHITECTURE.md "Backup server and mailbox"): one-time subscription
+//! tokens, the devices subscribed with them and their quotas, and the replica of each subscriber's
+//! PDUs. (The client's room-keys backup is `backup.rs`, a different thing.)
 
 use rusqlite::{OptionalExtension, params};
 

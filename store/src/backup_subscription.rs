@@ -1,6 +1,7 @@
-//! The device's side of a backup server (DESIGN.md "Backup server"): the one server it is
-//! subscribed to, queueing the backlog when it subscribes, and what that server acknowledged.
-//! New PDUs are queued for it by a trigger on `events` (migration 0010), in the same commit.
+//! The device's side of a backup server (ARCHITECTURE.md "Backup server and mailbox"): the one
+//! server it is subscribed to, queueing the backlog when it subscribes, and what that server
+//! acknowledged. New PDUs are queued for it by a trigger on `events` (migration 0010), in the same
+//! commit.
 
 use rusqlite::{OptionalExtension, params};
 

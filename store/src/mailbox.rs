@@ -1,6 +1,6 @@
-//! Mailboxes (DESIGN.md "Backup server"): on a backup server, the signed transactions other
-//! servers could not deliver to a subscriber, held until it takes them; on every node, the
-//! signed records saying where each server takes its mail.
+//! Mailboxes (ARCHITECTURE.md "Backup server and mailbox"): on a backup server, the signed
+//! transactions other servers could not deliver to a subscriber, held until it takes them; on every
+//! node, the signed records saying where each server takes its mail.
 
 use rusqlite::{OptionalExtension, params};
 use sha2::{Digest, Sha256};

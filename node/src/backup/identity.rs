@@ -1,6 +1,6 @@
-//! The device's identity on its backup server, for restoring onto a new device (DESIGN.md
-//! "Backup server"): what the new device needs to become the same server and the same app
-//! device, sealed with a key derived from the recovery key, and kept under a lookup id derived
+//! The device's identity on its backup server, for restoring onto a new device (ARCHITECTURE.md
+//! "Backup server and mailbox"): what the new device needs to become the same server and the same
+//! app device, sealed with a key derived from the recovery key, and kept under a lookup id derived
 //! from the recovery key too.
 //!
 //! The new device has no identity yet, so it cannot authenticate as the subscriber: it asks for

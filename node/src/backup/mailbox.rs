@@ -1,10 +1,10 @@
-//! Mailboxes (DESIGN.md "Backup server"). A subscribed device names its backup server as its
-//! mailbox in a record it signs (kept in the DHT, sent to the servers it shares rooms with,
-//! served with its owner). A server whose sends to the device keep failing signs the
-//! transaction it could not deliver and leaves it in the mailbox (`take_mail`); the mailbox
-//! pushes held mail to the device as soon as it can reach it (`send_mail`, from the outbox
-//! sender), and the device checks the sender's signature and takes the transaction as if it had
-//! come directly (`deliver_mail`). The mailbox can neither read nor forge what it holds.
+//! Mailboxes (ARCHITECTURE.md "Backup server and mailbox"). A subscribed device names its backup
+//! server as its mailbox in a record it signs (kept in the DHT, sent to the servers it shares rooms
+//! with, served with its owner). A server whose sends to the device keep failing signs the
+//! transaction it could not deliver and leaves it in the mailbox (`take_mail`); the mailbox pushes
+//! held mail to the device as soon as it can reach it (`send_mail`, from the outbox sender), and
+//! the device checks the sender's signature and takes the transaction as if it had come directly
+//! (`deliver_mail`). The mailbox can neither read nor forge what it holds.
 
 use std::time::Duration;
 

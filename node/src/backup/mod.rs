@@ -1,5 +1,5 @@
-//! Backup servers (DESIGN.md "Backup server"), phase 1: subscriptions with one-time tokens and
-//! quotas, and the replica of a device's PDUs. `server` answers the unstable
+//! Backup servers (ARCHITECTURE.md "Backup server and mailbox"): subscriptions with one-time
+//! tokens and quotas, and the replica of a device's PDUs. `server` answers the unstable
 //! `io.hyphae.backup` federation endpoints; `device` is the subscribing node's side; `invite`
 //! makes tokens for a server's operator; `identity` keeps the device's sealed identity there and
 //! `restore` makes a new device the same server from it; `mailbox` holds mail for a device

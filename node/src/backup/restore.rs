@@ -1,7 +1,7 @@
-//! Restoring a device from its backup server onto a new, empty data folder (DESIGN.md "Backup
-//! server"): the recovery key finds and opens the sealed identity (`identity.rs`); the node then
-//! starts as that server, takes its replica back as the subscriber, imports the PDUs, and signs
-//! the app's client in as the same owner and device, whose room keys come back from the key
+//! Restoring a device from its backup server onto a new, empty data folder (ARCHITECTURE.md "Backup
+//! server and mailbox"): the recovery key finds and opens the sealed identity (`identity.rs`); the
+//! node then starts as that server, takes its replica back as the subscriber, imports the PDUs, and
+//! signs the app's client in as the same owner and device, whose room keys come back from the key
 //! backup.
 //!
 //! Limits: the replica holds PDUs, not the old device's state decisions. They are imported in
