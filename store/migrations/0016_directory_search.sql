@@ -1,4 +1,4 @@
--- Version 18: the local room directory, and the full-text index that /search reads.
+-- Version 16: the local room directory, and the full-text index that /search reads.
 
 -- Rooms this server lists in its public room directory (createRoom with visibility "public",
 -- or PUT /directory/list/room/{roomId}).

@@ -1,4 +1,4 @@
--- Version 16: what this node knows of people beyond its own accounts, and presence.
+-- Version 17: what this node knows of people beyond its own accounts, and presence.
 
 -- Profiles of other servers' users as their servers last answered (`query/profile`): served
 -- while fresh, and while their server is away. Bounded: the oldest are dropped.

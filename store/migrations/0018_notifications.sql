@@ -1,4 +1,4 @@
--- Version 17: notifications. Each local member's push rules are evaluated once per timeline
+-- Version 18: notifications. Each local member's push rules are evaluated once per timeline
 -- event, in stream order; the 'push_actions' counter says how far. Events before this version
 -- are not evaluated, so an upgrade shows no old history as unread.
 INSERT INTO counters (name, value) SELECT 'push_actions', value FROM counters WHERE name = 'stream';

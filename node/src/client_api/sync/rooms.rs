@@ -227,8 +227,10 @@ async fn joined_room(
         .map(|p| p.sender.as_str())
         .chain([user.user_id.as_str()])
         .collect();
-    // A sender new to this client since its last sync comes with their member event, which
-    // it was not sent with the state it had.
+    // Each timeline sender comes with their member event, which the client may not have been
+    // sent with the state it had. No record is kept of what each device was sent, so a
+    // sender's member event is sent again with each sync they speak in (redundant, which the
+    // spec allows).
     state_pdus.extend(before_gap.into_iter().filter(|pdu| {
         pdu.kind.to_string() == "m.room.member"
             && pdu
