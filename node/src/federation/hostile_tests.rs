@@ -58,16 +58,16 @@ pub(crate) async fn room_version(on: &Api, room: &str) -> RoomVersionId {
 /// Where a new event goes in a room: its prev events, its depth, and the state it is built
 /// on (its auth events come from there).
 #[derive(Clone)]
-struct Tip {
-    room: String,
-    version: RoomVersionId,
-    prev_events: Vec<String>,
-    depth: i64,
-    state: HashMap<(StateEventType, String), String>,
+pub(crate) struct Tip {
+    pub(crate) room: String,
+    pub(crate) version: RoomVersionId,
+    pub(crate) prev_events: Vec<String>,
+    pub(crate) depth: i64,
+    pub(crate) state: HashMap<(StateEventType, String), String>,
 }
 
 /// The room as `on` sees it now: its latest events and current state.
-async fn tip(on: &Api, room: &str) -> Tip {
+pub(crate) async fn tip(on: &Api, room: &str) -> Tip {
     let store = on.node.store();
     let state = store
         .current_state(room.to_owned())
@@ -107,7 +107,7 @@ pub(crate) async fn draft(
 }
 
 /// An unsigned PDU from `sender` built on `tip`.
-fn draft_on(
+pub(crate) fn draft_on(
     tip: &Tip,
     sender: &str,
     kind: &str,

@@ -88,6 +88,9 @@ pub(crate) async fn send_leave(
         (_, Received::Rejected(reason) | Received::SoftFailed(reason)) => Err(
             MatrixError::forbidden(format!("The leave is not allowed: {reason}")),
         ),
+        (_, Received::SetAside(reason)) => Err(MatrixError::unknown(format!(
+            "The leave cannot be checked yet: {reason}"
+        ))),
     }
 }
 
@@ -142,6 +145,11 @@ pub(crate) async fn send_join(
         (_, Received::Rejected(reason) | Received::SoftFailed(reason)) => {
             return Err(MatrixError::forbidden(format!(
                 "The join is not allowed: {reason}"
+            )));
+        }
+        (_, Received::SetAside(reason)) => {
+            return Err(MatrixError::unknown(format!(
+                "The join cannot be checked yet: {reason}"
             )));
         }
     }

@@ -9,6 +9,8 @@ mod events;
 #[cfg(test)]
 mod history_tests;
 #[cfg(test)]
+pub(crate) mod hostile_peer;
+#[cfg(test)]
 pub(crate) mod hostile_tests;
 mod keys;
 mod membership;
