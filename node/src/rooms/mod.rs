@@ -5,6 +5,8 @@ mod auth_fetch;
 #[cfg(test)]
 mod auth_fetch_tests;
 mod backfill;
+#[cfg(test)]
+mod backfill_tests;
 mod create;
 mod incoming;
 mod pdu;
