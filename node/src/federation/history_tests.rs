@@ -307,3 +307,48 @@ async fn a_joined_server_reads_what_its_users_could_under_joined_and_world_reada
         }
     }
 }
+
+#[tokio::test]
+async fn a_banned_server_sending_its_old_join_again_gets_nothing() {
+    let (b, bob, room) = bobs_room("shared").await;
+    let (sam_server, sam) = other_server(&b, "sam").await;
+    join_via(&sam_server, &sam, &room, &b).await;
+    let join = membership_on(&b, &room, &sam.user_id, "join").await;
+    let join_pdu = b
+        .node
+        .store()
+        .pdu(join.clone())
+        .await
+        .unwrap()
+        .unwrap()
+        .json;
+    let path = format!(
+        "/_matrix/federation/v2/send_join/{}/{}",
+        enc(&room),
+        enc(&join)
+    );
+    let send_join = || {
+        let body = serde_json::from_str(&join_pdu).unwrap();
+        sam_server.federation(&b, Method::PUT, &path, Some(body))
+    };
+    // Sent again while it stands, the join gets the same answer.
+    let (status, answer) = send_join().await;
+    assert_eq!(status, 200, "{answer}");
+
+    let (status, body) = b
+        .post(
+            &format!("/v3/rooms/{room}/ban"),
+            Some(&bob.token),
+            json!({"user_id": sam.user_id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    membership_on(&b, &room, &sam.user_id, "ban").await;
+    let (status, answer) = send_join().await;
+    assert_eq!(
+        (status, &answer["errcode"]),
+        (403, &json!("M_FORBIDDEN")),
+        "{answer}"
+    );
+    assert!(answer.get("state").is_none() && answer.get("servers_in_room").is_none());
+}
