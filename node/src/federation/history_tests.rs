@@ -116,7 +116,8 @@ async fn membership_on(on: &Api, room: &str, user: &str, membership: &str) -> St
         .event_id
 }
 
-async fn join_via(on: &Api, who: &Person, room: &str, via: &Api) {
+/// Joins `who` on `on` to `room` through `via`'s node.
+pub(crate) async fn join_via(on: &Api, who: &Person, room: &str, via: &Api) {
     let (status, body) = on
         .post(
             &format!("/v3/join/{room}?via={}", via.node.server_name()),

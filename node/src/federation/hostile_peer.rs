@@ -5,14 +5,14 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::hostile_tests::{draft, event_id, room_version, sign, to_value};
+use super::hostile_tests::{Tip, draft_on, event_id, sign, tip, to_value};
 use crate::client_api::test_support::Api;
 use crate::signing::SigningKey;
 
 pub(crate) struct Peer {
     pub(crate) transport: hyphae_p2p::Transport,
     pub(crate) key: SigningKey,
-    _dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Peer {
@@ -32,7 +32,7 @@ impl Peer {
         Peer {
             transport,
             key,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -92,23 +92,33 @@ impl Peer {
         self.request(to, Method::PUT, &path, Some(body)).await
     }
 
+    /// An event from `sender` built on `tip` and signed by this peer's server: its id and PDU.
+    pub(crate) fn event(
+        &self,
+        tip: &Tip,
+        sender: &str,
+        kind: &str,
+        state_key: Option<&str>,
+        content: Value,
+    ) -> (String, Value) {
+        let mut pdu = draft_on(tip, sender, kind, state_key, content);
+        sign(&self.key, &tip.version, &mut pdu);
+        (event_id(&tip.version, &pdu), to_value(&pdu))
+    }
+
     /// Joins `localpart` of this peer's server to a public room of `on`'s, with a join it signs
     /// and sends itself; returns the join's event id once `on` took it.
     pub(crate) async fn join(&self, on: &Api, room: &str, localpart: &str) -> String {
         let user = self.user(localpart);
-        let version = room_version(on, room).await;
-        let mut join = draft(
-            on,
-            room,
+        let tip = tip(on, room).await;
+        let (id, join) = self.event(
+            &tip,
             &user,
             "m.room.member",
             Some(&user),
             json!({"membership": "join"}),
-        )
-        .await;
-        sign(&self.key, &version, &mut join);
-        let id = event_id(&version, &join);
-        let (status, answer) = self.send(on, vec![to_value(&join)]).await;
+        );
+        let (status, answer) = self.send(on, vec![join]).await;
         assert_eq!(status, 200, "{answer}");
         assert!(answer["pdus"][&id].get("error").is_none(), "{answer}");
         id

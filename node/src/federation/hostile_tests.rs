@@ -1032,24 +1032,17 @@ async fn an_event_on_another_rooms_history_is_refused() {
 pub(crate) async fn silent_server(
     asked: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> (hyphae_p2p::Transport, SigningKey, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let identity = hyphae_p2p::Identity::load_or_create(dir.path()).unwrap();
-    let transport =
-        hyphae_p2p::Transport::start(hyphae_p2p::TransportConfig::loopback(), &identity)
-            .await
-            .unwrap();
-    transport.serve(axum::Router::new().fallback(move |uri: axum::http::Uri| {
-        let asked = asked.clone();
-        async move {
-            let _ = asked.send(uri.path().to_owned());
-            std::future::pending::<()>().await
-        }
-    }));
-    let key = SigningKey::new(
-        identity.server_name().try_into().unwrap(),
-        &identity.secret_bytes(),
-    );
-    (transport, key, dir)
+    let peer = super::hostile_peer::Peer::start(axum::Router::new().fallback(
+        move |uri: axum::http::Uri| {
+            let asked = asked.clone();
+            async move {
+                let _ = asked.send(uri.path().to_owned());
+                std::future::pending::<()>().await
+            }
+        },
+    ))
+    .await;
+    (peer.transport, peer.key, peer.dir)
 }
 
 #[tokio::test]

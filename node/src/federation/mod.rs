@@ -7,7 +7,7 @@ mod directory;
 mod edus;
 mod events;
 #[cfg(test)]
-mod history_tests;
+pub(crate) mod history_tests;
 #[cfg(test)]
 pub(crate) mod hostile_peer;
 #[cfg(test)]

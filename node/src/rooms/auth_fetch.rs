@@ -53,7 +53,7 @@ impl AuthSources {
 
 /// One auth event, as far as this node can tell.
 pub(super) enum AuthEvent {
-    Found(Pdu),
+    Found(Box<Pdu>),
     /// Held here, rejected: an event citing it is rejected too.
     Rejected,
     /// Nobody supplied it (or what it needs in turn).
@@ -130,7 +130,7 @@ impl Rooms {
         for id in &pdu.auth_events {
             match self.auth_event(entry, sources, id).await? {
                 AuthEvent::Found(event) => {
-                    events.insert(id.clone(), event);
+                    events.insert(id.clone(), *event);
                 }
                 AuthEvent::Rejected => {}
                 AuthEvent::Missing => missing.push(id.clone()),
@@ -153,7 +153,7 @@ impl Rooms {
             return Ok(if pdu.rejected {
                 AuthEvent::Rejected
             } else {
-                AuthEvent::Found(pdu)
+                AuthEvent::Found(Box::new(pdu))
             });
         }
         let Some(event) = self.fetch_event(entry, sources, id).await else {
@@ -164,7 +164,7 @@ impl Rooms {
         for auth_id in &event.auth_events {
             match Box::pin(self.auth_event(entry, sources, auth_id)).await? {
                 AuthEvent::Found(auth) => {
-                    its_auth.insert(auth_id.clone(), auth);
+                    its_auth.insert(auth_id.clone(), *auth);
                 }
                 AuthEvent::Rejected => {}
                 AuthEvent::Missing => complete = false,
@@ -182,7 +182,7 @@ impl Rooms {
         }
         self.inner.store.append_accepted(vec![accepted]).await?;
         Ok(match verdict {
-            Ok(()) => AuthEvent::Found(event),
+            Ok(()) => AuthEvent::Found(Box::new(event)),
             Err(_) => AuthEvent::Rejected,
         })
     }

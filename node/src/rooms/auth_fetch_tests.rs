@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::client_api::test_support::Api;
 use crate::federation::hostile_peer::{Peer, accepting};
-use crate::federation::hostile_tests::{draft_on, event_id, sign, tip, to_value};
+use crate::federation::hostile_tests::tip;
 use crate::federation::room_tests::{Person, eventually, person, texts};
 use crate::rooms::urlencode;
 
@@ -78,21 +78,21 @@ struct Scene {
     room: String,
     henrys: Peer,
     mallorys: Peer,
-    /// Henry's new member event, which Bob's node has not got.
+    /// Where Henry's new member event is asked for: Bob's node has not got it.
     auth_path: String,
-    auth_pdu: Value,
     /// Henry's messages citing it, as signed.
     messages: Vec<(String, Value)>,
 }
 
 /// Bob's public room on his node, Henry and Mallory joined from servers of their own; Henry
-/// changes his name (not sent to Bob's node) and says each of `says` citing that change.
+/// changes his name (not sent to Bob's node, but held by his server in `holds`) and says each
+/// of `says` citing that change.
 async fn scene(holds: Holds, mallorys: axum::Router, says: &[&str]) -> Scene {
     crate::federation::room_tests::log_to_test_output();
     let b = Api::start_federated().await;
     let bob = person(&b, "bob").await;
     let room = b.create_public_room(&bob.token).await;
-    let henrys = Peer::start(honest(holds)).await;
+    let henrys = Peer::start(honest(holds.clone())).await;
     let mallorys = Peer::start(mallorys).await;
     for (peer, name) in [(&henrys, "henry"), (&mallorys, "mallory")] {
         peer.connect(&b).await;
@@ -100,15 +100,15 @@ async fn scene(holds: Holds, mallorys: axum::Router, says: &[&str]) -> Scene {
     }
     let henry = henrys.user("henry");
     let tip = tip(&b, &room).await;
-    let mut renamed = draft_on(
+    let (renamed_id, renamed) = henrys.event(
         &tip,
         &henry,
         "m.room.member",
         Some(&henry),
         json!({"membership": "join", "displayname": "Henry II"}),
     );
-    sign(&henrys.key, &tip.version, &mut renamed);
-    let renamed_id = event_id(&tip.version, &renamed);
+    let auth_path = format!("/_matrix/federation/v1/event/{}", urlencode(&renamed_id));
+    holds.events.lock().unwrap().insert(auth_path, renamed);
     let mut after = tip.clone();
     after.state.insert(
         (StateEventType::RoomMember, henry.clone()),
@@ -117,15 +117,13 @@ async fn scene(holds: Holds, mallorys: axum::Router, says: &[&str]) -> Scene {
     let messages = says
         .iter()
         .map(|text| {
-            let mut message = draft_on(
+            henrys.event(
                 &after,
                 &henry,
                 "m.room.message",
                 None,
                 json!({"msgtype": "m.text", "body": text}),
-            );
-            sign(&henrys.key, &after.version, &mut message);
-            (event_id(&after.version, &message), to_value(&message))
+            )
         })
         .collect();
     Scene {
@@ -135,7 +133,6 @@ async fn scene(holds: Holds, mallorys: axum::Router, says: &[&str]) -> Scene {
         henrys,
         mallorys,
         auth_path: format!("/_matrix/federation/v1/event/{}", urlencode(&renamed_id)),
-        auth_pdu: to_value(&renamed),
         messages,
     }
 }
@@ -153,11 +150,6 @@ async fn a_relay_that_stalls_an_auth_event_does_not_keep_the_event_out() {
         &["honest words"],
     )
     .await;
-    holds
-        .events
-        .lock()
-        .unwrap()
-        .insert(s.auth_path.clone(), s.auth_pdu.clone());
 
     // Mallory relays Henry's message before Henry's server sends it, and never answers for the
     // auth event; Henry's server has it.
@@ -201,11 +193,6 @@ async fn an_event_whose_auth_events_no_one_supplies_waits_and_is_taken_later() {
         &["first", "second"],
     )
     .await;
-    holds
-        .events
-        .lock()
-        .unwrap()
-        .insert(s.auth_path.clone(), s.auth_pdu.clone());
 
     // Nobody answers for the auth event now (Henry's server is as good as away): the messages
     // are refused for the moment, and nothing of them is kept that would refuse them later.

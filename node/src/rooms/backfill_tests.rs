@@ -9,8 +9,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::client_api::test_support::Api;
+use crate::federation::history_tests::join_via;
 use crate::federation::hostile_peer::{Peer, accepting};
-use crate::federation::hostile_tests::{draft_on, event_id, sign, tip, to_value};
+use crate::federation::hostile_tests::{Tip, tip};
 use crate::federation::room_tests::{Person, eventually, person, send_text, texts};
 use crate::rooms::urlencode;
 
@@ -46,14 +47,7 @@ async fn a_member_cannot_slip_a_made_up_fork_into_backfilled_history() {
     let bob = person(&b, "bob").await;
     b.connect(&a).await;
     mallorys.connect(&b).await;
-    let (status, body) = b
-        .post(
-            &format!("/v3/join/{room}?via={}", a.node.server_name()),
-            Some(&bob.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    join_via(&b, &bob, &room, &a).await;
     let bobs_join = b
         .node
         .store()
@@ -81,17 +75,15 @@ async fn a_member_cannot_slip_a_made_up_fork_into_backfilled_history() {
     let mut fork_tip = tip(&a, &room).await;
     fork_tip.prev_events = vec![old[0].clone()];
     let mallory = mallorys.user("mallory");
-    let mut fork = draft_on(
+    let (fork_id, fork) = mallorys.event(
         &fork_tip,
         &mallory,
         "m.room.message",
         None,
         json!({"msgtype": "m.text", "body": "made up"}),
     );
-    sign(&mallorys.key, &fork_tip.version, &mut fork);
-    let fork_id = event_id(&fork_tip.version, &fork);
     let mut pdus = history["pdus"].as_array().unwrap().clone();
-    pdus.insert(1, to_value(&fork));
+    pdus.insert(1, fork);
     *answer.lock().unwrap() = pdus;
 
     // Alice's node goes away: Bob's asks Mallory's for the history.
@@ -166,33 +158,29 @@ async fn backfilled_history_is_checked_against_the_state_before_it_when_known() 
         (ruma::events::StateEventType::RoomPowerLevels, String::new()),
         when_powerful,
     );
-    let mut topic = draft_on(
+    let (topic_id, topic) = mallorys.event(
         &then,
         &mallory,
         "m.room.topic",
         Some(""),
         json!({"topic": "Mallory rules here"}),
     );
-    sign(&mallorys.key, &now.version, &mut topic);
-    let topic_id = event_id(&now.version, &topic);
-    let on_topic = crate::federation::hostile_tests::Tip {
+    let on_topic = Tip {
         prev_events: vec![topic_id.clone()],
         depth: now.depth + 1,
         ..now.clone()
     };
-    let mut message = draft_on(
+    let (message_id, message) = mallorys.event(
         &on_topic,
         &mallory,
         "m.room.message",
         None,
         json!({"msgtype": "m.text", "body": "on my topic"}),
     );
-    sign(&mallorys.key, &now.version, &mut message);
     *state_ids.lock().unwrap() = now.state.values().cloned().collect();
-    *history.lock().unwrap() = vec![to_value(&topic)];
-    let (status, answer) = mallorys.send(&b, vec![to_value(&message)]).await;
+    *history.lock().unwrap() = vec![topic];
+    let (status, answer) = mallorys.send(&b, vec![message]).await;
     assert_eq!(status, 200, "{answer}");
-    let message_id = event_id(&now.version, &message);
     assert!(
         answer["pdus"][&message_id].get("error").is_none(),
         "{answer}"

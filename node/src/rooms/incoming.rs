@@ -588,7 +588,7 @@ impl Rooms {
             match self.auth_event(entry, sources, id).await? {
                 AuthEvent::Found(event) => {
                     if let Some(key) = &event.state_key {
-                        state.insert((event.kind.to_string().into(), key.clone()), event);
+                        state.insert((event.kind.to_string().into(), key.clone()), *event);
                     }
                 }
                 AuthEvent::Rejected => {}
