@@ -353,3 +353,48 @@ async fn a_banned_server_sending_its_old_join_again_gets_nothing() {
     );
     assert!(answer.get("state").is_none() && answer.get("servers_in_room").is_none());
 }
+
+/// What filtering history for a server costs: `/backfill` pages of 100 (50 events from before
+/// the reader's join, 50 after) read by a joined server, under `shared` (nothing redacted) and
+/// `joined` (the older half redacted), p50/p99 over `HYPHAE_HISTORY_READS` (default 200) reads:
+/// `cargo test -p hyphae-node --lib history_read_cost -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn history_read_cost() {
+    let reads: usize = std::env::var("HYPHAE_HISTORY_READS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200);
+    for visibility in ["shared", "joined"] {
+        let (b, bob, room) = bobs_room(visibility).await;
+        for i in 0..150 {
+            send_text(&b, &bob, &room, &format!("before {i}")).await;
+        }
+        let (joe_server, joe) = other_server(&b, "joe").await;
+        join_via(&joe_server, &joe, &room, &b).await;
+        let mut latest = String::new();
+        for i in 0..50 {
+            latest = send_text(&b, &bob, &room, &format!("after {i}")).await;
+        }
+        let path = format!(
+            "/_matrix/federation/v1/backfill/{}?v={}&limit=100",
+            enc(&room),
+            enc(&latest)
+        );
+        let mut took = Vec::with_capacity(reads);
+        for _ in 0..reads {
+            let started = std::time::Instant::now();
+            let (status, body) = joe_server.federation(&b, Method::GET, &path, None).await;
+            took.push(started.elapsed());
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["pdus"].as_array().unwrap().len(), 100);
+        }
+        took.sort();
+        let at = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
+        println!(
+            "backfill of 100 events under {visibility}, {reads} reads: p50 {:.2} ms, p99 {:.2} ms",
+            at(0.5).as_secs_f64() * 1000.0,
+            at(0.99).as_secs_f64() * 1000.0
+        );
+    }
+}

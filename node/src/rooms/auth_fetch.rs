@@ -27,6 +27,9 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_SOURCES: usize = 4;
 /// PDUs set aside at most; past this the oldest is dropped (a later delivery is still taken).
 const MAX_SET_ASIDE: usize = 256;
+/// PDUs of one sender's server set aside at most, so a member that sends events citing what
+/// nobody has cannot push out everyone else's (its own oldest go first).
+const MAX_SET_ASIDE_PER_SERVER: usize = 32;
 /// Tries of a PDU set aside before it is dropped.
 const MAX_TRIES: u32 = 8;
 /// The first retry of a PDU set aside comes after this; each further one after twice as long.
@@ -66,9 +69,10 @@ pub(super) struct SetAside {
     waiting: Mutex<VecDeque<Waiting>>,
 }
 
-struct Waiting {
-    event_id: OwnedEventId,
+pub(super) struct Waiting {
+    pub(super) event_id: OwnedEventId,
     room_id: OwnedRoomId,
+    sender_server: OwnedServerName,
     /// The PDU as received.
     pdu: Box<RawValue>,
     tries: u32,
@@ -76,7 +80,7 @@ struct Waiting {
 }
 
 impl SetAside {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Waiting>> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Waiting>> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -241,17 +245,29 @@ impl Rooms {
     /// Keeps a PDU aside to be tried again later, instead of rejecting it for what this node
     /// could not fetch.
     pub(super) fn set_aside(&self, room_id: &OwnedRoomId, event_id: &EventId, pdu: Box<RawValue>) {
+        let Some(sender_server) = sender_server(&pdu) else {
+            return;
+        };
         let mut waiting = self.inner.set_aside.lock();
         if waiting.iter().any(|w| w.event_id == event_id) {
             return;
         }
-        if waiting.len() >= MAX_SET_ASIDE {
+        let same_server = || waiting.iter().filter(|w| w.sender_server == sender_server);
+        if same_server().count() >= MAX_SET_ASIDE_PER_SERVER {
+            if let Some(oldest) = waiting
+                .iter()
+                .position(|w| w.sender_server == sender_server)
+            {
+                waiting.remove(oldest);
+            }
+        } else if waiting.len() >= MAX_SET_ASIDE {
             waiting.pop_front();
         }
         tracing::info!(%room_id, %event_id, "setting an event aside until its auth events can be had");
         waiting.push_back(Waiting {
             event_id: event_id.to_owned(),
             room_id: room_id.clone(),
+            sender_server,
             pdu,
             tries: 0,
             due: Instant::now() + FIRST_RETRY,
@@ -263,21 +279,31 @@ impl Rooms {
     /// as long next time, and is dropped after `MAX_TRIES`.
     pub(crate) async fn retry_set_aside(&self, all: bool) -> usize {
         let now = Instant::now();
-        let due: Vec<(OwnedEventId, OwnedRoomId, Box<RawValue>)> = self
+        let due: Vec<(OwnedEventId, OwnedRoomId, OwnedServerName, Box<RawValue>)> = self
             .inner
             .set_aside
             .lock()
             .iter()
             .filter(|w| all || w.due <= now)
-            .map(|w| (w.event_id.clone(), w.room_id.clone(), w.pdu.clone()))
+            .map(|w| {
+                let Waiting {
+                    event_id,
+                    room_id,
+                    sender_server,
+                    pdu,
+                    ..
+                } = w;
+                (
+                    event_id.clone(),
+                    room_id.clone(),
+                    sender_server.clone(),
+                    pdu.clone(),
+                )
+            })
             .collect();
         let mut accepted = 0;
-        for (event_id, room_id, pdu) in due {
-            let sender_server = sender_server(&pdu);
-            let outcome = match &sender_server {
-                Some(server) => self.receive_pdu(server, &pdu).await,
-                None => Err(RoomError::BadRequest("a PDU without a sender".into())),
-            };
+        for (event_id, room_id, sender_server, pdu) in due {
+            let outcome = self.receive_pdu(&sender_server, &pdu).await;
             let again = match outcome {
                 Ok((_, Received::SetAside(_))) | Err(RoomError::Unreachable(_)) => true,
                 Ok((_, received)) => {

@@ -229,3 +229,29 @@ async fn an_event_whose_auth_events_no_one_supplies_waits_and_is_taken_later() {
     assert_eq!(taken, 1, "the second message, tried again");
     assert_eq!(texts(&s.b, &s.bob, &s.room).await, ["first", "second"]);
 }
+
+#[tokio::test]
+async fn one_server_cannot_push_everyone_elses_events_out_of_those_set_aside() {
+    let api = Api::start().await;
+    let rooms = &api.node.app_state().rooms;
+    let room: ruma::OwnedRoomId = "!room:example".try_into().unwrap();
+    let set_aside = |n: usize, server: &str| {
+        let id = ruma::EventId::parse(format!("${server}{n:040}")).unwrap();
+        let pdu = serde_json::value::to_raw_value(&json!({"sender": format!("@u:{server}")}));
+        rooms.set_aside(&room, &id, pdu.unwrap());
+        id
+    };
+    let honest = set_aside(0, "honest.example");
+    let flood: Vec<_> = (0..100).map(|n| set_aside(n, "flood.example")).collect();
+    let waiting = rooms.inner.set_aside.lock();
+    let held: Vec<&ruma::OwnedEventId> = waiting.iter().map(|w| &w.event_id).collect();
+    assert!(
+        held.contains(&&honest),
+        "the honest server's event was pushed out"
+    );
+    assert_eq!(held.len(), 33, "32 of the flood and the honest one");
+    assert!(
+        held.contains(&&flood[99]) && !held.contains(&&flood[67]),
+        "the flood's newest stay"
+    );
+}

@@ -576,12 +576,18 @@ impl Rooms {
             urlencode(entry.room_id.as_str()),
             urlencode(pdu.event_id.as_str())
         );
-        let response: StateIds = self
+        let response: StateIds = match self
             .inner
             .federation
             .request(origin, Method::GET, &path, None)
             .await
-            .map_err(|e| RoomError::Forbidden(format!("the state before the event: {e}")))?;
+        {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::info!(%origin, event_id = %pdu.event_id, error = %e, "could not fetch the state before an event");
+                return Ok(None);
+            }
+        };
         sources.refill();
         let mut state = RoomState::new();
         for id in &response.pdu_ids {
