@@ -103,6 +103,7 @@ impl Node {
             federation.clone(),
             policy.clone(),
         );
+        rooms.spawn_retries();
         // Before the overlay starts: the node's bans apply to the first PDU that arrives.
         policy
             .start()

@@ -1,7 +1,9 @@
 //! Walks of the room DAG for federation catch-up: auth chains (over `event_auth`), backfill and
-//! missing events (backwards over `event_edges`), and whether a server takes part in a room.
-//! Every walk stays inside one room, so a PDU that names another room's events cannot make the
-//! node serve them; rejected PDUs are walked through but never returned.
+//! missing events (backwards over `event_edges`), and what decides which of a room's events
+//! another server may read (whether a user of it is joined now, and the changes of the room's
+//! history visibility and of that server's users' memberships). Every walk stays inside one
+//! room, so a PDU that names another room's events cannot make the node serve them; rejected
+//! PDUs are walked through but never returned.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -13,21 +15,63 @@ use crate::error::Result;
 use crate::events::StoredPdu;
 
 impl Store {
-    /// Whether `server_name` takes part in the room: some user of that server has the
-    /// membership join, leave or ban there, i.e. joined it (and may have left or been banned
-    /// since, having seen the room's history up to then). An invite or a knock alone never
-    /// showed the server the room. Kept simple: a leave or ban is not checked for a join
-    /// before it (a refused invite ends as a leave too).
-    pub async fn server_in_room(&self, room_id: String, server_name: String) -> Result<bool> {
+    /// What decides which of the room's events `server_name` may read: `None` unless a user of
+    /// that server is joined to the room now (a leave, a ban, a declined invite or an invite
+    /// alone show a server nothing); otherwise every accepted change of the room's history
+    /// visibility and of that server's users' memberships, in stream order. One read, whatever
+    /// the page of events it is asked for.
+    pub async fn server_history(
+        &self,
+        room_id: String,
+        server_name: String,
+    ) -> Result<Option<Vec<HistoryChange>>> {
         self.read(move |conn| {
             // A user id's server name is everything after its first ':' (localparts hold none).
-            Ok(conn.query_row(
-                "SELECT EXISTS (SELECT 1 FROM memberships
-                 WHERE room_id = ?1 AND membership IN ('join', 'leave', 'ban')
-                   AND substr(user_id, instr(user_id, ':') + 1) = ?2)",
-                params![room_id, server_name],
-                |row| row.get(0),
-            )?)
+            let joined: bool = conn
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM memberships
+                     WHERE room_id = ?1 AND membership = 'join'
+                       AND substr(user_id, instr(user_id, ':') + 1) = ?2)",
+                )?
+                .query_row(params![room_id, server_name], |row| row.get(0))?;
+            if !joined {
+                return Ok(None);
+            }
+            // Two arms so each walks the (room, type, state key) index.
+            let mut statement = conn.prepare_cached(
+                "SELECT stream_pos, state_key, json_extract(pdu, '$.content.history_visibility')
+                 FROM events
+                 WHERE room_id = ?1 AND event_type = 'm.room.history_visibility'
+                   AND state_key = '' AND rejection_reason IS NULL AND stream_pos IS NOT NULL
+                 UNION ALL
+                 SELECT stream_pos, state_key, json_extract(pdu, '$.content.membership')
+                 FROM events
+                 WHERE room_id = ?1 AND event_type = 'm.room.member'
+                   AND substr(state_key, instr(state_key, ':') + 1) = ?2
+                   AND rejection_reason IS NULL AND stream_pos IS NOT NULL
+                 ORDER BY stream_pos",
+            )?;
+            let changes = statement
+                .query_map(params![room_id, server_name], |row| {
+                    let stream_pos = row.get(0)?;
+                    let user_id: String = row.get(1)?;
+                    // Content a sender shaped oddly (a number for a string) counts as unknown.
+                    let value = row.get_ref(2)?.as_str().ok().map(str::to_owned);
+                    Ok(if user_id.is_empty() {
+                        HistoryChange::Visibility {
+                            stream_pos,
+                            visibility: value,
+                        }
+                    } else {
+                        HistoryChange::Membership {
+                            stream_pos,
+                            user_id,
+                            membership: value,
+                        }
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some(changes))
         })
         .await
     }
@@ -85,6 +129,31 @@ impl Store {
             Ok(pdus)
         })
         .await
+    }
+}
+
+/// A change to what a server may read of a room, at its place in the room's timeline here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryChange {
+    /// The room's `history_visibility` became `visibility` (`None`: not a string).
+    Visibility {
+        stream_pos: i64,
+        visibility: Option<String>,
+    },
+    /// The membership of one of the server's users became `membership` (`None`: not a string).
+    Membership {
+        stream_pos: i64,
+        user_id: String,
+        membership: Option<String>,
+    },
+}
+
+impl HistoryChange {
+    pub fn stream_pos(&self) -> i64 {
+        match self {
+            HistoryChange::Visibility { stream_pos, .. }
+            | HistoryChange::Membership { stream_pos, .. } => *stream_pos,
+        }
     }
 }
 
@@ -389,7 +458,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_server_takes_part_once_a_user_of_it_joined() {
+    async fn a_server_reads_history_only_while_a_user_of_it_is_joined() {
         let (_dir, store) = store().await;
         let set = |user: &'static str, room: &'static str, membership: &'static str| {
             store.write(move |conn| {
@@ -402,24 +471,150 @@ mod tests {
                 Ok(())
             })
         };
-        let takes_part = |server: &str| store.server_in_room(ROOM.into(), server.into());
+        let joined = |server: &str| {
+            let store = store.clone();
+            let server = server.to_owned();
+            async move {
+                store
+                    .server_history(ROOM.into(), server)
+                    .await
+                    .unwrap()
+                    .is_some()
+            }
+        };
         set("@x:invited.example", ROOM, "invite").await.unwrap();
         set("@x:elsewhere.example", "!other:example", "join")
             .await
             .unwrap();
         set("@x:some.example", ROOM, "join").await.unwrap();
         set("@y:gone.example", ROOM, "leave").await.unwrap();
+        set("@y:banned.example", ROOM, "ban").await.unwrap();
         set("@z:knocking.example", ROOM, "knock").await.unwrap();
-        assert!(takes_part("some.example").await.unwrap());
-        assert!(takes_part("gone.example").await.unwrap());
-        assert!(!takes_part("invited.example").await.unwrap());
-        assert!(!takes_part("knocking.example").await.unwrap());
-        assert!(!takes_part("elsewhere.example").await.unwrap());
-        assert!(
-            !takes_part("example").await.unwrap(),
-            "a suffix is not the server"
-        );
+        assert!(joined("some.example").await);
+        assert!(!joined("gone.example").await, "a leave shows nothing");
+        assert!(!joined("banned.example").await, "a ban shows nothing");
+        assert!(!joined("invited.example").await);
+        assert!(!joined("knocking.example").await);
+        assert!(!joined("elsewhere.example").await);
+        assert!(!joined("example").await, "a suffix is not the server");
         set("@x:invited.example", ROOM, "join").await.unwrap();
-        assert!(takes_part("invited.example").await.unwrap());
+        assert!(joined("invited.example").await);
+        set("@x:some.example", ROOM, "leave").await.unwrap();
+        assert!(!joined("some.example").await);
+    }
+
+    #[tokio::test]
+    async fn a_servers_history_changes_are_its_users_memberships_and_the_visibility() {
+        let (_dir, store) = store().await;
+        let state = |id: &str, kind: &str, key: &str, content: &str| {
+            let mut pdu = pdu(id, 1, &[], &[]);
+            pdu.event_type = kind.into();
+            pdu.state_key = Some(key.into());
+            pdu.json = format!(r#"{{"content":{content}}}"#);
+            pdu
+        };
+        let mut rejected = state(
+            "$rejected",
+            "m.room.member",
+            "@x:some.example",
+            r#"{"membership":"ban"}"#,
+        );
+        rejected.rejection_reason = Some("no".into());
+        let mut outlier = state(
+            "$outlier",
+            "m.room.member",
+            "@x:some.example",
+            r#"{"membership":"leave"}"#,
+        );
+        outlier.outlier = true;
+        let mut elsewhere = state(
+            "$elsewhere",
+            "m.room.history_visibility",
+            "",
+            r#"{"history_visibility":"world_readable"}"#,
+        );
+        elsewhere.room_id = "!elsewhere:example".into();
+        let positions = store
+            .append_pdus(vec![
+                state(
+                    "$v1",
+                    "m.room.history_visibility",
+                    "",
+                    r#"{"history_visibility":"joined"}"#,
+                ),
+                state(
+                    "$other",
+                    "m.room.member",
+                    "@y:other.example",
+                    r#"{"membership":"join"}"#,
+                ),
+                state(
+                    "$suffix",
+                    "m.room.member",
+                    "@y:some.example.evil",
+                    r#"{"membership":"join"}"#,
+                ),
+                state(
+                    "$invite",
+                    "m.room.member",
+                    "@x:some.example",
+                    r#"{"membership":"invite"}"#,
+                ),
+                rejected,
+                outlier,
+                elsewhere,
+                state(
+                    "$join",
+                    "m.room.member",
+                    "@x:some.example",
+                    r#"{"membership":"join"}"#,
+                ),
+                state(
+                    "$v2",
+                    "m.room.history_visibility",
+                    "",
+                    r#"{"history_visibility":5}"#,
+                ),
+                pdu("$message", 2, &[], &[]),
+            ])
+            .await
+            .unwrap();
+        store
+            .write(|conn| {
+                conn.execute(
+                    "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_pos)
+                     VALUES (?1, '@x:some.example', 'join', '$join', 0)",
+                    [ROOM],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let changes = store
+            .server_history(ROOM.into(), "some.example".into())
+            .await
+            .unwrap()
+            .unwrap();
+        let at = |i: usize| positions[i].unwrap();
+        let member = |i: usize, membership: &str| HistoryChange::Membership {
+            stream_pos: at(i),
+            user_id: "@x:some.example".into(),
+            membership: Some(membership.into()),
+        };
+        assert_eq!(
+            changes,
+            [
+                HistoryChange::Visibility {
+                    stream_pos: at(0),
+                    visibility: Some("joined".into()),
+                },
+                member(3, "invite"),
+                member(7, "join"),
+                HistoryChange::Visibility {
+                    stream_pos: at(8),
+                    visibility: None,
+                },
+            ]
+        );
     }
 }

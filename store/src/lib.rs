@@ -56,6 +56,7 @@ pub use crypto::{
     OlmSessionRow, OutboundGroupSessionRow, OutboundShare, OutboundWrite, TrackedDevice,
     TrackedUser, TrackedUserWrite,
 };
+pub use dag::HistoryChange;
 pub use error::{Result, StoreError};
 pub use events::{NewPdu, ReplacedState, StoredPdu};
 pub use keys::{ClaimedKey, CrossSigningKey, KeySignature, KeyUpload, OneTimeKey};

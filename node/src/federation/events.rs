@@ -1,7 +1,9 @@
 //! The read-only endpoints a server uses to catch up on a room: one event (`event`), the state
 //! before an event (`state_ids`, `state`), history (`backfill`), the gap between what it has and
 //! what it was sent (`get_missing_events`), and an event's auth chain (`event_auth`). Only servers
-//! taking part in the room get answers; PDUs go out as stored, signed and hashed.
+//! with a user joined to the room get answers, and only the history their users could read
+//! (see `visibility.rs`); PDUs go out as stored, signed and hashed, or redacted where the server
+//! may not read them.
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use hyphae_store::StoredPdu;
@@ -13,11 +15,13 @@ use ruma::api::federation::event::{
 };
 use ruma::api::{IncomingRequest, IncomingRequestExt};
 use ruma::{
-    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId, ServerName, UInt,
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId,
+    ServerName, UInt,
 };
 use serde_json::value::RawValue;
 
 use super::Origin;
+use super::visibility::ServerView;
 use crate::client_api::{MatrixError, Ruma};
 use crate::node::AppState;
 
@@ -56,9 +60,11 @@ impl<T: IncomingRequest, S: Send + Sync> FromRequest<S> for Incoming<T> {
     }
 }
 
-/// A room some server may ask about.
+/// A room some server may ask about, and what that server may read of it.
 struct Room {
     id: OwnedRoomId,
+    version: RoomVersionId,
+    view: ServerView,
     /// From room version 12 the create event is named by the room id instead of in
     /// `auth_events`; it still belongs in every auth chain (as Synapse counts it), since whoever
     /// checks the chain needs it.
@@ -78,11 +84,16 @@ pub(crate) async fn event(
         tracing::error!(event_id = %pdu.event_id, error = %e, "stored event with a bad room id");
         MatrixError::unknown("A stored event is damaged")
     })?;
-    room(&state, &origin, &room_id).await?;
+    let room = room(&state, &origin, &room_id).await?;
+    let pdu = room
+        .view
+        .serve(&room.version, vec![pdu])?
+        .pop()
+        .ok_or_else(|| MatrixError::unknown("The event vanished"))?;
     Ok(Ruma(get_event::v1::Response::new(
         state.server_name.clone(),
         MilliSecondsSinceUnixEpoch::now(),
-        raw(pdu)?,
+        pdu,
     )))
 }
 
@@ -133,7 +144,7 @@ pub(crate) async fn backfill(
     Ok(Ruma(get_backfill::v1::Response::new(
         state.server_name.clone(),
         MilliSecondsSinceUnixEpoch::now(),
-        raws(pdus)?,
+        room.view.serve(&room.version, pdus)?,
     )))
 }
 
@@ -156,7 +167,9 @@ pub(crate) async fn missing_events(
             i64::try_from(u64::from(request.min_depth)).unwrap_or(i64::MAX),
         )
         .await?;
-    Ok(Ruma(get_missing_events::v1::Response::new(raws(pdus)?)))
+    Ok(Ruma(get_missing_events::v1::Response::new(
+        room.view.serve(&room.version, pdus)?,
+    )))
 }
 
 /// `GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}`: the event's full auth chain.
@@ -167,36 +180,30 @@ pub(crate) async fn event_auth(
 ) -> Result<Ruma<get_event_authorization::v1::Response>, MatrixError> {
     let room = room(&state, &origin, &request.room_id).await?;
     let event = event_in_room(&state, &room, &request.event_id).await?;
+    room.view.require_visible(&event)?;
     let auth_chain = auth_chain(&state, &room, vec![event.event_id]).await?;
     Ok(Ruma(get_event_authorization::v1::Response::new(raws(
         auth_chain,
     )?)))
 }
 
-/// The room, if it is known here and `origin` takes part in it (see
-/// [`hyphae_store::Store::server_in_room`]: a member that joined, or did and left; an invite
-/// alone is not enough). Everything these endpoints serve is room history, so a server
-/// that was never in the room gets none of it.
+/// The room, if it is known here and a user of `origin` is joined to it now, with what
+/// `origin` may read of it. Everything these endpoints serve is room history: a server that
+/// left, was banned (even without ever joining), declined an invite or was only invited gets
+/// none of it.
 async fn room(
     state: &AppState,
     origin: &ServerName,
     room_id: &RoomId,
 ) -> Result<Room, MatrixError> {
     let version = state.rooms.version(room_id).await?;
-    if !state
-        .store
-        .server_in_room(room_id.to_string(), origin.to_string())
-        .await?
-    {
-        tracing::info!(%origin, %room_id, "refused room history to a server not in the room");
-        return Err(MatrixError::forbidden(format!(
-            "{origin} takes no part in {room_id}"
-        )));
-    }
+    let view = ServerView::of(state, origin, room_id).await?;
     let implicit_create = crate::rooms::rules(&version)
         .is_ok_and(|rules| rules.authorization.room_create_event_id_as_room_id);
     Ok(Room {
         id: room_id.to_owned(),
+        version,
+        view,
         implicit_create,
     })
 }
@@ -221,13 +228,15 @@ async fn event_in_room(
         .ok_or_else(|| MatrixError::not_found("No such event in this room"))
 }
 
-/// The room's state before the event, and that state's auth chain.
+/// The room's state before the event, and that state's auth chain, for a server that may read
+/// the event.
 async fn state_before(
     state: &AppState,
     room: &Room,
     event_id: &EventId,
 ) -> Result<(Vec<StoredPdu>, Vec<StoredPdu>), MatrixError> {
     let event = event_in_room(state, room, event_id).await?;
+    room.view.require_visible(&event)?;
     // An outlier has no place in the room's timeline here, so no state is known at it.
     let Some(position) = event.stream_pos else {
         return Err(MatrixError::not_found(
@@ -273,7 +282,7 @@ fn capped(limit: UInt) -> usize {
 }
 
 /// The PDU as stored: the federation format, signatures and hashes included.
-fn raw(pdu: StoredPdu) -> Result<Box<RawValue>, MatrixError> {
+pub(super) fn raw(pdu: StoredPdu) -> Result<Box<RawValue>, MatrixError> {
     let StoredPdu { event_id, json, .. } = pdu;
     RawValue::from_string(json).map_err(|e| {
         tracing::error!(%event_id, error = %e, "stored PDU is not JSON");
@@ -586,41 +595,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn servers_not_in_the_room_are_refused_and_unknown_events_not_found() {
+    async fn servers_with_no_user_joined_are_refused_and_unknown_events_not_found() {
         let h = History::new().await;
         let room = enc(&h.room_id);
         let latest = enc(&h.messages[4]);
-        let endpoints = [
-            (
-                Method::GET,
-                format!("/_matrix/federation/v1/event/{latest}"),
-            ),
-            (
-                Method::GET,
-                format!("/_matrix/federation/v1/state_ids/{room}?event_id={latest}"),
-            ),
-            (
-                Method::GET,
-                format!("/_matrix/federation/v1/state/{room}?event_id={latest}"),
-            ),
-            (
-                Method::GET,
-                format!("/_matrix/federation/v1/backfill/{room}?v={latest}&limit=10"),
-            ),
-            (
-                Method::POST,
-                format!("/_matrix/federation/v1/get_missing_events/{room}"),
-            ),
-            (
-                Method::GET,
-                format!("/_matrix/federation/v1/event_auth/{room}/{latest}"),
-            ),
-        ];
-        let body = json!({"earliest_events": [], "latest_events": [h.messages[4]]});
+        let reads = crate::federation::history_tests::history_reads(&h.room_id, &h.messages[4]);
         let refused = async |h: &History| {
-            for (method, path) in &endpoints {
-                let body = (*method == Method::POST).then(|| body.clone());
-                let (status, answer) = h.a.federation(&h.b, method.clone(), path, body).await;
+            for (method, path, body) in &reads {
+                let (status, answer) =
+                    h.a.federation(&h.b, method.clone(), path, body.clone())
+                        .await;
                 assert_eq!(
                     (status, &answer["errcode"]),
                     (403, &json!("M_FORBIDDEN")),
@@ -629,13 +613,17 @@ mod tests {
             }
         };
         refused(&h).await;
-        // An invite is an offer, not a part in the room.
-        h.a_takes_part(&h.room_id, "invite").await;
-        refused(&h).await;
+        // An invite is an offer, not a part in the room; a server that left or was banned
+        // (whether or not it ever joined) takes part no more.
+        for membership in ["invite", "leave", "ban"] {
+            h.a_takes_part(&h.room_id, membership).await;
+            refused(&h).await;
+        }
         h.a_takes_part(&h.room_id, "join").await;
-        for (method, path) in &endpoints {
-            let body = (*method == Method::POST).then(|| body.clone());
-            let (status, answer) = h.a.federation(&h.b, method.clone(), path, body).await;
+        for (method, path, body) in &reads {
+            let (status, answer) =
+                h.a.federation(&h.b, method.clone(), path, body.clone())
+                    .await;
             assert_eq!(status, 200, "{path}: {answer}");
         }
 

@@ -58,16 +58,16 @@ pub(crate) async fn room_version(on: &Api, room: &str) -> RoomVersionId {
 /// Where a new event goes in a room: its prev events, its depth, and the state it is built
 /// on (its auth events come from there).
 #[derive(Clone)]
-struct Tip {
-    room: String,
-    version: RoomVersionId,
-    prev_events: Vec<String>,
-    depth: i64,
-    state: HashMap<(StateEventType, String), String>,
+pub(crate) struct Tip {
+    pub(crate) room: String,
+    pub(crate) version: RoomVersionId,
+    pub(crate) prev_events: Vec<String>,
+    pub(crate) depth: i64,
+    pub(crate) state: HashMap<(StateEventType, String), String>,
 }
 
 /// The room as `on` sees it now: its latest events and current state.
-async fn tip(on: &Api, room: &str) -> Tip {
+pub(crate) async fn tip(on: &Api, room: &str) -> Tip {
     let store = on.node.store();
     let state = store
         .current_state(room.to_owned())
@@ -107,7 +107,7 @@ pub(crate) async fn draft(
 }
 
 /// An unsigned PDU from `sender` built on `tip`.
-fn draft_on(
+pub(crate) fn draft_on(
     tip: &Tip,
     sender: &str,
     kind: &str,
@@ -1032,24 +1032,17 @@ async fn an_event_on_another_rooms_history_is_refused() {
 pub(crate) async fn silent_server(
     asked: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> (hyphae_p2p::Transport, SigningKey, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let identity = hyphae_p2p::Identity::load_or_create(dir.path()).unwrap();
-    let transport =
-        hyphae_p2p::Transport::start(hyphae_p2p::TransportConfig::loopback(), &identity)
-            .await
-            .unwrap();
-    transport.serve(axum::Router::new().fallback(move |uri: axum::http::Uri| {
-        let asked = asked.clone();
-        async move {
-            let _ = asked.send(uri.path().to_owned());
-            std::future::pending::<()>().await
-        }
-    }));
-    let key = SigningKey::new(
-        identity.server_name().try_into().unwrap(),
-        &identity.secret_bytes(),
-    );
-    (transport, key, dir)
+    let peer = super::hostile_peer::Peer::start(axum::Router::new().fallback(
+        move |uri: axum::http::Uri| {
+            let asked = asked.clone();
+            async move {
+                let _ = asked.send(uri.path().to_owned());
+                std::future::pending::<()>().await
+            }
+        },
+    ))
+    .await;
+    (peer.transport, peer.key, peer.dir)
 }
 
 #[tokio::test]

@@ -88,6 +88,9 @@ pub(crate) async fn send_leave(
         (_, Received::Rejected(reason) | Received::SoftFailed(reason)) => Err(
             MatrixError::forbidden(format!("The leave is not allowed: {reason}")),
         ),
+        (_, Received::SetAside(reason)) => Err(MatrixError::unknown(format!(
+            "The leave cannot be checked yet: {reason}"
+        ))),
     }
 }
 
@@ -138,10 +141,30 @@ pub(crate) async fn send_join(
 ) -> Result<Json<Value>, MatrixError> {
     let (raw, join) = own_membership(&state, &origin, &room_id, &event_id, "join", &body).await?;
     match state.rooms.receive_pdu(&origin, &raw).await? {
-        (_, Received::Accepted | Received::Duplicate) => {}
+        (_, Received::Accepted) => {}
+        // A join sent again gets the answer again only while it is the user's membership: an
+        // old join of a user who left or was banned since would hand the room's servers now,
+        // and the state of then, to a server with no one in the room.
+        (_, Received::Duplicate) => {
+            let current = state
+                .store
+                .membership(room_id.to_string(), join.sender.to_string())
+                .await?;
+            if current.is_none_or(|m| m.membership != "join" || m.event_id != event_id) {
+                return Err(MatrixError::forbidden(format!(
+                    "{} is not joined by this event",
+                    join.sender
+                )));
+            }
+        }
         (_, Received::Rejected(reason) | Received::SoftFailed(reason)) => {
             return Err(MatrixError::forbidden(format!(
                 "The join is not allowed: {reason}"
+            )));
+        }
+        (_, Received::SetAside(reason)) => {
+            return Err(MatrixError::unknown(format!(
+                "The join cannot be checked yet: {reason}"
             )));
         }
     }

@@ -7,6 +7,10 @@ mod directory;
 mod edus;
 mod events;
 #[cfg(test)]
+pub(crate) mod history_tests;
+#[cfg(test)]
+pub(crate) mod hostile_peer;
+#[cfg(test)]
 pub(crate) mod hostile_tests;
 mod keys;
 mod membership;
@@ -18,6 +22,7 @@ pub(crate) mod room_tests;
 pub(crate) mod send;
 mod sender;
 mod user_keys;
+mod visibility;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

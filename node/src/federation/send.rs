@@ -89,7 +89,9 @@ pub(crate) async fn process(
                 let result = match received {
                     Received::Accepted | Received::Duplicate => json!({}),
                     Received::SoftFailed(_) => json!({}),
-                    Received::Rejected(reason) => json!({"error": reason}),
+                    Received::Rejected(reason) | Received::SetAside(reason) => {
+                        json!({"error": reason})
+                    }
                 };
                 results.insert(event_id.to_string(), result);
             }

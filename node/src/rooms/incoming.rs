@@ -19,6 +19,7 @@ use ruma::{
 };
 use serde_json::value::RawValue;
 
+use super::auth_fetch::{AuthEvent, AuthSources};
 use super::{Pdu, RoomEntry, RoomError, RoomState, Rooms, membership_of, rules, snapshot_of};
 use crate::signing::KEY_ID;
 
@@ -30,8 +31,6 @@ const MISSING_LIMIT: usize = 100;
 const PROCESS_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
 /// Servers an accepted event from elsewhere is passed on to (see `forward_targets`).
 const FORWARD_FANOUT: usize = 4;
-/// Auth events fetched one by one for one incoming event, at most.
-const MAX_AUTH_FETCHES: usize = 200;
 
 /// What became of an incoming PDU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +42,10 @@ pub(crate) enum Received {
     SoftFailed(String),
     /// Failed the auth rules: kept as rejected, never shown or built on.
     Rejected(String),
+    /// Some of its auth events (or of the state before it) could not be had from any server
+    /// asked: nothing is kept of it but a copy set aside, tried again later (see
+    /// `auth_fetch.rs`); a later delivery is taken as new.
+    SetAside(String),
 }
 
 impl Rooms {
@@ -100,9 +103,13 @@ impl Rooms {
         .await
         {
             Ok(result) => result,
-            Err(_) => Err(RoomError::Unreachable(format!(
-                "{origin} took longer than {PROCESS_BUDGET:?} to supply what the event needs"
-            ))),
+            Err(_) => {
+                // Not the event's fault: it is tried again later.
+                self.set_aside(&entry.room_id, &event_id, raw.to_owned());
+                Err(RoomError::Unreachable(format!(
+                    "{origin} took longer than {PROCESS_BUDGET:?} to supply what the event needs"
+                )))
+            }
         };
         if result.is_err() {
             // The cache may be ahead of or behind the store now.
@@ -151,8 +158,13 @@ impl Rooms {
             missing = self.unknown(&pdu.prev_events).await?;
         }
 
-        let auth_events = self.auth_events_of(entry, origin, &pdu).await?;
+        let mut sources = self.auth_sources(entry, origin, &pdu).await;
+        let (auth_events, missing_auth) = self.auth_events_of(entry, &mut sources, &pdu).await?;
         if let Err(reason) = check_auth(&entry.version, &pdu, &auth_events, None) {
+            if !missing_auth.is_empty() {
+                let reason = format!("{reason} (auth events not to be had: {missing_auth:?})");
+                return self.set_aside_pdu(entry, &pdu, reason);
+            }
             return self.reject(entry, pdu, reason).await;
         }
 
@@ -163,7 +175,16 @@ impl Rooms {
         };
         let state_before = match state_before {
             Some(state) => state,
-            None => self.fetch_state_before(entry, origin, &pdu).await?,
+            None => match self
+                .fetch_state_before(entry, origin, &mut sources, &pdu)
+                .await?
+            {
+                Some(state) => state,
+                None => {
+                    let reason = "some of the state before it could not be had".to_owned();
+                    return self.set_aside_pdu(entry, &pdu, reason);
+                }
+            },
         };
         if let Err(reason) = check_auth(&entry.version, &pdu, &auth_events, Some(&state_before)) {
             return self.reject(entry, pdu, reason).await;
@@ -360,6 +381,20 @@ impl Rooms {
         Ok(Received::Rejected(reason))
     }
 
+    /// Sets the PDU aside (see `auth_fetch.rs`): nothing of it is stored.
+    fn set_aside_pdu(
+        &self,
+        entry: &RoomEntry,
+        pdu: &Pdu,
+        reason: String,
+    ) -> Result<Received, RoomError> {
+        let raw = serde_json::value::to_raw_value(&pdu.json)
+            .map_err(|e| RoomError::Internal(e.to_string()))?;
+        tracing::info!(event_id = %pdu.event_id, room_id = %entry.room_id, %reason, "an event waits for what it needs");
+        self.set_aside(&entry.room_id, &pdu.event_id, raw);
+        Ok(Received::SetAside(reason))
+    }
+
     async fn reject(
         &self,
         entry: &RoomEntry,
@@ -472,79 +507,6 @@ impl Rooms {
         }
     }
 
-    /// The PDU's auth events, fetched from `origin` (and checked in turn) when not held here.
-    async fn auth_events_of(
-        &self,
-        entry: &RoomEntry,
-        origin: &ServerName,
-        pdu: &Pdu,
-    ) -> Result<HashMap<OwnedEventId, Pdu>, RoomError> {
-        let mut budget = MAX_AUTH_FETCHES;
-        let mut events = with_create(&entry.state);
-        for id in &pdu.auth_events {
-            if let Some(event) = self.auth_event(entry, origin, id, &mut budget).await? {
-                events.insert(id.clone(), event);
-            }
-        }
-        Ok(events)
-    }
-
-    /// One auth event: from the store, or fetched, verified, checked against its own auth
-    /// events, and kept as an outlier. `None` when it cannot be had or was rejected.
-    async fn auth_event(
-        &self,
-        entry: &RoomEntry,
-        origin: &ServerName,
-        id: &EventId,
-        budget: &mut usize,
-    ) -> Result<Option<Pdu>, RoomError> {
-        if let Some(stored) = self.inner.store.pdu(id.to_string()).await? {
-            let pdu = Pdu::from_stored(&stored).map_err(|e| RoomError::Internal(e.to_string()))?;
-            return Ok((!pdu.rejected).then_some(pdu));
-        }
-        if *budget == 0 || !may_ask(entry, origin) {
-            return Ok(None);
-        }
-        *budget -= 1;
-        let path = format!("/_matrix/federation/v1/event/{}", urlencode(id.as_str()));
-        let response: EventResponse = match self
-            .inner
-            .federation
-            .request(origin, Method::GET, &path, None)
-            .await
-        {
-            Ok(response) => response,
-            Err(e) => {
-                tracing::info!(%origin, event_id = %id, error = %e, "could not fetch an auth event");
-                return Ok(None);
-            }
-        };
-        let Some(raw) = response.pdus.first() else {
-            return Ok(None);
-        };
-        let Ok(event) = parse_and_verify(&entry.version, raw) else {
-            return Ok(None);
-        };
-        if event.event_id != id || event.room_id() != Some(entry.room_id.clone()) {
-            return Ok(None);
-        }
-        let mut its_auth = with_create(&entry.state);
-        for auth_id in &event.auth_events {
-            if let Some(auth) = Box::pin(self.auth_event(entry, origin, auth_id, budget)).await? {
-                its_auth.insert(auth_id.clone(), auth);
-            }
-        }
-        let mut accepted = self.accepted(&event, None, None, Vec::new())?;
-        accepted.pdu.outlier = true;
-        accepted.prev_may_be_missing = true;
-        let verdict = check_auth(&entry.version, &event, &its_auth, None);
-        if let Err(reason) = &verdict {
-            accepted.pdu.rejection_reason = Some(reason.clone());
-        }
-        self.inner.store.append_accepted(vec![accepted]).await?;
-        Ok(verdict.is_ok().then_some(event))
-    }
-
     /// The state before `pdu` from the state this server kept at its prev events (resolved
     /// when there are several); `None` when some prev event's state is not known here.
     async fn state_from_prev_events(
@@ -594,13 +556,16 @@ impl Rooms {
     }
 
     /// The state before `pdu` as `origin` says it is, for an event with a gap behind it: every
-    /// event of it verified and checked against its own auth events.
+    /// event of it verified and checked against its own auth events (fetched from `sources`
+    /// when not held here). `None` when some of it could not be had: judged on part of the
+    /// state, the event could be rejected for good for what this node did not know.
     async fn fetch_state_before(
         &self,
         entry: &RoomEntry,
         origin: &ServerName,
+        sources: &mut AuthSources,
         pdu: &Pdu,
-    ) -> Result<RoomState, RoomError> {
+    ) -> Result<Option<RoomState>, RoomError> {
         if !may_ask(entry, origin) {
             return Err(RoomError::Forbidden(format!(
                 "the state before the event is unknown here, and {origin} is not in the room"
@@ -611,22 +576,32 @@ impl Rooms {
             urlencode(entry.room_id.as_str()),
             urlencode(pdu.event_id.as_str())
         );
-        let response: StateIds = self
+        let response: StateIds = match self
             .inner
             .federation
             .request(origin, Method::GET, &path, None)
             .await
-            .map_err(|e| RoomError::Forbidden(format!("the state before the event: {e}")))?;
-        let mut budget = MAX_AUTH_FETCHES;
+        {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::info!(%origin, event_id = %pdu.event_id, error = %e, "could not fetch the state before an event");
+                return Ok(None);
+            }
+        };
+        sources.refill();
         let mut state = RoomState::new();
         for id in &response.pdu_ids {
-            if let Some(event) = self.auth_event(entry, origin, id, &mut budget).await?
-                && let Some(key) = &event.state_key
-            {
-                state.insert((event.kind.to_string().into(), key.clone()), event);
+            match self.auth_event(entry, sources, id).await? {
+                AuthEvent::Found(event) => {
+                    if let Some(key) = &event.state_key {
+                        state.insert((event.kind.to_string().into(), key.clone()), *event);
+                    }
+                }
+                AuthEvent::Rejected => {}
+                AuthEvent::Missing => return Ok(None),
             }
         }
-        Ok(state)
+        Ok(Some(state))
     }
 
     /// The events of a stored snapshot.
@@ -790,7 +765,7 @@ fn conflicted_subgraph(
 /// with the room locked, so a server not in the room that never answered would otherwise hold
 /// the room up for everyone, local users sending included, with events it need not even be
 /// allowed to send.
-fn may_ask(entry: &RoomEntry, origin: &ServerName) -> bool {
+pub(super) fn may_ask(entry: &RoomEntry, origin: &ServerName) -> bool {
     entry.servers.iter().any(|server| server == origin.as_str())
 }
 
@@ -840,7 +815,7 @@ pub(crate) fn check_auth(
     }
 }
 
-fn parse_and_verify(version: &RoomVersionId, raw: &RawValue) -> Result<Pdu, RoomError> {
+pub(super) fn parse_and_verify(version: &RoomVersionId, raw: &RawValue) -> Result<Pdu, RoomError> {
     let json: CanonicalJsonObject = serde_json::from_str(raw.get())
         .map_err(|e| RoomError::BadRequest(format!("PDU is not canonical JSON: {e}")))?;
     verify_pdu(version, json)
@@ -941,9 +916,9 @@ struct MissingEvents {
 }
 
 #[derive(serde::Deserialize)]
-struct EventResponse {
+pub(super) struct EventResponse {
     #[serde(default)]
-    pdus: Vec<Box<RawValue>>,
+    pub(super) pdus: Vec<Box<RawValue>>,
 }
 
 #[derive(serde::Deserialize)]

@@ -1,7 +1,12 @@
 //! Rooms: building, signing and authorising this node's own events, and applying them. Each room
 //! has one lock, so events built here always extend the room's latest extremities.
 
+mod auth_fetch;
+#[cfg(test)]
+mod auth_fetch_tests;
 mod backfill;
+#[cfg(test)]
+mod backfill_tests;
 mod create;
 mod incoming;
 mod pdu;
@@ -78,6 +83,8 @@ struct Inner {
     policy: crate::policy::Policy,
     /// One slot per room this node sends into: its lock, and what is cached of the room.
     rooms: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomEntry>>>>>,
+    /// Incoming PDUs waiting for auth events no server supplied yet.
+    set_aside: auth_fetch::SetAside,
 }
 
 /// What the node keeps in memory of a room it sends into: enough to build and authorise the
@@ -199,6 +206,7 @@ impl Rooms {
                 federation,
                 policy,
                 rooms: Mutex::new(HashMap::new()),
+                set_aside: Default::default(),
             }),
         }
     }
