@@ -836,3 +836,25 @@ async fn a_refused_create_room_leaves_nothing_behind() {
     api.create_room(&alice.token, json!({"room_alias_name": "wanted"}))
         .await;
 }
+
+#[tokio::test]
+async fn rooms_created_alike_at_once_are_distinct_rooms() {
+    // Room v12 ids are hashes of the create event: alike requests in one millisecond must not
+    // make the same room.
+    let api = Api::start().await;
+    let alice = person(&api, "alice").await;
+    let created = futures::future::join_all((0..20).map(|_| {
+        api.post(
+            "/v3/createRoom",
+            Some(&alice.token),
+            json!({"preset": "public_chat", "name": "Same"}),
+        )
+    }))
+    .await;
+    let mut ids = std::collections::BTreeSet::new();
+    for (status, body) in created {
+        assert_eq!(status, 200, "{body}");
+        ids.insert(body["room_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 20);
+}

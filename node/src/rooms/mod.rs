@@ -705,13 +705,22 @@ fn draft_ref(draft: &EventDraft) -> DraftRef<'_> {
     }
 }
 
-/// Now, as an event's `origin_server_ts`.
+/// Now, as an event's `origin_server_ts`: never the same twice in this process. In room
+/// version 12 a room's id is the hash of its create event, so two rooms created alike by one
+/// user in the same millisecond would otherwise be the same room (the second refused as
+/// existing); a millisecond's drift ahead under bursts is harmless.
 pub(crate) fn now_ts() -> CanonicalJsonValue {
-    CanonicalJsonValue::Integer(
-        i64::from(MilliSecondsSinceUnixEpoch::now().0)
-            .try_into()
-            .unwrap_or_default(),
-    )
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = u64::from(MilliSecondsSinceUnixEpoch::now().0);
+    let previous = LAST
+        .fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |last| Some(now.max(last + 1)),
+        )
+        .unwrap_or(now);
+    let ts = now.max(previous + 1);
+    CanonicalJsonValue::Integer(ts.try_into().unwrap_or_default())
 }
 
 pub(crate) fn rules(version: &RoomVersionId) -> Result<RoomVersionRules, RoomError> {
