@@ -67,6 +67,8 @@ pub(crate) struct AppState {
     pub(crate) policy: crate::policy::Policy,
     /// Other servers' room directories, as this node asked for them.
     pub(crate) directory: crate::federation::RoomDirectories,
+    /// What other servers may cost this node.
+    pub(crate) limits: Arc<crate::limits::Limits>,
 }
 
 impl Node {
@@ -93,11 +95,13 @@ impl Node {
         let signing_key = SigningKey::new(server_name.clone(), &identity.secret_bytes());
         let federation = Federation::new(store.clone(), signing_key.clone());
         let policy = crate::policy::Policy::new(store.clone(), server_name.clone());
+        let limits = Arc::new(crate::limits::Limits::new(config.peer_limits.clone()));
         let rooms = Rooms::new(
             store.clone(),
             signing_key.clone(),
             federation.clone(),
             policy.clone(),
+            limits.clone(),
         );
         // Before the overlay starts: the node's bans apply to the first PDU that arrives.
         policy
@@ -120,6 +124,7 @@ impl Node {
             store: store.clone(),
             registration: Arc::new(config.registration()),
             limiter: Arc::new(RateLimiter::new(config.auth_rate_limit)),
+            limits,
         };
         let (transport, peer_book) = match config.p2p.clone() {
             Some(p2p) => {

@@ -44,6 +44,50 @@ impl Store {
             .await
     }
 
+    /// `from` and every event reachable from them through `auth_events`, rejected ones
+    /// included (state resolution must know them to leave them out), in the room only, in no
+    /// particular order; `None` as soon as there are more than `limit`: the caller refuses the
+    /// work rather than reading a hostile room's whole auth graph into memory.
+    pub async fn auth_graph(
+        &self,
+        room_id: String,
+        from: Vec<String>,
+        limit: usize,
+    ) -> Result<Option<Vec<StoredPdu>>> {
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {} FROM event_auth a JOIN events e ON e.event_id = a.auth_event_id
+                 WHERE a.event_id = ?1 AND e.room_id = ?2",
+                StoredPdu::COLUMNS_E
+            );
+            let mut auth_events = conn.prepare_cached(&sql)?;
+            let mut seen: HashSet<String> = HashSet::new();
+            let mut graph = Vec::new();
+            let mut waiting = Vec::new();
+            for pdu in pdus_in_room(conn, &room_id, &from)? {
+                if seen.insert(pdu.event_id.clone()) {
+                    waiting.push(pdu.event_id.clone());
+                    graph.push(pdu);
+                }
+            }
+            // Each event is expanded once, so bad auth edges that form a cycle end the walk.
+            while let Some(event_id) = waiting.pop() {
+                if graph.len() > limit {
+                    return Ok(None);
+                }
+                for pdu in auth_events.query_map(params![event_id, room_id], StoredPdu::from_row)? {
+                    let pdu = pdu?;
+                    if seen.insert(pdu.event_id.clone()) {
+                        waiting.push(pdu.event_id.clone());
+                        graph.push(pdu);
+                    }
+                }
+            }
+            Ok((graph.len() <= limit).then_some(graph))
+        })
+        .await
+    }
+
     /// History for `backfill`: `from` and the events before them, walked back over prev_events
     /// deepest first, at most `limit` events, newest first.
     pub async fn backfill(
@@ -307,6 +351,57 @@ mod tests {
         );
         let chain = chain("!elsewhere:example", &["$message"]).await;
         assert!(chain.is_empty(), "another room's walk: {chain:?}");
+    }
+
+    #[tokio::test]
+    async fn an_auth_graph_holds_rejected_events_and_stops_past_its_limit() {
+        let (_dir, store) = store().await;
+        let mut rejected = pdu("$rejected", 3, &[], &["$power"]);
+        rejected.rejection_reason = Some("not allowed".into());
+        let mut elsewhere = pdu("$other_room", 1, &[], &[]);
+        elsewhere.room_id = "!elsewhere:example".into();
+        store
+            .append_pdus(vec![
+                pdu("$create", 1, &[], &[]),
+                pdu("$power", 2, &[], &["$create"]),
+                rejected,
+                elsewhere,
+                pdu("$member", 4, &[], &["$rejected", "$other_room", "$unknown"]),
+                pdu("$loop1", 5, &[], &["$loop2", "$create"]),
+                pdu("$loop2", 5, &[], &["$loop1"]),
+            ])
+            .await
+            .unwrap();
+        let graph = |from: &[&str], limit| {
+            let store = store.clone();
+            let from = from.iter().map(|s| s.to_string()).collect();
+            async move {
+                store
+                    .auth_graph(ROOM.into(), from, limit)
+                    .await
+                    .unwrap()
+                    .map(|pdus| {
+                        let mut ids: Vec<String> = pdus.into_iter().map(|p| p.event_id).collect();
+                        ids.sort();
+                        ids
+                    })
+            }
+        };
+        assert_eq!(
+            graph(&["$member"], 10).await.unwrap(),
+            ["$create", "$member", "$power", "$rejected"],
+            "the given events, rejected ones, nothing of another room"
+        );
+        assert_eq!(graph(&["$member"], 4).await.unwrap().len(), 4);
+        assert_eq!(
+            graph(&["$member"], 3).await,
+            None,
+            "one more than the limit"
+        );
+        assert_eq!(
+            graph(&["$loop1"], 10).await.unwrap(),
+            ["$create", "$loop1", "$loop2"]
+        );
     }
 
     #[tokio::test]

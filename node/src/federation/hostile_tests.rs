@@ -36,7 +36,7 @@ fn name_of(api: &Api) -> OwnedServerName {
 }
 
 /// A random server name that is a valid ed25519 key: a server nobody in the test runs.
-fn stranger_server() -> String {
+pub(crate) fn stranger_server() -> String {
     let dir = tempfile::tempdir().unwrap();
     hyphae_p2p::Identity::load_or_create(dir.path())
         .unwrap()
@@ -58,16 +58,16 @@ pub(crate) async fn room_version(on: &Api, room: &str) -> RoomVersionId {
 /// Where a new event goes in a room: its prev events, its depth, and the state it is built
 /// on (its auth events come from there).
 #[derive(Clone)]
-struct Tip {
-    room: String,
-    version: RoomVersionId,
-    prev_events: Vec<String>,
-    depth: i64,
-    state: HashMap<(StateEventType, String), String>,
+pub(crate) struct Tip {
+    pub(crate) room: String,
+    pub(crate) version: RoomVersionId,
+    pub(crate) prev_events: Vec<String>,
+    pub(crate) depth: i64,
+    pub(crate) state: HashMap<(StateEventType, String), String>,
 }
 
 /// The room as `on` sees it now: its latest events and current state.
-async fn tip(on: &Api, room: &str) -> Tip {
+pub(crate) async fn tip(on: &Api, room: &str) -> Tip {
     let store = on.node.store();
     let state = store
         .current_state(room.to_owned())
@@ -107,7 +107,7 @@ pub(crate) async fn draft(
 }
 
 /// An unsigned PDU from `sender` built on `tip`.
-fn draft_on(
+pub(crate) fn draft_on(
     tip: &Tip,
     sender: &str,
     kind: &str,
@@ -179,7 +179,7 @@ async fn send_transaction(from: &Api, to: &Api, body: Value) -> (u16, Value) {
         .await
 }
 
-fn txn_path() -> String {
+pub(crate) fn txn_path() -> String {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).unwrap();
     format!("/_matrix/federation/v1/send/{}", hex::encode(bytes))
@@ -256,7 +256,7 @@ pub(crate) async fn still_delivers(
 }
 
 /// Asserts the /send answer refused the PDU `id` (an error under its id).
-fn assert_refused(answer: &Value, id: &str, what: &str) {
+pub(crate) fn assert_refused(answer: &Value, id: &str, what: &str) {
     assert!(
         answer["pdus"][id]["error"].is_string(),
         "{what} ({id}) was not refused: {answer}"

@@ -64,9 +64,20 @@ where
 /// Two nodes connected over loopback libp2p, Alice on the first and Bob on the second, in a
 /// room Alice created and Bob joined by invite.
 pub(crate) async fn two_nodes_in_a_room() -> (Api, Api, Person, Person, String) {
+    two_nodes_in_a_room_with(|_| {}).await
+}
+
+/// The same, with the second node (Bob's) started as `configure` says, on the loopback overlay.
+pub(crate) async fn two_nodes_in_a_room_with(
+    configure: impl FnOnce(&mut crate::Config),
+) -> (Api, Api, Person, Person, String) {
     log_to_test_output();
     let a = Api::start_federated().await;
-    let b = Api::start_federated().await;
+    let b = Api::start_with(|config| {
+        config.p2p = Some(crate::TransportConfig::loopback());
+        configure(config);
+    })
+    .await;
     a.connect(&b).await;
     let alice = person(&a, "alice").await;
     let bob = person(&b, "bob").await;

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use axum::http::Method;
 use hyphae_store::{ResolvedState, StateSnapshot};
 use ruma::events::{StateEventType, TimelineEventType};
-use ruma::room_version_rules::StateResolutionVersion;
 use ruma::serde::Base64;
 use ruma::signatures::{PublicKeyMap, Verified};
-use ruma::state_res::{self, StateMap};
+use ruma::state_res;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId, RoomVersionId,
     ServerName,
@@ -192,8 +191,12 @@ impl Rooms {
         let new_state = if extends_all {
             state_after
         } else {
-            self.resolve(&entry.version, vec![entry.state.clone(), state_after])
-                .await?
+            self.resolve(
+                &entry.room_id,
+                &entry.version,
+                vec![entry.state.clone(), state_after],
+            )
+            .await?
         };
 
         let room_id = entry.room_id.clone();
@@ -589,7 +592,9 @@ impl Rooms {
         match states.len() {
             0 => Ok(None),
             1 => Ok(states.pop()),
-            _ => Ok(Some(self.resolve(&entry.version, states).await?)),
+            _ => Ok(Some(
+                self.resolve(&entry.room_id, &entry.version, states).await?,
+            )),
         }
     }
 
@@ -648,141 +653,6 @@ impl Rooms {
         }
         Ok(state)
     }
-
-    /// State resolution v2 (v2.1 from room version 12) over the given states.
-    pub(super) async fn resolve(
-        &self,
-        version: &RoomVersionId,
-        states: Vec<RoomState>,
-    ) -> Result<RoomState, RoomError> {
-        let rules = rules(version)?;
-        let StateResolutionVersion::V2(res_rules) = rules.state_res else {
-            return Err(RoomError::UnsupportedVersion(version.to_string()));
-        };
-        let mut events: HashMap<OwnedEventId, Pdu> = HashMap::new();
-        for state in &states {
-            for pdu in state.values() {
-                events.insert(pdu.event_id.clone(), pdu.clone());
-            }
-        }
-        // Everything reachable through auth events, read from the store a level at a time.
-        let mut frontier: Vec<OwnedEventId> = events
-            .values()
-            .flat_map(|p| p.auth_events.iter().cloned())
-            .collect();
-        while !frontier.is_empty() {
-            frontier.retain(|id| !events.contains_key(id));
-            frontier.sort();
-            frontier.dedup();
-            if frontier.is_empty() {
-                break;
-            }
-            let stored = self
-                .inner
-                .store
-                .pdus(frontier.iter().map(ToString::to_string).collect())
-                .await?;
-            frontier.clear();
-            for stored in &stored {
-                let pdu =
-                    Pdu::from_stored(stored).map_err(|e| RoomError::Internal(e.to_string()))?;
-                frontier.extend(pdu.auth_events.iter().cloned());
-                events.insert(pdu.event_id.clone(), pdu);
-            }
-        }
-        let auth_chain = |start: &mut dyn Iterator<Item = &OwnedEventId>| {
-            let mut seen: HashSet<OwnedEventId> = HashSet::new();
-            let mut stack: Vec<OwnedEventId> = start
-                .filter_map(|id| events.get(id))
-                .flat_map(|p| p.auth_events.iter().cloned())
-                .collect();
-            while let Some(id) = stack.pop() {
-                if seen.insert(id.clone())
-                    && let Some(pdu) = events.get(&id)
-                {
-                    stack.extend(pdu.auth_events.iter().cloned());
-                }
-            }
-            seen
-        };
-        let maps: Vec<StateMap<OwnedEventId>> = states
-            .iter()
-            .map(|state| {
-                state
-                    .iter()
-                    .map(|(key, pdu)| (key.clone(), pdu.event_id.clone()))
-                    .collect()
-            })
-            .collect();
-        let auth_chains = maps
-            .iter()
-            .map(|map| auth_chain(&mut map.values()).into_iter().collect())
-            .collect();
-        let resolved = state_res::resolve(
-            &rules.authorization,
-            &res_rules,
-            maps.iter(),
-            auth_chains,
-            |id| events.get(id).cloned(),
-            |conflicted| {
-                Some(
-                    conflicted_subgraph(conflicted, &events)
-                        .into_iter()
-                        .collect(),
-                )
-            },
-        )
-        .map_err(|e| RoomError::Internal(format!("state resolution: {e}")))?;
-        Ok(resolved
-            .into_iter()
-            .filter_map(|(key, id)| events.get(&id).cloned().map(|pdu| (key, pdu)))
-            .collect())
-    }
-}
-
-/// The events that are both descendants of one conflicted event and ancestors of another
-/// through auth events (the conflicted events included), as room version 12 asks.
-fn conflicted_subgraph(
-    conflicted: &StateMap<Vec<OwnedEventId>>,
-    events: &HashMap<OwnedEventId, Pdu>,
-) -> HashSet<OwnedEventId> {
-    let starts: HashSet<&OwnedEventId> = conflicted.values().flatten().collect();
-    // Ancestors of conflicted events: candidates.
-    let mut candidates: HashSet<OwnedEventId> = HashSet::new();
-    let mut stack: Vec<OwnedEventId> = starts.iter().map(|id| (*id).clone()).collect();
-    while let Some(id) = stack.pop() {
-        if candidates.insert(id.clone())
-            && let Some(pdu) = events.get(&id)
-        {
-            stack.extend(pdu.auth_events.iter().cloned());
-        }
-    }
-    // Of those, the ones from which a conflicted event is reachable.
-    let mut reaches: HashMap<OwnedEventId, bool> = HashMap::new();
-    fn reaches_conflicted(
-        id: &OwnedEventId,
-        starts: &HashSet<&OwnedEventId>,
-        events: &HashMap<OwnedEventId, Pdu>,
-        memo: &mut HashMap<OwnedEventId, bool>,
-    ) -> bool {
-        if let Some(known) = memo.get(id) {
-            return *known;
-        }
-        // Marked false first: auth events form a DAG, but a malicious one must not loop us.
-        memo.insert(id.clone(), false);
-        let result = starts.contains(id)
-            || events.get(id).is_some_and(|pdu| {
-                pdu.auth_events
-                    .iter()
-                    .any(|a| reaches_conflicted(a, starts, events, memo))
-            });
-        memo.insert(id.clone(), result);
-        result
-    }
-    candidates
-        .into_iter()
-        .filter(|id| reaches_conflicted(id, &starts, events, &mut reaches))
-        .collect()
 }
 
 /// Whether `origin` may be asked for what an event it sent needs (the gap before it, its auth

@@ -6,6 +6,9 @@ mod create;
 mod incoming;
 mod pdu;
 mod remote;
+mod resolution;
+#[cfg(test)]
+mod resolution_tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -52,6 +55,12 @@ pub(crate) enum RoomError {
     /// Another server was needed and could not be reached, or answered badly.
     #[error("{0}")]
     Unreachable(String),
+    /// More than the node takes from a peer right now; it may try again after the delay.
+    #[error("{0}")]
+    LimitExceeded(String, std::time::Duration),
+    /// More work (a state resolution over a huge auth graph) than the node does for anyone.
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -76,6 +85,10 @@ struct Inner {
     federation: Federation,
     /// Told of state changes (a subscribed list's rules), and asked at the federation edge.
     policy: crate::policy::Policy,
+    /// What other servers may cost this node.
+    limits: Arc<crate::limits::Limits>,
+    /// State resolutions computing now (see `resolution`).
+    resolutions: tokio::sync::Semaphore,
     /// One slot per room this node sends into: its lock, and what is cached of the room.
     rooms: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomEntry>>>>>,
 }
@@ -190,6 +203,7 @@ impl Rooms {
         signing_key: SigningKey,
         federation: Federation,
         policy: crate::policy::Policy,
+        limits: Arc<crate::limits::Limits>,
     ) -> Self {
         Rooms {
             inner: Arc::new(Inner {
@@ -198,6 +212,8 @@ impl Rooms {
                 signing_key,
                 federation,
                 policy,
+                limits,
+                resolutions: tokio::sync::Semaphore::new(resolution::RESOLUTIONS_AT_ONCE),
                 rooms: Mutex::new(HashMap::new()),
             }),
         }
