@@ -93,7 +93,14 @@ impl Node {
             .map_err(|e| NodeError::Startup(format!("server name: {e}")))?;
         let login_tokens = Arc::new(LoginTokens::default());
         let signing_key = SigningKey::new(server_name.clone(), &identity.secret_bytes());
-        let federation = Federation::new(store.clone(), signing_key.clone());
+        let federation = Federation::new(
+            store.clone(),
+            signing_key.clone(),
+            crate::federation::OutboxLimits {
+                per_destination: config.peer_limits.outbox_per_destination,
+                ttl: config.peer_limits.outbox_ttl,
+            },
+        );
         let policy = crate::policy::Policy::new(store.clone(), server_name.clone());
         let limits = Arc::new(crate::limits::Limits::new(config.peer_limits.clone()));
         let rooms = Rooms::new(

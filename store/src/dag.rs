@@ -32,6 +32,29 @@ impl Store {
         .await
     }
 
+    /// Whether `user_id` is joined to (or invited to) a room where some user of `server_name`
+    /// is joined or invited too: what that server may learn of the user, or ask of them, over
+    /// federation. Invites count: a client shares its room keys with invited members, so it
+    /// needs their one-time keys before they join.
+    pub async fn shares_room_with_server(
+        &self,
+        user_id: String,
+        server_name: String,
+    ) -> Result<bool> {
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM memberships theirs
+                 JOIN memberships other ON other.room_id = theirs.room_id
+                 WHERE theirs.user_id = ?1 AND theirs.membership IN ('join', 'invite')
+                   AND other.membership IN ('join', 'invite')
+                   AND substr(other.user_id, instr(other.user_id, ':') + 1) = ?2)",
+                params![user_id, server_name],
+                |row| row.get(0),
+            )?)
+        })
+        .await
+    }
+
     /// The auth chain of `event_ids`: every event reachable from them through one or more
     /// `auth_events` edges (a given event only when another one's auth names it), accepted ones
     /// of the room only, oldest (by depth) first.
@@ -481,6 +504,58 @@ mod tests {
         );
         assert!(missing(&["$d"], &["$e"], 10, 0).await.is_empty());
         assert!(missing(&[], &["$unknown"], 10, 0).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_user_shares_a_room_with_a_server_when_both_are_in_it() {
+        let (_dir, store) = store().await;
+        let set = |user: &'static str, room: &'static str, membership: &'static str| {
+            store.write(move |conn| {
+                conn.execute(
+                    "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_pos)
+                     VALUES (?1, ?2, ?3, '$m', 0)",
+                    [room, user, membership],
+                )?;
+                Ok(())
+            })
+        };
+        set("@bob:here.example", ROOM, "join").await.unwrap();
+        set("@alice:there.example", ROOM, "join").await.unwrap();
+        set("@carol:there.example", "!other:example", "join")
+            .await
+            .unwrap();
+        set("@dave:invited.example", ROOM, "invite").await.unwrap();
+        set("@erin:left.example", ROOM, "leave").await.unwrap();
+        let shares =
+            |user: &str, server: &str| store.shares_room_with_server(user.into(), server.into());
+        assert!(
+            shares("@alice:there.example", "here.example")
+                .await
+                .unwrap()
+        );
+        assert!(shares("@bob:here.example", "there.example").await.unwrap());
+        assert!(
+            !shares("@carol:there.example", "here.example")
+                .await
+                .unwrap()
+        );
+        assert!(
+            shares("@bob:here.example", "invited.example")
+                .await
+                .unwrap()
+        );
+        assert!(
+            shares("@dave:invited.example", "here.example")
+                .await
+                .unwrap()
+        );
+        assert!(!shares("@bob:here.example", "left.example").await.unwrap());
+        assert!(!shares("@erin:left.example", "here.example").await.unwrap());
+        assert!(
+            !shares("@bob:here.example", "nowhere.example")
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]

@@ -37,11 +37,9 @@ fn name_of(api: &Api) -> OwnedServerName {
 
 /// A random server name that is a valid ed25519 key: a server nobody in the test runs.
 pub(crate) fn stranger_server() -> String {
-    let dir = tempfile::tempdir().unwrap();
-    hyphae_p2p::Identity::load_or_create(dir.path())
-        .unwrap()
+    super::hostile_peer::stranger_key()
         .server_name()
-        .to_owned()
+        .to_string()
 }
 
 pub(crate) async fn room_version(on: &Api, room: &str) -> RoomVersionId {
@@ -1032,24 +1030,16 @@ async fn an_event_on_another_rooms_history_is_refused() {
 pub(crate) async fn silent_server(
     asked: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> (hyphae_p2p::Transport, SigningKey, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let identity = hyphae_p2p::Identity::load_or_create(dir.path()).unwrap();
-    let transport =
-        hyphae_p2p::Transport::start(hyphae_p2p::TransportConfig::loopback(), &identity)
-            .await
-            .unwrap();
-    transport.serve(axum::Router::new().fallback(move |uri: axum::http::Uri| {
-        let asked = asked.clone();
-        async move {
-            let _ = asked.send(uri.path().to_owned());
-            std::future::pending::<()>().await
-        }
-    }));
-    let key = SigningKey::new(
-        identity.server_name().try_into().unwrap(),
-        &identity.secret_bytes(),
-    );
-    (transport, key, dir)
+    let peer = super::hostile_peer::HostilePeer::start().await;
+    peer.transport
+        .serve(axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let asked = asked.clone();
+            async move {
+                let _ = asked.send(uri.path().to_owned());
+                std::future::pending::<()>().await
+            }
+        }));
+    (peer.transport, peer.key, peer.dir)
 }
 
 #[tokio::test]

@@ -7,6 +7,10 @@ mod directory;
 mod edus;
 mod events;
 #[cfg(test)]
+mod flood_tests;
+#[cfg(test)]
+pub(crate) mod hostile_peer;
+#[cfg(test)]
 pub(crate) mod hostile_tests;
 mod keys;
 mod membership;
@@ -29,6 +33,7 @@ pub(crate) use client::{Federation, FederationError};
 pub(crate) use directory::RoomDirectories;
 pub(crate) use membership::INVITE_EDU;
 pub(crate) use origin::Origin;
+pub(crate) use sender::OutboxLimits;
 
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()

@@ -88,6 +88,7 @@ impl Rooms {
                 "This server has no state for {room_id} yet"
             )));
         }
+        self.admit(entry, origin, &pdu)?;
         // The room stays locked while missing events are asked for; a member server that
         // answers slowly must not keep the room's own users from sending for long. What is
         // applied so far stays (each step is its own commit); the rest is asked for again when
@@ -142,7 +143,7 @@ impl Rooms {
         if let Some(refusal) = self.policy_refusal(entry, &pdu) {
             let prevs_known = missing.is_empty();
             return self
-                .refuse_by_policy(entry, pdu, refusal, prevs_known)
+                .refuse_by_policy(entry, origin, pdu, refusal, prevs_known)
                 .await;
         }
         if !missing.is_empty() && fill_gaps {
@@ -152,7 +153,7 @@ impl Rooms {
 
         let auth_events = self.auth_events_of(entry, origin, &pdu).await?;
         if let Err(reason) = check_auth(&entry.version, &pdu, &auth_events, None) {
-            return self.reject(entry, pdu, reason).await;
+            return self.reject(entry, origin, pdu, reason).await;
         }
 
         let state_before = if missing.is_empty() {
@@ -165,16 +166,18 @@ impl Rooms {
             None => self.fetch_state_before(entry, origin, &pdu).await?,
         };
         if let Err(reason) = check_auth(&entry.version, &pdu, &auth_events, Some(&state_before)) {
-            return self.reject(entry, pdu, reason).await;
+            return self.reject(entry, origin, pdu, reason).await;
         }
         if let Err(reason) = check_auth(&entry.version, &pdu, &auth_events, Some(&entry.state)) {
             tracing::info!(event_id = %pdu.event_id, %reason, "soft-failing an event");
-            let mut accepted = self.accepted(&pdu, None, None, Vec::new())?;
-            // Kept, marked, and treated like a rejected event here: out of the timeline, never
-            // a prev event, never shown to a client, not asked about again.
-            accepted.pdu.rejection_reason = Some(format!("soft-failed: {reason}"));
-            accepted.prev_may_be_missing = true;
-            self.inner.store.append_accepted(vec![accepted]).await?;
+            if self.keep_refused(entry, origin) {
+                let mut accepted = self.accepted(&pdu, None, None, Vec::new())?;
+                // Kept, marked, and treated like a rejected event here: out of the timeline,
+                // never a prev event, never shown to a client, not asked about again.
+                accepted.pdu.rejection_reason = Some(format!("soft-failed: {reason}"));
+                accepted.prev_may_be_missing = true;
+                self.inner.store.append_accepted(vec![accepted]).await?;
+            }
             return Ok(Received::SoftFailed(reason));
         }
 
@@ -264,25 +267,67 @@ impl Rooms {
     /// passes it to a few others, those it is connected to first (the ones it can surely
     /// reach), chosen at random otherwise: the event spreads like gossip, repeats are answered
     /// cheaply, and a server that still misses one fetches it when a later event names it.
-    /// Membership changes go to every server, so everyone knows who is in the room.
+    /// Membership changes go to every server (up to the node's cap on destinations), so
+    /// everyone knows who is in the room.
     async fn forward_targets(
         &self,
         state: &RoomState,
         origin: &ServerName,
         pdu: &Pdu,
     ) -> Vec<String> {
-        let mut candidates: Vec<String> = super::joined_servers(state, &self.inner.server_name)
+        let candidates: Vec<String> = super::joined_servers(state, &self.inner.server_name)
             .into_iter()
             .filter(|s| s != origin.as_str() && s != pdu.sender.server_name().as_str())
             .collect();
-        if candidates.len() <= FORWARD_FANOUT || pdu.kind == TimelineEventType::RoomMember {
-            return candidates;
+        let fanout = if pdu.kind == TimelineEventType::RoomMember {
+            self.inner.limits.config.max_destinations
+        } else {
+            FORWARD_FANOUT
+        };
+        self.pick_destinations(candidates, None, fanout).await
+    }
+
+    /// Whether `origin` may send `pdu` into the room now: a server with a member joined, or one
+    /// sending its own user's membership (a join through send_join, a leave); a membership
+    /// change only within the pace allowed for its sender's server. What is refused here is
+    /// not stored: a server that only knows a room's id cannot fill the disk (nor the backup
+    /// quota everything stored is replicated to) with the room's events.
+    fn admit(&self, entry: &RoomEntry, origin: &ServerName, pdu: &Pdu) -> Result<(), RoomError> {
+        let own_membership = pdu.kind == TimelineEventType::RoomMember
+            && pdu.state_key.as_deref() == Some(pdu.sender.as_str())
+            && pdu.sender.server_name() == origin;
+        if !may_ask(entry, origin) && !own_membership {
+            return Err(RoomError::Forbidden(format!(
+                "{origin} has no member in {}; its events are not taken",
+                entry.room_id
+            )));
         }
-        let connected = self.inner.federation.connected_servers().await;
-        shuffle(&mut candidates);
-        candidates.sort_by_key(|s| !connected.contains(s));
-        candidates.truncate(FORWARD_FANOUT);
-        candidates
+        if pdu.kind == TimelineEventType::RoomMember {
+            let server = pdu.sender.server_name();
+            self.inner
+                .limits
+                .membership_change(&entry.room_id, server)
+                .map_err(|wait| {
+                    RoomError::LimitExceeded(
+                        format!(
+                            "{server} changes memberships in {} faster than this server takes",
+                            entry.room_id
+                        ),
+                        wait,
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Whether one more refused event (rejected, soft-failed, or an auth event fetched as an
+    /// outlier) from `origin` may be kept; past the budget it is answered and forgotten.
+    fn keep_refused(&self, entry: &RoomEntry, origin: &ServerName) -> bool {
+        let keep = self.inner.limits.keep_refusal(origin, &entry.room_id);
+        if !keep {
+            tracing::info!(%origin, room_id = %entry.room_id, "over the budget of refused events kept; this one is not");
+        }
+        keep
     }
 
     /// Whether the event is here already, in the timeline or rejected (an outlier may still
@@ -341,10 +386,14 @@ impl Rooms {
     async fn refuse_by_policy(
         &self,
         entry: &RoomEntry,
+        origin: &ServerName,
         pdu: Pdu,
         reason: String,
         prevs_known: bool,
     ) -> Result<Received, RoomError> {
+        if !self.keep_refused(entry, origin) {
+            return Ok(Received::Rejected(reason));
+        }
         // The state before it, when it can be had without asking anyone: what its children
         // need to be checked without a round trip.
         let state_before = if prevs_known {
@@ -366,10 +415,14 @@ impl Rooms {
     async fn reject(
         &self,
         entry: &RoomEntry,
+        origin: &ServerName,
         pdu: Pdu,
         reason: String,
     ) -> Result<Received, RoomError> {
         tracing::info!(event_id = %pdu.event_id, room_id = %entry.room_id, %reason, "rejecting an event");
+        if !self.keep_refused(entry, origin) {
+            return Ok(Received::Rejected(reason));
+        }
         let mut accepted = self.accepted(&pdu, None, None, Vec::new())?;
         accepted.pdu.rejection_reason = Some(reason.clone());
         accepted.prev_may_be_missing = true;
@@ -537,10 +590,13 @@ impl Rooms {
                 its_auth.insert(auth_id.clone(), auth);
             }
         }
+        let verdict = check_auth(&entry.version, &event, &its_auth, None);
+        if !self.keep_refused(entry, origin) {
+            return Ok(verdict.is_ok().then_some(event));
+        }
         let mut accepted = self.accepted(&event, None, None, Vec::new())?;
         accepted.pdu.outlier = true;
         accepted.prev_may_be_missing = true;
-        let verdict = check_auth(&entry.version, &event, &its_auth, None);
         if let Err(reason) = &verdict {
             accepted.pdu.rejection_reason = Some(reason.clone());
         }
@@ -779,7 +835,7 @@ fn missing_among(ids: &[OwnedEventId], known: &[hyphae_store::StoredPdu]) -> Vec
         .collect()
 }
 
-fn shuffle<T>(items: &mut [T]) {
+pub(super) fn shuffle<T>(items: &mut [T]) {
     for i in (1..items.len()).rev() {
         let mut bytes = [0u8; 8];
         if getrandom::fill(&mut bytes).is_err() {

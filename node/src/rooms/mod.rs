@@ -406,12 +406,12 @@ impl Rooms {
             // Where it goes: the servers in the room before it and after it (a member who is
             // kicked or banned learns of it too).
             let mut destinations = entry.servers.clone();
-            if pdu.kind == TimelineEventType::RoomMember
-                && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
-                && target.server_name() != self.inner.server_name
-            {
-                destinations.push(target.server_name().to_string());
-            }
+            let target = (pdu.kind == TimelineEventType::RoomMember)
+                .then(|| pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()))
+                .flatten()
+                .map(|target| target.server_name().to_string())
+                .filter(|server| server != self.inner.server_name.as_str());
+            destinations.extend(target.clone());
             let accepted = self.accepted(
                 &pdu,
                 draft.transaction.clone(),
@@ -422,6 +422,10 @@ impl Rooms {
             destinations.extend(entry.servers.iter().cloned());
             destinations.sort();
             destinations.dedup();
+            let most = self.inner.limits.config.max_destinations;
+            let destinations = self
+                .pick_destinations(destinations, target.as_deref(), most)
+                .await;
             let commit = self.inner.store.append_accepted(vec![AcceptedPdu {
                 destinations: destinations.clone(),
                 state_after: Some(entry.snapshot.clone()),
@@ -615,6 +619,27 @@ impl Rooms {
         })
         .map_err(RoomError::Forbidden)?;
         Ok(())
+    }
+
+    /// At most `most` of `candidates` for an event to go to: `keep` (the server of a
+    /// membership change's target) and the servers this node is connected to first (those it
+    /// surely reaches), the rest at random. Every server that joins a room (and a Sybil swarm
+    /// of made-up ones costs nothing to join) would otherwise cost an outbox entry per event;
+    /// those left out get the event by gossip, or fetch it when a later event names it.
+    async fn pick_destinations(
+        &self,
+        mut candidates: Vec<String>,
+        keep: Option<&str>,
+        most: usize,
+    ) -> Vec<String> {
+        if candidates.len() <= most {
+            return candidates;
+        }
+        let connected = self.inner.federation.connected_servers().await;
+        incoming::shuffle(&mut candidates);
+        candidates.sort_by_key(|s| (Some(s.as_str()) != keep, !connected.contains(s)));
+        candidates.truncate(most);
+        candidates
     }
 
     /// Tells the senders of these servers that the outbox has something for them.
