@@ -506,26 +506,30 @@ mod tests {
         assert!(missing(&[], &["$unknown"], 10, 0).await.is_empty());
     }
 
-    #[tokio::test]
-    async fn a_user_shares_a_room_with_a_server_when_both_are_in_it() {
-        let (_dir, store) = store().await;
-        let set = |user: &'static str, room: &'static str, membership: &'static str| {
-            store.write(move |conn| {
+    /// Sets a membership directly, as if an event had.
+    async fn set(store: &Store, user: &'static str, room: &'static str, membership: &'static str) {
+        store
+            .write(move |conn| {
                 conn.execute(
                     "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_pos)
-                     VALUES (?1, ?2, ?3, '$m', 0)",
+                     VALUES (?1, ?2, ?3, '$m', 0)
+                     ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership",
                     [room, user, membership],
                 )?;
                 Ok(())
             })
-        };
-        set("@bob:here.example", ROOM, "join").await.unwrap();
-        set("@alice:there.example", ROOM, "join").await.unwrap();
-        set("@carol:there.example", "!other:example", "join")
             .await
             .unwrap();
-        set("@dave:invited.example", ROOM, "invite").await.unwrap();
-        set("@erin:left.example", ROOM, "leave").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_user_shares_a_room_with_a_server_when_both_are_in_it() {
+        let (_dir, store) = store().await;
+        set(&store, "@bob:here.example", ROOM, "join").await;
+        set(&store, "@alice:there.example", ROOM, "join").await;
+        set(&store, "@carol:there.example", "!other:example", "join").await;
+        set(&store, "@dave:invited.example", ROOM, "invite").await;
+        set(&store, "@erin:left.example", ROOM, "leave").await;
         let shares =
             |user: &str, server: &str| store.shares_room_with_server(user.into(), server.into());
         assert!(
@@ -561,25 +565,12 @@ mod tests {
     #[tokio::test]
     async fn a_server_takes_part_once_a_user_of_it_joined() {
         let (_dir, store) = store().await;
-        let set = |user: &'static str, room: &'static str, membership: &'static str| {
-            store.write(move |conn| {
-                conn.execute(
-                    "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_pos)
-                     VALUES (?1, ?2, ?3, '$m', 0)
-                     ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership",
-                    [room, user, membership],
-                )?;
-                Ok(())
-            })
-        };
         let takes_part = |server: &str| store.server_in_room(ROOM.into(), server.into());
-        set("@x:invited.example", ROOM, "invite").await.unwrap();
-        set("@x:elsewhere.example", "!other:example", "join")
-            .await
-            .unwrap();
-        set("@x:some.example", ROOM, "join").await.unwrap();
-        set("@y:gone.example", ROOM, "leave").await.unwrap();
-        set("@z:knocking.example", ROOM, "knock").await.unwrap();
+        set(&store, "@x:invited.example", ROOM, "invite").await;
+        set(&store, "@x:elsewhere.example", "!other:example", "join").await;
+        set(&store, "@x:some.example", ROOM, "join").await;
+        set(&store, "@y:gone.example", ROOM, "leave").await;
+        set(&store, "@z:knocking.example", ROOM, "knock").await;
         assert!(takes_part("some.example").await.unwrap());
         assert!(takes_part("gone.example").await.unwrap());
         assert!(!takes_part("invited.example").await.unwrap());
@@ -589,7 +580,7 @@ mod tests {
             !takes_part("example").await.unwrap(),
             "a suffix is not the server"
         );
-        set("@x:invited.example", ROOM, "join").await.unwrap();
+        set(&store, "@x:invited.example", ROOM, "join").await;
         assert!(takes_part("invited.example").await.unwrap());
     }
 }

@@ -231,7 +231,7 @@ async fn assert_not_in_timeline(api: &Api, who: &Person, room: &str, event_ids: 
 }
 
 /// The room's state event ids as `who` reads them.
-async fn state_ids(api: &Api, who: &Person, room: &str) -> Vec<String> {
+pub(crate) async fn state_ids(api: &Api, who: &Person, room: &str) -> Vec<String> {
     let (status, body) = api
         .get(&format!("/v3/rooms/{room}/state"), Some(&who.token))
         .await;

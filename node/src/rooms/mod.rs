@@ -88,7 +88,7 @@ struct Inner {
     /// What other servers may cost this node.
     limits: Arc<crate::limits::Limits>,
     /// State resolutions computing now (see `resolution`).
-    resolutions: tokio::sync::Semaphore,
+    resolutions: Arc<tokio::sync::Semaphore>,
     /// One slot per room this node sends into: its lock, and what is cached of the room.
     rooms: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomEntry>>>>>,
 }
@@ -213,7 +213,7 @@ impl Rooms {
                 federation,
                 policy,
                 limits,
-                resolutions: tokio::sync::Semaphore::new(resolution::RESOLUTIONS_AT_ONCE),
+                resolutions: Arc::new(tokio::sync::Semaphore::new(resolution::RESOLUTIONS_AT_ONCE)),
                 rooms: Mutex::new(HashMap::new()),
             }),
         }

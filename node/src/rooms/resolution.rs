@@ -36,7 +36,7 @@ impl Rooms {
         states: Vec<RoomState>,
     ) -> Result<RoomState, RoomError> {
         let rules = rules(version)?;
-        let StateResolutionVersion::V2(res_rules) = rules.state_res.clone() else {
+        let StateResolutionVersion::V2(res_rules) = rules.state_res else {
             return Err(RoomError::UnsupportedVersion(version.to_string()));
         };
         let limits = &self.inner.limits.config;
@@ -66,10 +66,12 @@ impl Rooms {
         roots.sort();
         roots.dedup();
 
-        let _permit = self
+        // Held until the computation ends, even if the event's handling gives up waiting.
+        let permit = self
             .inner
             .resolutions
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| RoomError::Internal("the node is stopping".into()))?;
         let limit = max_events.saturating_sub(whole.len());
@@ -87,6 +89,7 @@ impl Rooms {
             .ok_or_else(too_large)?;
         let started = Instant::now();
         let (resolved, mut whole) = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mut events: Events = whole
                 .iter()
                 .map(|(id, pdu)| (id.clone(), Arc::new(pdu.clone())))
