@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -29,6 +30,8 @@ pub struct Config {
     /// Serve as a backup server (`hyphae backup-server`): devices holding one of the operator's
     /// invitations (`create_invite`) may subscribe and keep a replica here.
     pub backup_server: bool,
+    /// What one peer, or one room, may cost this node (federation input).
+    pub peer_limits: PeerLimits,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +40,85 @@ pub struct RateLimit {
     pub burst: u32,
     /// Requests allowed per second after the burst.
     pub per_second: f64,
+}
+
+/// What other servers may cost this node: every stranger on the network is a peer, and some are
+/// hostile. Defaults suit a phone; tests lower them to reach them quickly.
+#[derive(Debug, Clone)]
+pub struct PeerLimits {
+    /// Events one state resolution may read (the auth graph of the states it resolves): an
+    /// event whose state needs more is refused, not resolved.
+    pub resolution_events: usize,
+    /// How long one state resolution may compute before it is abandoned and the event refused.
+    pub resolution_time: Duration,
+    /// Rejected, soft-failed and fetched (outlier) events kept per server that sent them.
+    pub kept_refusals_per_origin: RateLimit,
+    /// The same per room, whoever sent them.
+    pub kept_refusals_per_room: RateLimit,
+    /// Membership changes of one server's users taken per room, as sent (not as fetched to
+    /// fill a gap).
+    pub membership_changes_per_server: RateLimit,
+    /// EDUs taken per origin server; past it they are dropped.
+    pub edus_per_origin: RateLimit,
+    /// To-device messages from one remote sender waiting for one device.
+    pub to_device_per_sender: u32,
+    /// One-time-key claims (`user/keys/claim`) per origin server.
+    pub key_claims_per_origin: RateLimit,
+    /// Invites taken per inviting server.
+    pub invites_per_origin: RateLimit,
+    /// Invites taken per (inviting server, invitee).
+    pub invites_per_invitee: RateLimit,
+    /// Invites from other servers one local user may have waiting.
+    pub pending_invites: u32,
+    /// Servers one event is sent to or passed on to; past this, the rest get it by gossip.
+    pub max_destinations: usize,
+    /// Outbox entries waiting for one destination that cannot be reached; the oldest go first
+    /// (the destination fetches what it misses when a later event names it).
+    pub outbox_per_destination: u32,
+    /// How long an outbox entry waits for its destination.
+    pub outbox_ttl: Duration,
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        PeerLimits {
+            resolution_events: 50_000,
+            resolution_time: Duration::from_secs(10),
+            kept_refusals_per_origin: RateLimit {
+                burst: 500,
+                per_second: 0.5,
+            },
+            kept_refusals_per_room: RateLimit {
+                burst: 2_000,
+                per_second: 2.0,
+            },
+            membership_changes_per_server: RateLimit {
+                burst: 50,
+                per_second: 0.2,
+            },
+            edus_per_origin: RateLimit {
+                burst: 500,
+                per_second: 20.0,
+            },
+            to_device_per_sender: 500,
+            key_claims_per_origin: RateLimit {
+                burst: 20,
+                per_second: 0.2,
+            },
+            invites_per_origin: RateLimit {
+                burst: 20,
+                per_second: 0.05,
+            },
+            invites_per_invitee: RateLimit {
+                burst: 3,
+                per_second: 0.005,
+            },
+            pending_invites: 100,
+            max_destinations: 200,
+            outbox_per_destination: 2_000,
+            outbox_ttl: Duration::from_secs(14 * 24 * 3600),
+        }
+    }
 }
 
 /// Who may register, as `hyphae up` reports it at start.
@@ -73,6 +155,7 @@ impl Config {
             owner: None,
             extra_routes: None,
             backup_server: false,
+            peer_limits: PeerLimits::default(),
         }
     }
 

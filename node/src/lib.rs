@@ -9,6 +9,7 @@ mod config;
 mod credentials;
 mod error;
 mod federation;
+mod limits;
 mod node;
 mod peers;
 mod people;
@@ -22,7 +23,7 @@ pub use backup::{
     BackupError, BackupStatus, DEFAULT_QUOTA, Restored, create_invite, parse_size,
     restore_from_backup,
 };
-pub use config::{Config, RateLimit, Registration};
+pub use config::{Config, PeerLimits, RateLimit, Registration};
 pub use error::NodeError;
 pub use hyphae_p2p::{
     Multiaddr, PeerId, Transport, TransportConfig, multiaddr, server_name_of_peer,

@@ -71,6 +71,8 @@ pub(crate) struct AppState {
     pub(crate) people: crate::people::People,
     /// Evaluates push rules for unread counts and `/notifications`.
     pub(crate) notifier: crate::push::Notifier,
+    /// What other servers may cost this node.
+    pub(crate) limits: Arc<crate::limits::Limits>,
 }
 
 impl Node {
@@ -95,13 +97,22 @@ impl Node {
             .map_err(|e| NodeError::Startup(format!("server name: {e}")))?;
         let login_tokens = Arc::new(LoginTokens::default());
         let signing_key = SigningKey::new(server_name.clone(), &identity.secret_bytes());
-        let federation = Federation::new(store.clone(), signing_key.clone());
+        let federation = Federation::new(
+            store.clone(),
+            signing_key.clone(),
+            crate::federation::OutboxLimits {
+                per_destination: config.peer_limits.outbox_per_destination,
+                ttl: config.peer_limits.outbox_ttl,
+            },
+        );
         let policy = crate::policy::Policy::new(store.clone(), server_name.clone());
+        let limits = Arc::new(crate::limits::Limits::new(config.peer_limits.clone()));
         let rooms = Rooms::new(
             store.clone(),
             signing_key.clone(),
             federation.clone(),
             policy.clone(),
+            limits.clone(),
         );
         rooms.spawn_retries();
         // Before the overlay starts: the node's bans apply to the first PDU that arrives.
@@ -128,6 +139,7 @@ impl Node {
             store: store.clone(),
             registration: Arc::new(config.registration()),
             limiter: Arc::new(RateLimiter::new(config.auth_rate_limit)),
+            limits,
         };
         let (transport, peer_book) = match config.p2p.clone() {
             Some(p2p) => {

@@ -76,6 +76,29 @@ impl Store {
         .await
     }
 
+    /// Whether `user_id` is joined to (or invited to) a room where some user of `server_name`
+    /// is joined or invited too: what that server may learn of the user, or ask of them, over
+    /// federation. Invites count: a client shares its room keys with invited members, so it
+    /// needs their one-time keys before they join.
+    pub async fn shares_room_with_server(
+        &self,
+        user_id: String,
+        server_name: String,
+    ) -> Result<bool> {
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM memberships theirs
+                 JOIN memberships other ON other.room_id = theirs.room_id
+                 WHERE theirs.user_id = ?1 AND theirs.membership IN ('join', 'invite')
+                   AND other.membership IN ('join', 'invite')
+                   AND substr(other.user_id, instr(other.user_id, ':') + 1) = ?2)",
+                params![user_id, server_name],
+                |row| row.get(0),
+            )?)
+        })
+        .await
+    }
+
     /// The auth chain of `event_ids`: every event reachable from them through one or more
     /// `auth_events` edges (a given event only when another one's auth names it), accepted ones
     /// of the room only, oldest (by depth) first.
@@ -86,6 +109,50 @@ impl Store {
     ) -> Result<Vec<StoredPdu>> {
         self.read(move |conn| auth_chain(conn, &room_id, &event_ids))
             .await
+    }
+
+    /// `from` and every event reachable from them through `auth_events`, rejected ones
+    /// included (state resolution must know them to leave them out), in the room only, in no
+    /// particular order; `None` as soon as there are more than `limit`: the caller refuses the
+    /// work rather than reading a hostile room's whole auth graph into memory.
+    pub async fn auth_graph(
+        &self,
+        room_id: String,
+        from: Vec<String>,
+        limit: usize,
+    ) -> Result<Option<Vec<StoredPdu>>> {
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {} FROM event_auth a JOIN events e ON e.event_id = a.auth_event_id
+                 WHERE a.event_id = ?1 AND e.room_id = ?2",
+                StoredPdu::COLUMNS_E
+            );
+            let mut auth_events = conn.prepare_cached(&sql)?;
+            let mut seen: HashSet<String> = HashSet::new();
+            let mut graph = Vec::new();
+            let mut waiting = Vec::new();
+            for pdu in pdus_in_room(conn, &room_id, &from)? {
+                if seen.insert(pdu.event_id.clone()) {
+                    waiting.push(pdu.event_id.clone());
+                    graph.push(pdu);
+                }
+            }
+            // Each event is expanded once, so bad auth edges that form a cycle end the walk.
+            while let Some(event_id) = waiting.pop() {
+                if graph.len() > limit {
+                    return Ok(None);
+                }
+                for pdu in auth_events.query_map(params![event_id, room_id], StoredPdu::from_row)? {
+                    let pdu = pdu?;
+                    if seen.insert(pdu.event_id.clone()) {
+                        waiting.push(pdu.event_id.clone());
+                        graph.push(pdu);
+                    }
+                }
+            }
+            Ok((graph.len() <= limit).then_some(graph))
+        })
+        .await
     }
 
     /// History for `backfill`: `from` and the events before them, walked back over prev_events
@@ -379,6 +446,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_auth_graph_holds_rejected_events_and_stops_past_its_limit() {
+        let (_dir, store) = store().await;
+        let mut rejected = pdu("$rejected", 3, &[], &["$power"]);
+        rejected.rejection_reason = Some("not allowed".into());
+        let mut elsewhere = pdu("$other_room", 1, &[], &[]);
+        elsewhere.room_id = "!elsewhere:example".into();
+        store
+            .append_pdus(vec![
+                pdu("$create", 1, &[], &[]),
+                pdu("$power", 2, &[], &["$create"]),
+                rejected,
+                elsewhere,
+                pdu("$member", 4, &[], &["$rejected", "$other_room", "$unknown"]),
+                pdu("$loop1", 5, &[], &["$loop2", "$create"]),
+                pdu("$loop2", 5, &[], &["$loop1"]),
+            ])
+            .await
+            .unwrap();
+        let graph = |from: &[&str], limit| {
+            let store = store.clone();
+            let from = from.iter().map(|s| s.to_string()).collect();
+            async move {
+                store
+                    .auth_graph(ROOM.into(), from, limit)
+                    .await
+                    .unwrap()
+                    .map(|pdus| {
+                        let mut ids: Vec<String> = pdus.into_iter().map(|p| p.event_id).collect();
+                        ids.sort();
+                        ids
+                    })
+            }
+        };
+        assert_eq!(
+            graph(&["$member"], 10).await.unwrap(),
+            ["$create", "$member", "$power", "$rejected"],
+            "the given events, rejected ones, nothing of another room"
+        );
+        assert_eq!(graph(&["$member"], 4).await.unwrap().len(), 4);
+        assert_eq!(
+            graph(&["$member"], 3).await,
+            None,
+            "one more than the limit"
+        );
+        assert_eq!(
+            graph(&["$loop1"], 10).await.unwrap(),
+            ["$create", "$loop1", "$loop2"]
+        );
+    }
+
+    #[tokio::test]
     async fn backfill_walks_back_newest_first_up_to_the_limit() {
         let (_dir, store) = store().await;
         line(&store).await;
@@ -457,11 +575,10 @@ mod tests {
         assert!(missing(&[], &["$unknown"], 10, 0).await.is_empty());
     }
 
-    #[tokio::test]
-    async fn a_server_reads_history_only_while_a_user_of_it_is_joined() {
-        let (_dir, store) = store().await;
-        let set = |user: &'static str, room: &'static str, membership: &'static str| {
-            store.write(move |conn| {
+    /// Sets a membership directly, as if an event had.
+    async fn set(store: &Store, user: &'static str, room: &'static str, membership: &'static str) {
+        store
+            .write(move |conn| {
                 conn.execute(
                     "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_pos)
                      VALUES (?1, ?2, ?3, '$m', 0)
@@ -470,7 +587,13 @@ mod tests {
                 )?;
                 Ok(())
             })
-        };
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_server_reads_history_only_while_a_user_of_it_is_joined() {
+        let (_dir, store) = store().await;
         let joined = |server: &str| {
             let store = store.clone();
             let server = server.to_owned();
@@ -482,14 +605,12 @@ mod tests {
                     .is_some()
             }
         };
-        set("@x:invited.example", ROOM, "invite").await.unwrap();
-        set("@x:elsewhere.example", "!other:example", "join")
-            .await
-            .unwrap();
-        set("@x:some.example", ROOM, "join").await.unwrap();
-        set("@y:gone.example", ROOM, "leave").await.unwrap();
-        set("@y:banned.example", ROOM, "ban").await.unwrap();
-        set("@z:knocking.example", ROOM, "knock").await.unwrap();
+        set(&store, "@x:invited.example", ROOM, "invite").await;
+        set(&store, "@x:elsewhere.example", "!other:example", "join").await;
+        set(&store, "@x:some.example", ROOM, "join").await;
+        set(&store, "@y:gone.example", ROOM, "leave").await;
+        set(&store, "@y:banned.example", ROOM, "ban").await;
+        set(&store, "@z:knocking.example", ROOM, "knock").await;
         assert!(joined("some.example").await);
         assert!(!joined("gone.example").await, "a leave shows nothing");
         assert!(!joined("banned.example").await, "a ban shows nothing");
@@ -497,9 +618,9 @@ mod tests {
         assert!(!joined("knocking.example").await);
         assert!(!joined("elsewhere.example").await);
         assert!(!joined("example").await, "a suffix is not the server");
-        set("@x:invited.example", ROOM, "join").await.unwrap();
+        set(&store, "@x:invited.example", ROOM, "join").await;
         assert!(joined("invited.example").await);
-        set("@x:some.example", ROOM, "leave").await.unwrap();
+        set(&store, "@x:some.example", ROOM, "leave").await;
         assert!(!joined("some.example").await);
     }
 
@@ -615,6 +736,46 @@ mod tests {
                     visibility: None,
                 },
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_user_shares_a_room_with_a_server_when_both_are_in_it() {
+        let (_dir, store) = store().await;
+        set(&store, "@bob:here.example", ROOM, "join").await;
+        set(&store, "@alice:there.example", ROOM, "join").await;
+        set(&store, "@carol:there.example", "!other:example", "join").await;
+        set(&store, "@dave:invited.example", ROOM, "invite").await;
+        set(&store, "@erin:left.example", ROOM, "leave").await;
+        let shares =
+            |user: &str, server: &str| store.shares_room_with_server(user.into(), server.into());
+        assert!(
+            shares("@alice:there.example", "here.example")
+                .await
+                .unwrap()
+        );
+        assert!(shares("@bob:here.example", "there.example").await.unwrap());
+        assert!(
+            !shares("@carol:there.example", "here.example")
+                .await
+                .unwrap()
+        );
+        assert!(
+            shares("@bob:here.example", "invited.example")
+                .await
+                .unwrap()
+        );
+        assert!(
+            shares("@dave:invited.example", "here.example")
+                .await
+                .unwrap()
+        );
+        assert!(!shares("@bob:here.example", "left.example").await.unwrap());
+        assert!(!shares("@erin:left.example", "here.example").await.unwrap());
+        assert!(
+            !shares("@bob:here.example", "nowhere.example")
+                .await
+                .unwrap()
         );
     }
 }

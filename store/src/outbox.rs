@@ -125,6 +125,31 @@ impl Store {
         .await
     }
 
+    /// Keeps what waits for `destination` (PDUs and EDUs; a backup server's replica is never
+    /// dropped) to its newest `keep` entries, none older than `created_before` (ms since the
+    /// epoch): a server that stays unreachable, or a name made up to be a destination, does not
+    /// grow the outbox without bound. Returns how many entries were dropped.
+    pub async fn outbox_trim(
+        &self,
+        destination: String,
+        keep: u32,
+        created_before: i64,
+    ) -> Result<usize> {
+        self.write(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "DELETE FROM outbox WHERE destination = ?1 AND kind IN ('pdu', 'edu')
+                       AND (created_ms < ?3 OR id < coalesce((
+                           SELECT min(id) FROM (
+                               SELECT id FROM outbox
+                               WHERE destination = ?1 AND kind IN ('pdu', 'edu')
+                               ORDER BY id DESC LIMIT ?2)), 0))",
+                )?
+                .execute(params![destination, keep, created_before])?)
+        })
+        .await
+    }
+
     /// Drops everything waiting for `destination` (a server this node gives up on); how many
     /// entries.
     pub async fn outbox_drop_destination(&self, destination: String) -> Result<usize> {
@@ -226,6 +251,61 @@ mod tests {
         assert_eq!(
             store.outbox_destinations().await.unwrap(),
             vec!["bob".to_string(), "carol".to_string()]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_destination_keeps_only_its_newest_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let to = |who: &str| vec![who.to_string()];
+        for n in 0..5 {
+            store
+                .enqueue_outbox(to("sybil"), OutboxKind::Pdu, format!("pdu{n}"))
+                .await
+                .unwrap();
+        }
+        store
+            .enqueue_outbox(to("sybil"), OutboxKind::Replica, "kept".into())
+            .await
+            .unwrap();
+        store
+            .enqueue_outbox(to("bob"), OutboxKind::Pdu, "bob's".into())
+            .await
+            .unwrap();
+        assert_eq!(store.outbox_trim("sybil".into(), 2, 0).await.unwrap(), 3);
+        let left = store.outbox_batch("sybil".into(), 50, 100).await.unwrap();
+        let payloads: Vec<_> = left.iter().map(|e| e.payload.as_str()).collect();
+        assert_eq!(payloads, ["pdu3", "pdu4"], "the newest stay");
+        assert_eq!(
+            store
+                .outbox_replica_batch("sybil".into(), 10)
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "a replica entry is never dropped"
+        );
+        assert_eq!(
+            store
+                .outbox_batch("bob".into(), 50, 100)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        // Past their time, all go.
+        let later = crate::now_ms() + 1;
+        assert_eq!(
+            store.outbox_trim("sybil".into(), 2, later).await.unwrap(),
+            2
+        );
+        assert!(
+            store
+                .outbox_batch("sybil".into(), 50, 100)
+                .await
+                .unwrap()
+                .is_empty()
         );
     }
 }

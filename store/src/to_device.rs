@@ -26,7 +26,8 @@ impl Store {
     /// device `*` goes to every device the user has now; one for a device that does not exist is
     /// dropped.
     pub async fn queue_to_device(&self, messages: Vec<ToDeviceMessage>) -> Result<()> {
-        self.write(move |conn| queue(conn, &messages)).await
+        self.write(move |conn| queue(conn, &messages, None).map(drop))
+            .await
     }
 
     /// Like [`Store::queue_to_device`], once per transaction id of the sending device: returns
@@ -52,7 +53,7 @@ impl Store {
             if inserted == 0 {
                 return Ok(false);
             }
-            queue(conn, &messages)?;
+            queue(conn, &messages, None)?;
             Ok(true)
         })
         .await
@@ -60,13 +61,17 @@ impl Store {
 
     /// Like [`Store::queue_to_device_once`], for messages another server sent as an
     /// `m.direct_to_device` EDU: once per (`origin`, `message_id`), so an EDU repeated by a
-    /// retried transaction is not delivered twice. Returns false if it was delivered before.
+    /// retried transaction is not delivered twice; a device already holding `per_sender`
+    /// messages from the same sender gets no more until it takes some (a stranger cannot fill
+    /// the inbox of a device that is away). Returns whether it was new, and how many messages
+    /// were dropped for full inboxes.
     pub async fn queue_remote_to_device_once(
         &self,
         origin: String,
         message_id: String,
         messages: Vec<ToDeviceMessage>,
-    ) -> Result<bool> {
+        per_sender: u32,
+    ) -> Result<(bool, usize)> {
         self.write(move |conn| {
             let now = now_ms();
             conn.prepare_cached("DELETE FROM remote_to_device_ids WHERE created_ms < ?1")?
@@ -79,10 +84,10 @@ impl Store {
                 )?
                 .execute(params![origin, message_id, now])?;
             if inserted == 0 {
-                return Ok(false);
+                return Ok((false, 0));
             }
-            queue(conn, &messages)?;
-            Ok(true)
+            let dropped = queue(conn, &messages, Some(per_sender))?;
+            Ok((true, dropped))
         })
         .await
     }
@@ -132,7 +137,13 @@ impl Store {
     }
 }
 
-fn queue(conn: &Connection, messages: &[ToDeviceMessage]) -> Result<()> {
+/// Queues `messages`; with `per_sender`, none for a device that holds that many from the same
+/// sender already. Returns how many were dropped so.
+fn queue(
+    conn: &Connection,
+    messages: &[ToDeviceMessage],
+    per_sender: Option<u32>,
+) -> Result<usize> {
     let mut all_devices = conn
         .prepare_cached("SELECT device_id FROM devices WHERE localpart = ?1 ORDER BY device_id")?;
     // One device is looked up alone: a room key shared with thousands of devices of a few users
@@ -143,6 +154,10 @@ fn queue(conn: &Connection, messages: &[ToDeviceMessage]) -> Result<()> {
         "INSERT INTO to_device_inbox (stream_pos, localpart, device_id, sender, event_type, content)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
+    let mut held = conn.prepare_cached(
+        "SELECT count(*) FROM to_device_inbox WHERE localpart = ?1 AND device_id = ?2 AND sender = ?3",
+    )?;
+    let mut dropped = 0;
     for message in messages {
         let targets: Vec<String> = if message.device_id == "*" {
             all_devices
@@ -154,6 +169,16 @@ fn queue(conn: &Connection, messages: &[ToDeviceMessage]) -> Result<()> {
                 .collect::<rusqlite::Result<_>>()?
         };
         for device_id in targets {
+            if let Some(cap) = per_sender {
+                let count: u32 = held.query_row(
+                    params![message.localpart, device_id, message.sender],
+                    |row| row.get(0),
+                )?;
+                if count >= cap {
+                    dropped += 1;
+                    continue;
+                }
+            }
             insert.execute(params![
                 next_stream_pos(conn)?,
                 message.localpart,
@@ -164,7 +189,7 @@ fn queue(conn: &Connection, messages: &[ToDeviceMessage]) -> Result<()> {
             ])?;
         }
     }
-    Ok(())
+    Ok(dropped)
 }
 
 #[cfg(test)]
@@ -269,15 +294,56 @@ mod tests {
                 origin.into(),
                 "m1".into(),
                 vec![message("P", "hello")],
+                10,
             )
         };
-        assert!(send("a.example").await.unwrap());
-        assert!(!send("a.example").await.unwrap(), "a repeated EDU");
-        assert!(
+        assert_eq!(send("a.example").await.unwrap(), (true, 0));
+        assert_eq!(
+            send("a.example").await.unwrap(),
+            (false, 0),
+            "a repeated EDU"
+        );
+        assert_eq!(
             send("b.example").await.unwrap(),
+            (true, 0),
             "another server's id space"
         );
         let inbox = store.to_device_messages("bob".into(), "P".into(), 0, i64::MAX, 10);
         assert_eq!(inbox.await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_remote_sender_fills_a_device_inbox_only_up_to_its_share() {
+        let (_dir, store) = store_with_devices(&["P", "Q"]).await;
+        let send = |id: usize, sender: &str, device: &str| {
+            let mut message = message(device, "hello");
+            message.sender = sender.into();
+            store.queue_remote_to_device_once(
+                "a.example".into(),
+                format!("m{id}"),
+                vec![message],
+                3,
+            )
+        };
+        for id in 0..3 {
+            assert_eq!(
+                send(id, "@mallory:a.example", "*").await.unwrap(),
+                (true, 0)
+            );
+        }
+        assert_eq!(
+            send(3, "@mallory:a.example", "P").await.unwrap(),
+            (true, 1),
+            "the fourth from one sender is dropped"
+        );
+        assert_eq!(send(4, "@alice:a.example", "P").await.unwrap(), (true, 0));
+        let inbox = store.to_device_messages("bob".into(), "P".into(), 0, i64::MAX, 10);
+        assert_eq!(inbox.await.unwrap().len(), 4);
+        // The device takes what it has: room again.
+        store
+            .delete_to_device_upto("bob".into(), "P".into(), i64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(send(5, "@mallory:a.example", "P").await.unwrap(), (true, 0));
     }
 }

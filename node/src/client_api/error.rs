@@ -131,6 +131,18 @@ impl From<RoomError> for MatrixError {
             RoomError::Unreachable(message) => {
                 MatrixError::new(StatusCode::BAD_GATEWAY, ErrorKind::Unknown, message)
             }
+            RoomError::LimitExceeded(message, retry_after) => {
+                let mut data = LimitExceededErrorData::new();
+                data.retry_after = Some(RetryAfter::Delay(retry_after));
+                MatrixError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorKind::LimitExceeded(data),
+                    message,
+                )
+            }
+            RoomError::TooLarge(message) => {
+                MatrixError::new(StatusCode::BAD_REQUEST, ErrorKind::TooLarge, message)
+            }
             RoomError::Store(e) => e.into(),
             RoomError::Credentials(e) => e.into(),
             RoomError::Internal(message) => {

@@ -1,22 +1,24 @@
-//! Per-address token buckets for the endpoints worth guessing at (login, register, password
-//! checks), answered with `M_LIMIT_EXCEEDED` and a retry delay.
+//! Token buckets per key: per client address for the endpoints worth guessing at (login,
+//! register, password checks), answered with `M_LIMIT_EXCEEDED` and a retry delay; per server
+//! (or room) for what other servers send (`crate::limits`).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::RateLimit;
 
-/// Past this many tracked addresses, full buckets (addresses that went quiet) are dropped.
+/// Past this many tracked keys, full buckets (keys that went quiet) are dropped.
 const MAX_TRACKED: usize = 10_000;
 
 /// A longer wait is reported as this (a misconfigured, near-zero rate must not overflow).
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 
-pub(crate) struct RateLimiter {
+pub(crate) struct RateLimiter<K = IpAddr> {
     limit: RateLimit,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
 struct Bucket {
@@ -24,16 +26,16 @@ struct Bucket {
     updated: Instant,
 }
 
-impl RateLimiter {
-    pub(crate) fn new(limit: RateLimit) -> RateLimiter {
+impl<K: Hash + Eq> RateLimiter<K> {
+    pub(crate) fn new(limit: RateLimit) -> RateLimiter<K> {
         RateLimiter {
             limit,
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Takes one request's worth from `ip`'s bucket, or says how long until there is one.
-    pub(crate) fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+    /// Takes one request's worth from `key`'s bucket, or says how long until there is one.
+    pub(crate) fn check(&self, key: K) -> Result<(), Duration> {
         let burst = f64::from(self.limit.burst.max(1));
         let rate = if self.limit.per_second.is_finite() {
             self.limit.per_second.max(1e-9)
@@ -46,8 +48,13 @@ impl RateLimiter {
             buckets.retain(|_, b| {
                 b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst
             });
+            // Every tracked key is still busy (many Sybil servers at once): a new one waits
+            // rather than growing the map without bound.
+            if buckets.len() >= MAX_TRACKED && !buckets.contains_key(&key) {
+                return Err(Duration::from_secs(1));
+            }
         }
-        let bucket = buckets.entry(ip).or_insert(Bucket {
+        let bucket = buckets.entry(key).or_insert(Bucket {
             tokens: burst,
             updated: now,
         });

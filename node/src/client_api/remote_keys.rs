@@ -379,7 +379,10 @@ mod tests {
             "local users still answered"
         );
 
-        // Claims take Bob's one-time keys on B, then his fallback key.
+        // Claims take Bob's one-time keys on B, then his fallback key: Alice shares a room
+        // with him (a server that shares none gets none).
+        let room = b.create_public_room(&bob_token).await;
+        b.add_joined_member(&room, &alice).await;
         let claim = || {
             a.post(
                 "/v3/keys/claim",

@@ -55,6 +55,7 @@ pub(super) struct Inner {
     /// handle, and must not be kept alive by it.
     transport: OnceLock<WeakTransport>,
     senders: Mutex<HashMap<OwnedServerName, SenderHandle>>,
+    outbox_limits: sender::OutboxLimits,
     /// Owners of other nodes, as they said (see `owner_of`), and when they said it.
     owners: Mutex<HashMap<String, (std::time::Instant, Owner)>>,
 }
@@ -69,7 +70,11 @@ const OWNER_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
 pub(crate) const OWNER_PATH: &str = "/_matrix/federation/unstable/io.hyphae/owner";
 
 impl Federation {
-    pub(crate) fn new(store: Store, signing_key: SigningKey) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        signing_key: SigningKey,
+        outbox_limits: sender::OutboxLimits,
+    ) -> Self {
         Federation {
             inner: Arc::new(Inner {
                 server_name: signing_key.server_name().clone(),
@@ -77,6 +82,7 @@ impl Federation {
                 store,
                 transport: OnceLock::new(),
                 senders: Mutex::new(HashMap::new()),
+                outbox_limits,
                 owners: Mutex::new(HashMap::new()),
             }),
         }
@@ -206,6 +212,7 @@ impl Federation {
                 self.inner.signing_key.clone(),
                 destination.to_owned(),
                 transport.clone(),
+                self.inner.outbox_limits,
             )
         });
         f(sender);

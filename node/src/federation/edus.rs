@@ -30,16 +30,23 @@ enum EduError {
     NotInRoom { user: OwnedUserId, room: String },
     #[error("{0}")]
     Refused(String),
+    #[error("{user} shares no room with a user of this server")]
+    NoSharedRoom { user: OwnedUserId },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Handles one EDU of a transaction from `origin` (the authenticated peer).
+/// Handles one EDU of a transaction from `origin` (the authenticated peer), within the pace
+/// allowed per origin: past it the EDU is dropped (an EDU has no answer to refuse it with).
 pub(super) async fn receive(state: &AppState, origin: &ServerName, edu: &serde_json::Value) {
     let edu_type = edu
         .get("edu_type")
         .and_then(serde_json::Value::as_str)
         .unwrap_or_default();
+    if state.limits.edu(origin).is_err() {
+        tracing::debug!(%origin, edu_type, "EDU over the origin's pace; dropped");
+        return;
+    }
     if edu_type == crate::backup::mailbox::RECORD_EDU {
         // Signed by the server it speaks for, so it may come from anywhere.
         match edu["content"]["record"].as_str() {
@@ -113,14 +120,39 @@ async fn direct_to_device(
         // Not ours to forward: the sender's server sends to each server itself.
         tracing::debug!(%origin, servers = others.len(), "to-device messages for other servers ignored");
     }
-    let new = state
+    let (new, dropped) = state
         .store
-        .queue_remote_to_device_once(origin.to_string(), content.message_id.to_string(), local)
+        .queue_remote_to_device_once(
+            origin.to_string(),
+            content.message_id.to_string(),
+            local,
+            state.limits.config.to_device_per_sender,
+        )
         .await?;
     if !new {
         tracing::debug!(%origin, message_id = %content.message_id, "to-device EDU repeated; delivered before");
     }
+    if dropped > 0 {
+        tracing::info!(%origin, sender = %content.sender, dropped, "to-device messages for devices holding this sender's share already; dropped");
+    }
     Ok(())
+}
+
+/// A device-list or cross-signing change is kept only for a user who shares a room with a
+/// user of this server: no one else here would ever be told of it, and each one kept takes a
+/// stream position, which wakes every waiting `/sync`.
+async fn require_shared_room(state: &AppState, user: &UserId) -> Result<(), EduError> {
+    if state
+        .store
+        .shares_room_with_server(user.to_string(), state.server_name.to_string())
+        .await?
+    {
+        Ok(())
+    } else {
+        Err(EduError::NoSharedRoom {
+            user: user.to_owned(),
+        })
+    }
 }
 
 /// Records the change, so that local users who share a room with the user see them in
@@ -131,6 +163,7 @@ async fn device_list_update(
     content: DeviceListUpdateContent,
 ) -> Result<(), EduError> {
     from_origin(&content.user_id, origin)?;
+    require_shared_room(state, &content.user_id).await?;
     let stream_id = i64::try_from(u64::from(content.stream_id))
         .map_err(|_| EduError::Malformed("stream_id out of range".into()))?;
     state
@@ -147,6 +180,7 @@ async fn signing_key_update(
     content: SigningKeyUpdateContent,
 ) -> Result<(), EduError> {
     from_origin(&content.user_id, origin)?;
+    require_shared_room(state, &content.user_id).await?;
     state
         .store
         .note_remote_device_list_change(content.user_id.to_string(), None)

@@ -1,16 +1,17 @@
 //! A server the test itself runs: a bare libp2p transport with its own key (so it is who its
-//! noise key says, like any peer), answering the federation requests it gets with whatever
-//! router the test gives it, and sending whatever the test builds and signs.
+//! noise key says, like any peer, but not a node), answering the federation requests it gets with
+//! whatever router the test gives it, and sending whatever the test builds and signs.
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::hostile_tests::{Tip, draft_on, event_id, sign, tip, to_value};
+use super::hostile_tests::{Tip, draft_on, event_id, sign, tip, to_value, txn_path};
 use crate::client_api::test_support::Api;
 use crate::signing::SigningKey;
 
 pub(crate) struct Peer {
     pub(crate) transport: hyphae_p2p::Transport,
+    /// Signs events in the peer's own name.
     pub(crate) key: SigningKey,
     pub(crate) dir: tempfile::TempDir,
 }
@@ -18,13 +19,20 @@ pub(crate) struct Peer {
 impl Peer {
     /// Starts a peer on loopback that answers with `router`.
     pub(crate) async fn start(router: axum::Router) -> Peer {
+        let peer = Peer::bare().await;
+        peer.transport.serve(router);
+        peer
+    }
+
+    /// A peer on loopback serving nothing (see `hostile_tests::silent_server` for one that
+    /// takes requests and never answers).
+    pub(crate) async fn bare() -> Peer {
         let dir = tempfile::tempdir().unwrap();
         let identity = hyphae_p2p::Identity::load_or_create(dir.path()).unwrap();
         let transport =
             hyphae_p2p::Transport::start(hyphae_p2p::TransportConfig::loopback(), &identity)
                 .await
                 .unwrap();
-        transport.serve(router);
         let key = SigningKey::new(
             identity.server_name().try_into().unwrap(),
             &identity.secret_bytes(),
@@ -53,7 +61,8 @@ impl Peer {
             .unwrap();
     }
 
-    /// One federation request to `to`'s node: its status and JSON answer.
+    /// One federation request to `to`'s node, authenticated as this peer: its status and JSON
+    /// answer (a body that is not JSON comes back as a string).
     pub(crate) async fn request(
         &self,
         to: &Api,
@@ -75,21 +84,33 @@ impl Peer {
             .await
             .unwrap();
         let status = response.status().as_u16();
-        let body = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
-        (status, body)
+        let body = response.into_body();
+        (
+            status,
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into())),
+        )
     }
 
     /// Sends `pdus` to `to` in one transaction of this peer's; returns the answer.
     pub(crate) async fn send(&self, to: &Api, pdus: Vec<Value>) -> (u16, Value) {
-        let mut txn = [0u8; 8];
-        getrandom::fill(&mut txn).unwrap();
+        self.send_txn(to, pdus, Vec::new()).await
+    }
+
+    /// A `/send` transaction of `pdus` and `edus` to `to`.
+    pub(crate) async fn send_txn(
+        &self,
+        to: &Api,
+        pdus: Vec<Value>,
+        edus: Vec<Value>,
+    ) -> (u16, Value) {
         let body = json!({
             "origin": self.server_name(),
             "origin_server_ts": ruma::MilliSecondsSinceUnixEpoch::now(),
             "pdus": pdus,
+            "edus": edus,
         });
-        let path = format!("/_matrix/federation/v1/send/{}", hex::encode(txn));
-        self.request(to, Method::PUT, &path, Some(body)).await
+        self.request(to, Method::PUT, &txn_path(), Some(body)).await
     }
 
     /// An event from `sender` built on `tip` and signed by this peer's server: its id and PDU.
@@ -128,4 +149,15 @@ impl Peer {
 /// A router that answers every request `200 {}`: a server that takes what it is sent.
 pub(crate) fn accepting() -> axum::Router {
     axum::Router::new().fallback(|| async { axum::Json(json!({})) })
+}
+
+/// The key of a server nobody runs: it signs as a made-up (Sybil) server, valid signatures and
+/// all.
+pub(crate) fn stranger_key() -> SigningKey {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = hyphae_p2p::Identity::load_or_create(dir.path()).unwrap();
+    SigningKey::new(
+        identity.server_name().try_into().unwrap(),
+        &identity.secret_bytes(),
+    )
 }

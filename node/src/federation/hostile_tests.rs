@@ -36,12 +36,10 @@ fn name_of(api: &Api) -> OwnedServerName {
 }
 
 /// A random server name that is a valid ed25519 key: a server nobody in the test runs.
-fn stranger_server() -> String {
-    let dir = tempfile::tempdir().unwrap();
-    hyphae_p2p::Identity::load_or_create(dir.path())
-        .unwrap()
+pub(crate) fn stranger_server() -> String {
+    super::hostile_peer::stranger_key()
         .server_name()
-        .to_owned()
+        .to_string()
 }
 
 pub(crate) async fn room_version(on: &Api, room: &str) -> RoomVersionId {
@@ -179,7 +177,7 @@ async fn send_transaction(from: &Api, to: &Api, body: Value) -> (u16, Value) {
         .await
 }
 
-fn txn_path() -> String {
+pub(crate) fn txn_path() -> String {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).unwrap();
     format!("/_matrix/federation/v1/send/{}", hex::encode(bytes))
@@ -233,7 +231,7 @@ async fn assert_not_in_timeline(api: &Api, who: &Person, room: &str, event_ids: 
 }
 
 /// The room's state event ids as `who` reads them.
-async fn state_ids(api: &Api, who: &Person, room: &str) -> Vec<String> {
+pub(crate) async fn state_ids(api: &Api, who: &Person, room: &str) -> Vec<String> {
     let (status, body) = api
         .get(&format!("/v3/rooms/{room}/state"), Some(&who.token))
         .await;
@@ -256,7 +254,7 @@ pub(crate) async fn still_delivers(
 }
 
 /// Asserts the /send answer refused the PDU `id` (an error under its id).
-fn assert_refused(answer: &Value, id: &str, what: &str) {
+pub(crate) fn assert_refused(answer: &Value, id: &str, what: &str) {
     assert!(
         answer["pdus"][id]["error"].is_string(),
         "{what} ({id}) was not refused: {answer}"

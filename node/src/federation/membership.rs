@@ -253,6 +253,7 @@ pub(crate) async fn take_invite(
     {
         return Err(MatrixError::not_found(format!("No user {invitee} here")));
     }
+    admit_invite(state, origin, &invitee).await?;
     let mut signed = invite.json.clone();
     let rules = rules(&request.room_version)?;
     state
@@ -274,6 +275,34 @@ pub(crate) async fn take_invite(
     }
     tracing::info!(%origin, %room_id, %invitee, "invited by another server");
     Ok(signed)
+}
+
+/// Invites cost the invitee's attention and the node's store: a server may invite only at a
+/// pace (overall, and per invitee), and a user with `pending_invites` waiting gets no more from
+/// other servers until they answer some.
+async fn admit_invite(
+    state: &AppState,
+    origin: &ServerName,
+    invitee: &ruma::UserId,
+) -> Result<(), MatrixError> {
+    if let Err(wait) = state.limits.invite(origin, invitee) {
+        tracing::info!(%origin, %invitee, "invites over the pace; refused");
+        return Err(MatrixError::limit_exceeded(wait));
+    }
+    let waiting = state
+        .store
+        .memberships_of(invitee.to_string())
+        .await?
+        .iter()
+        .filter(|m| m.membership == "invite")
+        .count();
+    if waiting >= state.limits.config.pending_invites as usize {
+        tracing::info!(%origin, %invitee, waiting, "too many invites waiting; refused");
+        return Err(MatrixError::forbidden(format!(
+            "{invitee} has {waiting} invites waiting already"
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]

@@ -9,6 +9,8 @@ mod events;
 #[cfg(test)]
 pub(crate) mod history_tests;
 #[cfg(test)]
+mod flood_tests;
+#[cfg(test)]
 pub(crate) mod hostile_peer;
 #[cfg(test)]
 pub(crate) mod hostile_tests;
@@ -34,6 +36,7 @@ pub(crate) use client::{Federation, FederationError};
 pub(crate) use directory::RoomDirectories;
 pub(crate) use membership::INVITE_EDU;
 pub(crate) use origin::Origin;
+pub(crate) use sender::OutboxLimits;
 
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()

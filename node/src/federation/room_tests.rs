@@ -64,10 +64,22 @@ where
 /// Two nodes connected over loopback libp2p, Alice on the first and Bob on the second, and a
 /// room Alice created with `create` (a createRoom body, to which Bob's invite is added); Bob
 /// has not answered yet.
-pub(crate) async fn alice_invites_bob(mut create: Value) -> (Api, Api, Person, Person, String) {
+pub(crate) async fn alice_invites_bob(create: Value) -> (Api, Api, Person, Person, String) {
+    alice_invites_bob_with(create, |_| {}).await
+}
+
+/// The same, with the second node (Bob's) started as `configure` says, on the loopback overlay.
+pub(crate) async fn alice_invites_bob_with(
+    mut create: Value,
+    configure: impl FnOnce(&mut crate::Config),
+) -> (Api, Api, Person, Person, String) {
     log_to_test_output();
     let a = Api::start_federated().await;
-    let b = Api::start_federated().await;
+    let b = Api::start_with(|config| {
+        config.p2p = Some(crate::TransportConfig::loopback());
+        configure(config);
+    })
+    .await;
     a.connect(&b).await;
     let alice = person(&a, "alice").await;
     let bob = person(&b, "bob").await;
@@ -81,8 +93,18 @@ pub(crate) async fn alice_invites_bob(mut create: Value) -> (Api, Api, Person, P
 /// Two nodes connected over loopback libp2p, Alice on the first and Bob on the second, in a
 /// room Alice created and Bob joined by invite.
 pub(crate) async fn two_nodes_in_a_room() -> (Api, Api, Person, Person, String) {
-    let (a, b, alice, bob, room) =
-        alice_invites_bob(json!({"preset": "private_chat", "name": "Across"})).await;
+    two_nodes_in_a_room_with(|_| {}).await
+}
+
+/// The same, with Bob's node started as `configure` says.
+pub(crate) async fn two_nodes_in_a_room_with(
+    configure: impl FnOnce(&mut crate::Config),
+) -> (Api, Api, Person, Person, String) {
+    let (a, b, alice, bob, room) = alice_invites_bob_with(
+        json!({"preset": "private_chat", "name": "Across"}),
+        configure,
+    )
+    .await;
 
     // Bob's client sees the invite with the room's name, then joins by room id alone.
     let (_, synced) = b.get("/v3/sync", Some(&bob.token)).await;

@@ -28,6 +28,14 @@ const MAX_REPLICA: u32 = crate::backup::server::MAX_REPLICA_PDUS as u32;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// How much may wait in the outbox for a destination that cannot be reached (PDUs and EDUs;
+/// a backup server's replica always waits).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OutboxLimits {
+    pub(crate) per_destination: u32,
+    pub(crate) ttl: Duration,
+}
+
 /// The handle on a destination's sender task; dropping it stops the task.
 pub(super) struct SenderHandle {
     /// Something new is in the outbox.
@@ -48,6 +56,7 @@ pub(super) fn spawn(
     signing_key: SigningKey,
     destination: OwnedServerName,
     transport: WeakTransport,
+    limits: OutboxLimits,
 ) -> SenderHandle {
     let more = Arc::new(Notify::new());
     let reachable = Arc::new(Notify::new());
@@ -58,6 +67,7 @@ pub(super) fn spawn(
         transport,
         more: more.clone(),
         reachable: reachable.clone(),
+        limits,
     };
     let task = tokio::spawn(sender.run()).abort_handle();
     SenderHandle {
@@ -74,6 +84,7 @@ struct Sender {
     transport: WeakTransport,
     more: Arc<Notify>,
     reachable: Arc<Notify>,
+    limits: OutboxLimits,
 }
 
 /// How long sends to the destination have been failing, to decide when its mailbox takes over.
@@ -122,17 +133,52 @@ impl Sender {
                     self.acknowledge(&batch).await;
                 }
                 Outcome::Retry(reason) => {
+                    self.trim().await;
                     let wait = backoff.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
                     backoff = Some(wait);
                     tracing::debug!(destination = %self.destination, ?wait, %reason, "transaction not delivered; backing off");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = self.reachable.notified() => {
-                            backoff = None;
-                            away = Away::default();
+                    let until = tokio::time::Instant::now() + wait;
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(until) => break,
+                            _ = self.reachable.notified() => {
+                                backoff = None;
+                                away = Away::default();
+                                break;
+                            }
+                            // More for a destination that is away: it stays within its share
+                            // while the sender waits.
+                            _ = self.more.notified() => self.trim().await,
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Drops what waited too long, or past the destination's share, while it cannot be
+    /// reached: a server that never comes back (or a name made up to join a room) must not
+    /// grow the outbox with every event. It fetches what it missed when a later event names it.
+    async fn trim(&self) {
+        let created_before = std::time::SystemTime::now()
+            .checked_sub(self.limits.ttl)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        match self
+            .store
+            .outbox_trim(
+                self.destination.to_string(),
+                self.limits.per_destination,
+                created_before,
+            )
+            .await
+        {
+            Ok(0) => {}
+            Ok(dropped) => {
+                tracing::info!(destination = %self.destination, dropped, "unreachable destination: its oldest outbox entries dropped")
+            }
+            Err(e) => {
+                tracing::warn!(destination = %self.destination, error = %e, "could not trim the outbox")
             }
         }
     }

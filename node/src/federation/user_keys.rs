@@ -31,13 +31,33 @@ pub(super) async fn query(
     Ok(Ruma(response))
 }
 
+/// One-time keys are a device's scarce supply for new Olm sessions: a server may claim them
+/// only for users who share a room with one of its users, and at a pace, so a stranger cannot
+/// drain them (which would push every new session onto the fallback key).
 pub(super) async fn claim(
     State(state): State<AppState>,
     Origin(origin): Origin,
     Req(request): Req<claim_keys::v1::Request>,
 ) -> FederationResult<claim_keys::v1::Response> {
-    tracing::debug!(%origin, users = request.one_time_keys.len(), "one-time keys claimed");
-    let claimed = claim_local(&state, request.one_time_keys).await?;
+    if let Err(wait) = state.limits.key_claim(&origin) {
+        tracing::info!(%origin, "one-time key claims over the pace; refused");
+        return Err(MatrixError::limit_exceeded(wait));
+    }
+    let mut claims = request.one_time_keys;
+    let mut shared = Vec::with_capacity(claims.len());
+    for user in claims.keys() {
+        if state
+            .store
+            .shares_room_with_server(user.to_string(), origin.to_string())
+            .await?
+        {
+            shared.push(user.clone());
+        }
+    }
+    let asked = claims.len();
+    claims.retain(|user, _| shared.contains(user));
+    tracing::debug!(%origin, asked, shared = claims.len(), "one-time keys claimed");
+    let claimed = claim_local(&state, claims).await?;
     Ok(Ruma(claim_keys::v1::Response::new(claimed)))
 }
 

@@ -39,6 +39,8 @@ const RETRY_TICK: Duration = Duration::from_secs(15);
 
 /// Where the auth events of one incoming PDU are asked for, and how much may still be asked.
 pub(super) struct AuthSources {
+    /// The server that relayed the PDU: what its fetches cost is charged to it.
+    origin: OwnedServerName,
     /// In the order they are asked.
     servers: Vec<OwnedServerName>,
     /// Servers that failed this PDU once (no answer in time, a refusal, a bad answer): not
@@ -115,6 +117,7 @@ impl Rooms {
             }
         }
         AuthSources {
+            origin: origin.to_owned(),
             servers,
             failed: HashSet::new(),
             budget: MAX_AUTH_FETCHES,
@@ -177,6 +180,13 @@ impl Rooms {
         let verdict = check_auth(&entry.version, &event, &its_auth, None);
         if verdict.is_err() && !complete {
             return Ok(AuthEvent::Missing);
+        }
+        let origin = sources.origin.clone();
+        if !self.keep_refused(entry, &origin) {
+            return Ok(match verdict {
+                Ok(()) => AuthEvent::Found(Box::new(event)),
+                Err(_) => AuthEvent::Rejected,
+            });
         }
         let mut accepted = self.accepted(&event, None, None, Vec::new())?;
         accepted.pdu.outlier = true;

@@ -194,7 +194,10 @@ impl Rooms {
             // Only the create event has no prev events, and nothing comes before it.
             0 => Ok(Some(RoomState::new())),
             1 => Ok(states.pop()),
-            _ => Ok(Some(self.resolve(version, states).await?)),
+            _ => {
+                let room_id = pdu.room_id().ok_or_else(|| RoomError::Internal("no room".into()))?;
+                Ok(Some(self.resolve(&room_id, version, states).await?))
+            }
         }
     }
 

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use axum::http::Method;
 use hyphae_store::{ResolvedState, StateSnapshot};
 use ruma::events::{StateEventType, TimelineEventType};
-use ruma::room_version_rules::StateResolutionVersion;
 use ruma::serde::Base64;
 use ruma::signatures::{PublicKeyMap, Verified};
-use ruma::state_res::{self, StateMap};
+use ruma::state_res;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId, RoomVersionId,
     ServerName,
@@ -92,6 +91,7 @@ impl Rooms {
                 "This server has no state for {room_id} yet"
             )));
         }
+        self.admit(entry, origin, &pdu)?;
         // The room stays locked while missing events are asked for; a member server that
         // answers slowly must not keep the room's own users from sending for long. What is
         // applied so far stays (each step is its own commit); the rest is asked for again when
@@ -150,7 +150,7 @@ impl Rooms {
         if let Some(refusal) = self.policy_refusal(entry, &pdu) {
             let prevs_known = missing.is_empty();
             return self
-                .refuse_by_policy(entry, pdu, refusal, prevs_known)
+                .refuse_by_policy(entry, origin, pdu, refusal, prevs_known)
                 .await;
         }
         if !missing.is_empty() && fill_gaps {
@@ -165,7 +165,7 @@ impl Rooms {
                 let reason = format!("{reason} (auth events not to be had: {missing_auth:?})");
                 return self.set_aside_pdu(entry, &pdu, reason);
             }
-            return self.reject(entry, pdu, reason).await;
+            return self.reject(entry, origin, pdu, reason).await;
         }
 
         let state_before = if missing.is_empty() {
@@ -187,16 +187,18 @@ impl Rooms {
             },
         };
         if let Err(reason) = check_auth(&entry.version, &pdu, &auth_events, Some(&state_before)) {
-            return self.reject(entry, pdu, reason).await;
+            return self.reject(entry, origin, pdu, reason).await;
         }
         if let Err(reason) = check_auth(&entry.version, &pdu, &auth_events, Some(&entry.state)) {
             tracing::info!(event_id = %pdu.event_id, %reason, "soft-failing an event");
-            let mut accepted = self.accepted(&pdu, None, None, Vec::new())?;
-            // Kept, marked, and treated like a rejected event here: out of the timeline, never
-            // a prev event, never shown to a client, not asked about again.
-            accepted.pdu.rejection_reason = Some(format!("soft-failed: {reason}"));
-            accepted.prev_may_be_missing = true;
-            self.inner.store.append_accepted(vec![accepted]).await?;
+            if self.keep_refused(entry, origin) {
+                let mut accepted = self.accepted(&pdu, None, None, Vec::new())?;
+                // Kept, marked, and treated like a rejected event here: out of the timeline,
+                // never a prev event, never shown to a client, not asked about again.
+                accepted.pdu.rejection_reason = Some(format!("soft-failed: {reason}"));
+                accepted.prev_may_be_missing = true;
+                self.inner.store.append_accepted(vec![accepted]).await?;
+            }
             return Ok(Received::SoftFailed(reason));
         }
 
@@ -213,8 +215,12 @@ impl Rooms {
         let new_state = if extends_all {
             state_after
         } else {
-            self.resolve(&entry.version, vec![entry.state.clone(), state_after])
-                .await?
+            self.resolve(
+                &entry.room_id,
+                &entry.version,
+                vec![entry.state.clone(), state_after],
+            )
+            .await?
         };
 
         let room_id = entry.room_id.clone();
@@ -282,25 +288,67 @@ impl Rooms {
     /// passes it to a few others, those it is connected to first (the ones it can surely
     /// reach), chosen at random otherwise: the event spreads like gossip, repeats are answered
     /// cheaply, and a server that still misses one fetches it when a later event names it.
-    /// Membership changes go to every server, so everyone knows who is in the room.
+    /// Membership changes go to every server (up to the node's cap on destinations), so
+    /// everyone knows who is in the room.
     async fn forward_targets(
         &self,
         state: &RoomState,
         origin: &ServerName,
         pdu: &Pdu,
     ) -> Vec<String> {
-        let mut candidates: Vec<String> = super::joined_servers(state, &self.inner.server_name)
+        let candidates: Vec<String> = super::joined_servers(state, &self.inner.server_name)
             .into_iter()
             .filter(|s| s != origin.as_str() && s != pdu.sender.server_name().as_str())
             .collect();
-        if candidates.len() <= FORWARD_FANOUT || pdu.kind == TimelineEventType::RoomMember {
-            return candidates;
+        let fanout = if pdu.kind == TimelineEventType::RoomMember {
+            self.inner.limits.config.max_destinations
+        } else {
+            FORWARD_FANOUT
+        };
+        self.pick_destinations(candidates, None, fanout).await
+    }
+
+    /// Whether `origin` may send `pdu` into the room now: a server with a member joined, or one
+    /// sending its own user's membership (a join through send_join, a leave); a membership
+    /// change only within the pace allowed for its sender's server. What is refused here is
+    /// not stored: a server that only knows a room's id cannot fill the disk (nor the backup
+    /// quota everything stored is replicated to) with the room's events.
+    fn admit(&self, entry: &RoomEntry, origin: &ServerName, pdu: &Pdu) -> Result<(), RoomError> {
+        let own_membership = pdu.kind == TimelineEventType::RoomMember
+            && pdu.state_key.as_deref() == Some(pdu.sender.as_str())
+            && pdu.sender.server_name() == origin;
+        if !may_ask(entry, origin) && !own_membership {
+            return Err(RoomError::Forbidden(format!(
+                "{origin} has no member in {}; its events are not taken",
+                entry.room_id
+            )));
         }
-        let connected = self.inner.federation.connected_servers().await;
-        shuffle(&mut candidates);
-        candidates.sort_by_key(|s| !connected.contains(s));
-        candidates.truncate(FORWARD_FANOUT);
-        candidates
+        if pdu.kind == TimelineEventType::RoomMember {
+            let server = pdu.sender.server_name();
+            self.inner
+                .limits
+                .membership_change(&entry.room_id, server)
+                .map_err(|wait| {
+                    RoomError::LimitExceeded(
+                        format!(
+                            "{server} changes memberships in {} faster than this server takes",
+                            entry.room_id
+                        ),
+                        wait,
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Whether one more refused event (rejected, soft-failed, or an auth event fetched as an
+    /// outlier) from `origin` may be kept; past the budget it is answered and forgotten.
+    pub(super) fn keep_refused(&self, entry: &RoomEntry, origin: &ServerName) -> bool {
+        let keep = self.inner.limits.keep_refusal(origin, &entry.room_id);
+        if !keep {
+            tracing::info!(%origin, room_id = %entry.room_id, "over the budget of refused events kept; this one is not");
+        }
+        keep
     }
 
     /// Whether the event is here already, in the timeline or rejected (an outlier may still
@@ -359,10 +407,14 @@ impl Rooms {
     async fn refuse_by_policy(
         &self,
         entry: &RoomEntry,
+        origin: &ServerName,
         pdu: Pdu,
         reason: String,
         prevs_known: bool,
     ) -> Result<Received, RoomError> {
+        if !self.keep_refused(entry, origin) {
+            return Ok(Received::Rejected(reason));
+        }
         // The state before it, when it can be had without asking anyone: what its children
         // need to be checked without a round trip.
         let state_before = if prevs_known {
@@ -398,10 +450,14 @@ impl Rooms {
     async fn reject(
         &self,
         entry: &RoomEntry,
+        origin: &ServerName,
         pdu: Pdu,
         reason: String,
     ) -> Result<Received, RoomError> {
         tracing::info!(event_id = %pdu.event_id, room_id = %entry.room_id, %reason, "rejecting an event");
+        if !self.keep_refused(entry, origin) {
+            return Ok(Received::Rejected(reason));
+        }
         let mut accepted = self.accepted(&pdu, None, None, Vec::new())?;
         accepted.pdu.rejection_reason = Some(reason.clone());
         accepted.prev_may_be_missing = true;
@@ -551,7 +607,9 @@ impl Rooms {
         match states.len() {
             0 => Ok(None),
             1 => Ok(states.pop()),
-            _ => Ok(Some(self.resolve(&entry.version, states).await?)),
+            _ => Ok(Some(
+                self.resolve(&entry.room_id, &entry.version, states).await?,
+            )),
         }
     }
 
@@ -623,141 +681,6 @@ impl Rooms {
         }
         Ok(state)
     }
-
-    /// State resolution v2 (v2.1 from room version 12) over the given states.
-    pub(super) async fn resolve(
-        &self,
-        version: &RoomVersionId,
-        states: Vec<RoomState>,
-    ) -> Result<RoomState, RoomError> {
-        let rules = rules(version)?;
-        let StateResolutionVersion::V2(res_rules) = rules.state_res else {
-            return Err(RoomError::UnsupportedVersion(version.to_string()));
-        };
-        let mut events: HashMap<OwnedEventId, Pdu> = HashMap::new();
-        for state in &states {
-            for pdu in state.values() {
-                events.insert(pdu.event_id.clone(), pdu.clone());
-            }
-        }
-        // Everything reachable through auth events, read from the store a level at a time.
-        let mut frontier: Vec<OwnedEventId> = events
-            .values()
-            .flat_map(|p| p.auth_events.iter().cloned())
-            .collect();
-        while !frontier.is_empty() {
-            frontier.retain(|id| !events.contains_key(id));
-            frontier.sort();
-            frontier.dedup();
-            if frontier.is_empty() {
-                break;
-            }
-            let stored = self
-                .inner
-                .store
-                .pdus(frontier.iter().map(ToString::to_string).collect())
-                .await?;
-            frontier.clear();
-            for stored in &stored {
-                let pdu =
-                    Pdu::from_stored(stored).map_err(|e| RoomError::Internal(e.to_string()))?;
-                frontier.extend(pdu.auth_events.iter().cloned());
-                events.insert(pdu.event_id.clone(), pdu);
-            }
-        }
-        let auth_chain = |start: &mut dyn Iterator<Item = &OwnedEventId>| {
-            let mut seen: HashSet<OwnedEventId> = HashSet::new();
-            let mut stack: Vec<OwnedEventId> = start
-                .filter_map(|id| events.get(id))
-                .flat_map(|p| p.auth_events.iter().cloned())
-                .collect();
-            while let Some(id) = stack.pop() {
-                if seen.insert(id.clone())
-                    && let Some(pdu) = events.get(&id)
-                {
-                    stack.extend(pdu.auth_events.iter().cloned());
-                }
-            }
-            seen
-        };
-        let maps: Vec<StateMap<OwnedEventId>> = states
-            .iter()
-            .map(|state| {
-                state
-                    .iter()
-                    .map(|(key, pdu)| (key.clone(), pdu.event_id.clone()))
-                    .collect()
-            })
-            .collect();
-        let auth_chains = maps
-            .iter()
-            .map(|map| auth_chain(&mut map.values()).into_iter().collect())
-            .collect();
-        let resolved = state_res::resolve(
-            &rules.authorization,
-            &res_rules,
-            maps.iter(),
-            auth_chains,
-            |id| events.get(id).cloned(),
-            |conflicted| {
-                Some(
-                    conflicted_subgraph(conflicted, &events)
-                        .into_iter()
-                        .collect(),
-                )
-            },
-        )
-        .map_err(|e| RoomError::Internal(format!("state resolution: {e}")))?;
-        Ok(resolved
-            .into_iter()
-            .filter_map(|(key, id)| events.get(&id).cloned().map(|pdu| (key, pdu)))
-            .collect())
-    }
-}
-
-/// The events that are both descendants of one conflicted event and ancestors of another
-/// through auth events (the conflicted events included), as room version 12 asks.
-fn conflicted_subgraph(
-    conflicted: &StateMap<Vec<OwnedEventId>>,
-    events: &HashMap<OwnedEventId, Pdu>,
-) -> HashSet<OwnedEventId> {
-    let starts: HashSet<&OwnedEventId> = conflicted.values().flatten().collect();
-    // Ancestors of conflicted events: candidates.
-    let mut candidates: HashSet<OwnedEventId> = HashSet::new();
-    let mut stack: Vec<OwnedEventId> = starts.iter().map(|id| (*id).clone()).collect();
-    while let Some(id) = stack.pop() {
-        if candidates.insert(id.clone())
-            && let Some(pdu) = events.get(&id)
-        {
-            stack.extend(pdu.auth_events.iter().cloned());
-        }
-    }
-    // Of those, the ones from which a conflicted event is reachable.
-    let mut reaches: HashMap<OwnedEventId, bool> = HashMap::new();
-    fn reaches_conflicted(
-        id: &OwnedEventId,
-        starts: &HashSet<&OwnedEventId>,
-        events: &HashMap<OwnedEventId, Pdu>,
-        memo: &mut HashMap<OwnedEventId, bool>,
-    ) -> bool {
-        if let Some(known) = memo.get(id) {
-            return *known;
-        }
-        // Marked false first: auth events form a DAG, but a malicious one must not loop us.
-        memo.insert(id.clone(), false);
-        let result = starts.contains(id)
-            || events.get(id).is_some_and(|pdu| {
-                pdu.auth_events
-                    .iter()
-                    .any(|a| reaches_conflicted(a, starts, events, memo))
-            });
-        memo.insert(id.clone(), result);
-        result
-    }
-    candidates
-        .into_iter()
-        .filter(|id| reaches_conflicted(id, &starts, events, &mut reaches))
-        .collect()
 }
 
 /// Whether `origin` may be asked for what an event it sent needs (the gap before it, its auth
@@ -884,7 +807,7 @@ fn missing_among(ids: &[OwnedEventId], known: &[hyphae_store::StoredPdu]) -> Vec
         .collect()
 }
 
-fn shuffle<T>(items: &mut [T]) {
+pub(super) fn shuffle<T>(items: &mut [T]) {
     for i in (1..items.len()).rev() {
         let mut bytes = [0u8; 8];
         if getrandom::fill(&mut bytes).is_err() {

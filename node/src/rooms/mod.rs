@@ -11,6 +11,9 @@ mod create;
 mod incoming;
 mod pdu;
 mod remote;
+mod resolution;
+#[cfg(test)]
+mod resolution_tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -57,6 +60,12 @@ pub(crate) enum RoomError {
     /// Another server was needed and could not be reached, or answered badly.
     #[error("{0}")]
     Unreachable(String),
+    /// More than the node takes from a peer right now; it may try again after the delay.
+    #[error("{0}")]
+    LimitExceeded(String, std::time::Duration),
+    /// More work (a state resolution over a huge auth graph) than the node does for anyone.
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -81,6 +90,10 @@ struct Inner {
     federation: Federation,
     /// Told of state changes (a subscribed list's rules), and asked at the federation edge.
     policy: crate::policy::Policy,
+    /// What other servers may cost this node.
+    limits: Arc<crate::limits::Limits>,
+    /// State resolutions computing now (see `resolution`).
+    resolutions: Arc<tokio::sync::Semaphore>,
     /// One slot per room this node sends into: its lock, and what is cached of the room.
     rooms: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomEntry>>>>>,
     /// Incoming PDUs waiting for auth events no server supplied yet.
@@ -197,6 +210,7 @@ impl Rooms {
         signing_key: SigningKey,
         federation: Federation,
         policy: crate::policy::Policy,
+        limits: Arc<crate::limits::Limits>,
     ) -> Self {
         Rooms {
             inner: Arc::new(Inner {
@@ -205,6 +219,8 @@ impl Rooms {
                 signing_key,
                 federation,
                 policy,
+                limits,
+                resolutions: Arc::new(tokio::sync::Semaphore::new(resolution::RESOLUTIONS_AT_ONCE)),
                 rooms: Mutex::new(HashMap::new()),
                 set_aside: Default::default(),
             }),
@@ -404,12 +420,12 @@ impl Rooms {
             // Where it goes: the servers in the room before it and after it (a member who is
             // kicked or banned learns of it too).
             let mut destinations = entry.servers.clone();
-            if pdu.kind == TimelineEventType::RoomMember
-                && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
-                && target.server_name() != self.inner.server_name
-            {
-                destinations.push(target.server_name().to_string());
-            }
+            let target = (pdu.kind == TimelineEventType::RoomMember)
+                .then(|| pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()))
+                .flatten()
+                .map(|target| target.server_name().to_string())
+                .filter(|server| server != self.inner.server_name.as_str());
+            destinations.extend(target.clone());
             let accepted = self.accepted(
                 &pdu,
                 draft.transaction.clone(),
@@ -420,6 +436,10 @@ impl Rooms {
             destinations.extend(entry.servers.iter().cloned());
             destinations.sort();
             destinations.dedup();
+            let most = self.inner.limits.config.max_destinations;
+            let destinations = self
+                .pick_destinations(destinations, target.as_deref(), most)
+                .await;
             let commit = self.inner.store.append_accepted(vec![AcceptedPdu {
                 destinations: destinations.clone(),
                 state_after: Some(entry.snapshot.clone()),
@@ -613,6 +633,27 @@ impl Rooms {
         })
         .map_err(RoomError::Forbidden)?;
         Ok(())
+    }
+
+    /// At most `most` of `candidates` for an event to go to: `keep` (the server of a
+    /// membership change's target) and the servers this node is connected to first (those it
+    /// surely reaches), the rest at random. Every server that joins a room (and a Sybil swarm
+    /// of made-up ones costs nothing to join) would otherwise cost an outbox entry per event;
+    /// those left out get the event by gossip, or fetch it when a later event names it.
+    async fn pick_destinations(
+        &self,
+        mut candidates: Vec<String>,
+        keep: Option<&str>,
+        most: usize,
+    ) -> Vec<String> {
+        if candidates.len() <= most {
+            return candidates;
+        }
+        let connected = self.inner.federation.connected_servers().await;
+        incoming::shuffle(&mut candidates);
+        candidates.sort_by_key(|s| (Some(s.as_str()) != keep, !connected.contains(s)));
+        candidates.truncate(most);
+        candidates
     }
 
     /// Tells the senders of these servers that the outbox has something for them.

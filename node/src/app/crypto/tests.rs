@@ -295,12 +295,11 @@ async fn two_users_on_one_node_exchange_encrypted_messages_both_ways() {
 
 #[tokio::test]
 async fn users_on_two_federated_nodes_exchange_encrypted_messages_both_ways() {
-    let a = Api::start_federated().await;
-    let b = Api::start_federated().await;
-    a.connect(&b).await;
-    let alice = Dev::register(&a, "alice").await;
-    let bob = Dev::register(&b, "bob").await;
-    let room = room(&a, "across");
+    // In a room together: a server hands its users' one-time keys only to servers sharing one.
+    let (a, b, _, _, room) = crate::federation::room_tests::two_nodes_in_a_room().await;
+    let room = OwnedRoomId::try_from(room).unwrap();
+    let alice = Dev::login(&a, "alice").await;
+    let bob = Dev::login(&b, "bob").await;
 
     let content = alice
         .encrypt(&room, &[&bob], Rotation::default(), "over libp2p")
