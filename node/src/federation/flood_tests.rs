@@ -160,7 +160,9 @@ async fn edu_floods_cost_no_stream_position_fill_no_inbox_and_are_paced() {
     let since = synced["next_batch"].as_str().unwrap().to_owned();
 
     // A member of Bob's room changes devices: Bob is told (1 EDU).
-    mallory.send_txn(&b, Vec::new(), vec![update(&alice, 1)]).await;
+    mallory
+        .send_txn(&b, Vec::new(), vec![update(&alice, 1)])
+        .await;
     assert_eq!(changed(since.clone()).await, json!([alice]));
     let position = || *b.node.store().stream_position().borrow();
     let quiet = position();
@@ -203,7 +205,9 @@ async fn edu_floods_cost_no_stream_position_fill_no_inbox_and_are_paced() {
     let (_, synced) = b.get("/v3/sync?timeout=0", Some(&token)).await;
     let since = synced["next_batch"].as_str().unwrap().to_owned();
     let before = position();
-    let (status, _) = mallory.send_txn(&b, Vec::new(), vec![update(&alice, 2)]).await;
+    let (status, _) = mallory
+        .send_txn(&b, Vec::new(), vec![update(&alice, 2)])
+        .await;
     assert_eq!(status, 200, "the transaction is still taken");
     assert_eq!(position(), before, "the EDU was dropped");
     assert!(
@@ -250,7 +254,12 @@ async fn one_time_keys_are_claimed_only_for_users_sharing_a_room_and_at_a_pace()
         let (b, mallory) = (&b, &mallory);
         async move {
             mallory
-                .request(b, Method::POST, "/_matrix/federation/v1/user/keys/claim", Some(body.clone()))
+                .request(
+                    b,
+                    Method::POST,
+                    "/_matrix/federation/v1/user/keys/claim",
+                    Some(body.clone()),
+                )
                 .await
         }
     };

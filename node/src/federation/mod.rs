@@ -7,9 +7,9 @@ mod directory;
 mod edus;
 mod events;
 #[cfg(test)]
-pub(crate) mod history_tests;
-#[cfg(test)]
 mod flood_tests;
+#[cfg(test)]
+pub(crate) mod history_tests;
 #[cfg(test)]
 pub(crate) mod hostile_peer;
 #[cfg(test)]

@@ -195,7 +195,9 @@ impl Rooms {
             0 => Ok(Some(RoomState::new())),
             1 => Ok(states.pop()),
             _ => {
-                let room_id = pdu.room_id().ok_or_else(|| RoomError::Internal("no room".into()))?;
+                let room_id = pdu
+                    .room_id()
+                    .ok_or_else(|| RoomError::Internal("no room".into()))?;
                 Ok(Some(self.resolve(&room_id, version, states).await?))
             }
         }
