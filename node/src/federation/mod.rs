@@ -7,8 +7,11 @@ mod directory;
 mod edus;
 mod events;
 #[cfg(test)]
+mod exhaustion_tests;
+#[cfg(test)]
 pub(crate) mod hostile_tests;
 mod keys;
+pub(crate) mod limits;
 mod membership;
 mod origin;
 #[cfg(test)]
@@ -27,6 +30,7 @@ use crate::node::AppState;
 
 pub(crate) use client::{Federation, FederationError};
 pub(crate) use directory::RoomDirectories;
+pub(crate) use limits::body_limits;
 pub(crate) use membership::INVITE_EDU;
 pub(crate) use origin::Origin;
 
