@@ -247,26 +247,50 @@ impl Slots {
 
 /// The request body bytes held in memory at once: a body over [`crate::config::SMALL_BODY`]
 /// reserves its declared length (in KiB) before it is read, and gives it back when its request
-/// is answered. The semaphore is fair, so large bodies are taken in the order they came.
+/// is answered. The semaphore is fair, so large bodies are taken in the order they came. A
+/// request waiting here holds its slot, so only `max_waiting` may wait at once (more are
+/// answered 503 at once): large bodies can never take the slots small requests need.
 pub(crate) struct BodyBudget {
     permits: Arc<Semaphore>,
     total_kib: usize,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    max_waiting: usize,
+}
+
+/// Counts a request waiting for the budget while it lives.
+struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl BodyBudget {
-    pub fn new(bytes: usize) -> BodyBudget {
+    pub fn new(bytes: usize, max_waiting: usize) -> BodyBudget {
         let total_kib = (bytes / 1024).clamp(1, Semaphore::MAX_PERMITS);
         BodyBudget {
             permits: Arc::new(Semaphore::new(total_kib)),
             total_kib,
+            waiting: Arc::default(),
+            max_waiting,
         }
     }
 
-    /// Room for a body of `len` bytes, waiting at most `wait`; `None` when none came in time.
-    /// A body larger than the whole budget waits for all of it.
+    /// Room for a body of `len` bytes, waiting at most `wait`; `None` when none came in time,
+    /// or when too many wait already. A body larger than the whole budget waits for all of it.
     pub async fn reserve(&self, len: usize, wait: Duration) -> Option<OwnedSemaphorePermit> {
+        use std::sync::atomic::Ordering;
         let kib = len.div_ceil(1024).clamp(1, self.total_kib);
         let kib = u32::try_from(kib).unwrap_or(u32::MAX);
+        if let Ok(room) = self.permits.clone().try_acquire_many_owned(kib) {
+            return Some(room);
+        }
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let _waiting = Waiting(self.waiting.clone());
         tokio::time::timeout(wait, self.permits.clone().acquire_many_owned(kib))
             .await
             .ok()?
@@ -430,7 +454,7 @@ mod tests {
 
     #[tokio::test]
     async fn large_bodies_wait_for_room_in_the_budget() {
-        let budget = BodyBudget::new(1024 * 1024);
+        let budget = BodyBudget::new(1024 * 1024, 1);
         let first = budget.reserve(700 * 1024, WAIT).await.unwrap();
         assert!(
             budget
@@ -438,9 +462,26 @@ mod tests {
                 .await
                 .is_none()
         );
-        // Larger than the whole budget: it waits for all of it.
-        let waiting = budget.reserve(10 * 1024 * 1024, WAIT);
+        // Larger than the whole budget: it waits for all of it. Only one may wait.
+        let waiting = tokio::spawn(async move {
+            let room = budget.reserve(10 * 1024 * 1024, WAIT).await;
+            (room, budget)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
         drop(first);
-        assert!(waiting.await.is_some());
+        let (room, budget) = waiting.await.unwrap();
+        assert!(room.is_some());
+        let _held = room;
+        let waiting = budget.reserve(1024 * 1024, Duration::from_millis(500));
+        let refused = async {
+            let started = Instant::now();
+            (budget.reserve(1024 * 1024, WAIT).await, started.elapsed())
+        };
+        let (waited, (refused, took)) = tokio::join!(waiting, refused);
+        assert!(waited.is_none(), "no room came in time");
+        assert!(
+            refused.is_none() && took < Duration::from_millis(100),
+            "{took:?}"
+        );
     }
 }

@@ -30,10 +30,10 @@ const MAX_ESTABLISHED_INCOMING: u32 = 256;
 pub(crate) const MAX_STREAMS_PER_CONNECTION: usize = 128;
 /// QUIC's flow control: what a peer may have sent unread on one stream (yamux's fixed window)
 /// and on one whole connection (libp2p's defaults are 10 MB and 15 MB, which a few strangers
-/// holding requests unread would turn into hundreds of MB). Still 10 MB/s at a 100 ms round
+/// holding requests unread would turn into hundreds of MB). Still 5 MB/s at a 100 ms round
 /// trip.
 pub(crate) const QUIC_STREAM_WINDOW: u32 = 256 * 1024;
-pub(crate) const QUIC_CONNECTION_WINDOW: u32 = 1024 * 1024;
+pub(crate) const QUIC_CONNECTION_WINDOW: u32 = 512 * 1024;
 
 /// How long one DHT query (lookup, put, provide) may run, and the upper bound on a
 /// `put_record` or `start_providing` call.

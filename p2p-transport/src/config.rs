@@ -176,8 +176,8 @@ pub struct HttpConfig {
     /// node is 127.0.0.1).
     pub max_streams_per_ip: Option<usize>,
     /// Server: bytes of request bodies over [`SMALL_BODY`] held at once (their declared length
-    /// is reserved before they are read); a body waits for room, and gets a 503 if none
-    /// comes within `slot_wait`.
+    /// is reserved before they are read); a body waits for room (a quarter of the slots at
+    /// most wait so), and gets a 503 if none comes within `slot_wait`.
     pub max_body_bytes_in_flight: usize,
     /// Server: after `body_grace`, a body must have arrived at this average rate (bytes per
     /// second) since its head, or the request fails with 408: a peer trickling bytes loses
@@ -225,9 +225,9 @@ impl Default for HttpConfig {
             max_waiting_per_peer: 8,
             slot_wait: Duration::from_secs(30),
             max_streams_per_ip: Some(32),
-            // Four /send transactions of the largest size at once: what a phone can spare
-            // (parsing keeps about twice the body), not what peers can ask for.
-            max_body_bytes_in_flight: 16 * 1024 * 1024,
+            // Two /send transactions of the largest size at once: what a phone can spare, not
+            // what peers can ask for (an honest transaction is a few KiB).
+            max_body_bytes_in_flight: 8 * 1024 * 1024,
             // 32 KiB/s is a poor mobile link; an honest peer sends at once what it has.
             min_body_rate: 32 * 1024,
             body_grace: Duration::from_secs(10),

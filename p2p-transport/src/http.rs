@@ -221,7 +221,11 @@ impl Server {
                 config.max_requests_per_peer,
                 config.max_waiting_per_peer,
             ),
-            budget: BodyBudget::new(config.max_body_bytes_in_flight),
+            // A quarter of the slots may wait for room for a large body.
+            budget: BodyBudget::new(
+                config.max_body_bytes_in_flight,
+                config.max_concurrent_requests.div_ceil(4),
+            ),
             config,
         }
     }

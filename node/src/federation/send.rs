@@ -12,7 +12,9 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::Origin;
-use super::limits::{MAX_EDU_BYTES, MAX_PDU_BYTES, RawTransaction, check_counts};
+use super::limits::{
+    MAX_EDU_BYTES, MAX_PDU_BYTES, MAX_SEND_BODY, RawTransaction, check_counts, read_body,
+};
 use crate::client_api::MatrixError;
 use crate::node::AppState;
 use crate::rooms::{Received, RoomError};
@@ -23,8 +25,10 @@ pub(crate) async fn send_transaction(
     State(state): State<AppState>,
     Origin(origin): Origin,
     Path(txn_id): Path<String>,
-    body: axum::body::Bytes,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
 ) -> Result<Json<Value>, MatrixError> {
+    let body = read_body(&headers, body, MAX_SEND_BODY).await?;
     let transaction: RawTransaction = serde_json::from_slice(&body).map_err(|e| {
         tracing::warn!(%origin, %txn_id, error = %e, "malformed transaction");
         MatrixError::bad_json(format!("Malformed transaction: {e}"))

@@ -1,15 +1,20 @@
 //! Benchmark: a node among hostile strangers, over real libp2p on loopback.
 //! (1) Memory: 32 peers (each its own key and address) send the node oversized transactions
 //! (7.5 MB of EDUs, over the `/send` cap) and EDU-heavy ones just under the cap (100 EDUs of
-//! about 39 KB of `[0,0,…]`), 4 at a time each, for SECONDS (60 by default), while an honest
-//! node's user sends a message at a time to the node's user: the node's resident memory (idle,
-//! peak sampled every 100 ms and the kernel's high-water mark, after), what the strangers were
-//! answered, and the honest messages' delivery latency (send until the receiver's `/sync`).
+//! about 39 KB of `[0,0,…]`), 4 at a time each, for SECONDS (60 by default) over QUIC, then as
+//! long over TCP, while an honest node's user sends a message every half second to the node's
+//! user: the node's resident memory (before, the kernel's high-water mark during, after), what
+//! the strangers were answered, and the honest messages' delivery latency (send until the
+//! receiver's `/sync`), as medians and as ratios to the same measured without an attack in the
+//! same run (for up to 20 s before the first attack). Over TCP libp2p dials from 127.0.0.1
+//! whatever address it listens on, so the strangers and the honest node are one host to the
+//! caps per address, and only as many strangers connect as those let through.
 //! (2) Slots: an honest peer's `GET /version` latency, p50/p99 over 200 requests, without an
 //! attack, while one peer holds 300 slow requests open (heads sent, bodies trickled), and while
-//! 6 peer ids of one host do the same with 60 each.
+//! 6 peer ids of one host do the same with 60 each; the medians' ratios to the first.
 //! The node runs in a child process (this program with `--victim DIR`), so its memory is its
-//! own, with the transport's defaults for a real network (caps per address on).
+//! own, with the transport's defaults for a real network (caps per address on); the strangers
+//! of (1) run in another (`--attack`), so they do not take the honest node's CPU.
 //!
 //! Run: `cargo run --release -p hyphae-tests --bin bench-exhaustion [-- SECONDS]`
 
@@ -35,6 +40,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("--victim") => victim(args.next().expect("a data folder")).await,
+        Some("--attack") => attackers(args.next().expect("the attack, as JSON")).await,
         seconds => {
             let seconds = seconds.and_then(|s| s.parse().ok()).unwrap_or(60);
             bench(Duration::from_secs(seconds)).await;
@@ -45,7 +51,6 @@ async fn main() {
 /// The node under attack: prints where it is, then runs until its stdin closes.
 async fn victim(dir: String) {
     let p2p = TransportConfig {
-        listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("multiaddr")],
         // A real network's caps per address, on loopback.
         max_incoming_per_ip: TransportConfig::default().max_incoming_per_ip,
         http: HttpConfig::default(),
@@ -119,6 +124,13 @@ impl Victim {
         }
     }
 
+    /// Starts the kernel's high-water mark of resident memory over from now, so that each attack
+    /// has its own.
+    fn reset_high_water(&self) {
+        // "5" resets the peak RSS (Linux 4.0 on); where refused, the mark is since the start.
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
+    }
+
     /// Resident memory now and at its highest, in MiB (from /proc).
     fn rss(&self) -> (f64, f64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -141,26 +153,39 @@ impl Drop for Victim {
     }
 }
 
-/// A stranger: its own key, dialling from its own loopback address.
-async fn stranger(victim: &Victim, ip: &str) -> (Transport, tempfile::TempDir) {
+/// A stranger: its own key, dialling `peer` at `addrs` over `over` ("quic" or "tcp") from its
+/// own loopback address `ip`; `None` when the victim refuses it. Over TCP it dials from
+/// 127.0.0.1 whatever `ip` (libp2p binds its port, not its address), so the victim's caps per
+/// address take the TCP strangers as one host.
+async fn stranger(
+    peer: PeerId,
+    addrs: &[Multiaddr],
+    ip: &str,
+    over: &str,
+) -> Option<(Transport, tempfile::TempDir)> {
     let dir = tempfile::tempdir().expect("folder");
     let identity = Identity::load_or_create(dir.path()).expect("identity");
+    let (listen, protocol) = match over {
+        "tcp" => (format!("/ip4/{ip}/tcp/0"), "/tcp/"),
+        _ => (format!("/ip4/{ip}/udp/0/quic-v1"), "/quic"),
+    };
     let config = TransportConfig {
-        listen: vec![
-            format!("/ip4/{ip}/udp/0/quic-v1")
-                .parse()
-                .expect("multiaddr"),
-        ],
+        listen: vec![listen.parse().expect("multiaddr")],
         ..TransportConfig::loopback()
     };
     let transport = Transport::start(config, &identity)
         .await
         .expect("transport");
-    transport
-        .dial(victim.peer, victim.addrs.clone())
-        .await
-        .expect("the victim answers");
-    (transport, dir)
+    let addrs: Vec<Multiaddr> = (addrs.iter())
+        .filter(|a| a.to_string().contains(protocol))
+        .cloned()
+        .collect();
+    if let Err(e) = transport.dial(peer, addrs).await {
+        eprintln!("stranger on {ip} over {over} refused: {e}");
+        transport.shutdown().await;
+        return None;
+    }
+    Some((transport, dir))
 }
 
 /// A transaction from `origin` of `count` EDUs of about `size` bytes of zeros each.
@@ -183,6 +208,8 @@ struct Answers {
     failed: AtomicU64,
 }
 
+/// One stranger's attack: `IN_FLIGHT` transactions at a time, oversized and near the cap in
+/// turn, until told to stop.
 async fn attack(
     transport: Transport,
     victim: String,
@@ -221,6 +248,55 @@ async fn attack(
     })
     .buffer_unordered(IN_FLIGHT);
     sends.for_each(|()| async {}).await;
+}
+
+/// The strangers of (1), in their own process: `ATTACKERS` of them for the seconds and over
+/// the transport `attack` says; prints how many the victim let connect once they are, and what
+/// they were answered.
+async fn attackers(attack: String) {
+    let attack: Value = serde_json::from_str(&attack).expect("JSON");
+    let peer: PeerId = (attack["peer"].as_str())
+        .and_then(|p| p.parse().ok())
+        .expect("peer");
+    let server = attack["server"].as_str().expect("server").to_owned();
+    let addrs: Vec<Multiaddr> = (attack["addrs"].as_array().expect("addresses").iter())
+        .filter_map(|a| a.as_str()?.parse().ok())
+        .collect();
+    let over = attack["over"].as_str().expect("quic or tcp");
+    let seconds = attack["seconds"].as_u64().expect("seconds");
+    let mut strangers = Vec::new();
+    for n in 0..ATTACKERS {
+        let ip = format!("127.0.1.{}", n + 1);
+        strangers.extend(stranger(peer, &addrs, &ip, over).await);
+    }
+    println!("{}", strangers.len());
+    std::io::stdout().flush().expect("stdout");
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(Answers::default());
+    let attacks: Vec<_> = (strangers.iter())
+        .map(|(t, _)| {
+            let (stop, answers) = (stop.clone(), answers.clone());
+            tokio::spawn(self::attack(t.clone(), server.clone(), stop, answers))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for attack in attacks {
+        let _ = attack.await;
+    }
+    let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let answers = [
+        count(&answers.ok),
+        count(&answers.too_large),
+        count(&answers.busy),
+        count(&answers.other),
+        count(&answers.failed),
+    ];
+    println!("{}", json!(answers));
+    std::io::stdout().flush().expect("stdout");
+    for (transport, _) in &strangers {
+        transport.shutdown().await;
+    }
 }
 
 async fn bench(duration: Duration) {
@@ -268,104 +344,126 @@ async fn bench(duration: Duration) {
     assert_eq!(warm.len(), 5);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (idle, _) = victim.rss();
-
-    memory(
-        &victim,
-        &http,
-        (&honest_base, &alice),
-        &bob,
-        &room,
-        idle,
-        duration,
-    )
-    .await;
+    println!("node RSS idle, in a room with an honest node: {idle:.0} MiB");
+    let sender = (honest_base.as_str(), &alice);
+    let calm_for = duration.min(Duration::from_secs(20));
+    let (calm, sent) = honest_messages(&http, sender, (&victim, &bob), &room, calm_for).await;
+    print!("honest messages without an attack, {calm_for:?}: ");
+    let calm_p50 = delivery(&calm, sent, None);
+    for over in ["quic", "tcp"] {
+        let receiver = (&victim, &bob);
+        memory(&http, sender, receiver, &room, duration, over, calm_p50).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
     slots(&victim).await;
     honest.node.shutdown().await;
 }
 
 async fn memory(
-    victim: &Victim,
     http: &reqwest::Client,
-    (honest_base, alice): (&str, &User),
-    bob: &User,
+    sender: (&str, &User),
+    (victim, bob): (&Victim, &User),
     room: &str,
-    idle: f64,
     duration: Duration,
+    over: &str,
+    calm_p50: Option<Duration>,
 ) {
-    let mut strangers = Vec::new();
-    for n in 0..ATTACKERS {
-        strangers.push(stranger(victim, &format!("127.0.1.{}", n + 1)).await);
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let answers = Arc::new(Answers::default());
-    let attacks: Vec<_> = (strangers.iter())
-        .map(|(t, _)| {
-            tokio::spawn(attack(
-                t.clone(),
-                victim.server.clone(),
-                stop.clone(),
-                answers.clone(),
-            ))
-        })
-        .collect();
-    let started = Instant::now();
-    let mut peak = idle;
-    let mut delivered = Vec::new();
-    let mut messages = 0;
-    let sampling = async {
-        while started.elapsed() < duration {
-            peak = peak.max(victim.rss().0);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    let honest_messages = async {
-        while started.elapsed() < duration {
-            messages += 1;
-            let sent = sync_latencies(http, (honest_base, alice), (&victim.client, bob), room, 1);
-            match tokio::time::timeout(Duration::from_secs(30), sent).await {
-                Ok(took) => delivered.extend(took),
-                Err(_) => println!("an honest message took over 30 s"),
-            }
-        }
-    };
-    tokio::join!(sampling, honest_messages);
-    stop.store(true, Ordering::Relaxed);
-    for attack in attacks {
-        let _ = attack.await;
-    }
+    victim.reset_high_water();
+    let (before, _) = victim.rss();
+    let attack = json!({
+        "peer": victim.peer.to_string(), "server": victim.server, "over": over,
+        "addrs": victim.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "seconds": duration.as_secs(),
+    });
+    let mut attackers = Command::new(std::env::current_exe().expect("this program"))
+        .arg("--attack")
+        .arg(attack.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the attackers start");
+    let mut said = BufReader::new(attackers.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    said.read_line(&mut line).expect("the attackers are ready");
+    let connected: usize = line.trim().parse().expect("how many connected");
+    let (delivered, messages) = honest_messages(http, sender, (victim, bob), room, duration).await;
+    let answers = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        said.read_line(&mut line).expect("the attackers' answers");
+        let _ = attackers.wait();
+        serde_json::from_str::<[u64; 5]>(&line).expect("JSON")
+    })
+    .await
+    .expect("the attackers end");
     let (_, high_water) = victim.rss();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (after, _) = victim.rss();
-    delivered.sort();
-    let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
     println!(
-        "memory: {ATTACKERS} peers x {IN_FLIGHT} transactions in flight for {:?} (7.5 MB over the cap, \
-         3.9 MB of 100 EDUs under it, in turn): node RSS idle {idle:.0} MiB, peak {peak:.0} MiB \
-         sampled / {high_water:.0} MiB high-water (+{:.0} MiB over idle), {after:.0} MiB 5 s after",
-        duration,
-        high_water - idle,
+        "memory, over {over}: {connected} peers (of {ATTACKERS} dialling) x {IN_FLIGHT} transactions in flight for \
+         {duration:?} (7.5 MB over the cap and 3.9 MB of 100 EDUs under it, in turn): node RSS \
+         {before:.0} MiB before, high-water {high_water:.0} MiB (x{:.2} of before), \
+         {after:.0} MiB 5 s after",
+        high_water / before
     );
     println!(
         "  strangers answered: 200 {}, 413/400 {}, 503 {}, other {}, no answer {}",
-        count(&answers.ok),
-        count(&answers.too_large),
-        count(&answers.busy),
-        count(&answers.other),
-        count(&answers.failed)
+        answers[0], answers[1], answers[2], answers[3], answers[4]
     );
+    print!("  honest messages: ");
+    delivery(&delivered, messages, calm_p50);
+}
+
+/// `honest`'s user sends `receiver`'s user a message every half second for `duration`: how long
+/// each took to show in the receiver's `/sync` (sorted; those over 30 s left out), and how many
+/// were sent.
+async fn honest_messages(
+    http: &reqwest::Client,
+    honest: (&str, &User),
+    (victim, receiver): (&Victim, &User),
+    room: &str,
+    duration: Duration,
+) -> (Vec<Duration>, usize) {
+    let started = Instant::now();
+    let mut delivered = Vec::new();
+    let mut messages = 0;
+    while started.elapsed() < duration {
+        messages += 1;
+        let sent = sync_latencies(http, honest, (&victim.client, receiver), room, 1);
+        match tokio::time::timeout(Duration::from_secs(30), sent).await {
+            Ok(took) => delivered.extend(took),
+            Err(_) => println!("  an honest message took over 30 s"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    delivered.sort();
+    (delivered, messages)
+}
+
+/// Prints the delivery of `sent` messages (`delivered` sorted), with its median's ratio to
+/// `calm_p50`'s; the median.
+fn delivery(delivered: &[Duration], sent: usize, calm_p50: Option<Duration>) -> Option<Duration> {
     if delivered.is_empty() {
-        println!("  honest messages: none of {messages} delivered");
-    } else {
-        println!(
-            "  honest messages: {} of {messages} delivered, send -> receiver's /sync p50 {:.0} ms, p99 {:.0} ms",
-            delivered.len(),
-            ms(percentile(&delivered, 0.5)),
-            ms(percentile(&delivered, 0.99))
-        );
+        println!("none of {sent} delivered");
+        return None;
     }
-    for (transport, _) in &strangers {
-        transport.shutdown().await;
-    }
+    let p50 = percentile(delivered, 0.5);
+    println!(
+        "{} of {sent} delivered, send -> receiver's /sync p50 {:.0} ms{}, p99 {:.0} ms",
+        delivered.len(),
+        ms(p50),
+        ratio(p50, calm_p50),
+        ms(percentile(delivered, 0.99))
+    );
+    Some(p50)
+}
+
+/// " (xR of without an attack)" for a median beside the one measured without an attack.
+fn ratio(p50: Duration, calm_p50: Option<Duration>) -> String {
+    calm_p50.map_or_else(String::new, |calm| {
+        format!(
+            " (x{:.2} of without an attack)",
+            p50.as_secs_f64() / calm.as_secs_f64()
+        )
+    })
 }
 
 /// `GET /version` from `honest`, `count` times in a row: the latencies of those answered
@@ -387,17 +485,25 @@ async fn probe(honest: &Transport, victim: &str, count: usize) -> (Vec<Duration>
     (took, missed)
 }
 
-fn report(what: &str, (took, missed): (Vec<Duration>, usize)) {
+/// Prints the latencies of `probe`, with their median's ratio to `calm_p50`'s; the median.
+fn report(
+    what: &str,
+    (took, missed): (Vec<Duration>, usize),
+    calm_p50: Option<Duration>,
+) -> Option<Duration> {
     if took.is_empty() {
         println!("  {what}: none answered ({missed} without an answer within 5 s)");
-        return;
+        return None;
     }
+    let p50 = percentile(&took, 0.5);
     println!(
-        "  {what}: p50 {:.2} ms, p99 {:.2} ms, {missed} of {} without an answer within 5 s",
-        ms(percentile(&took, 0.5)),
+        "  {what}: p50 {:.2} ms{}, p99 {:.2} ms, {missed} of {} without an answer within 5 s",
+        ms(p50),
+        ratio(p50, calm_p50),
         ms(percentile(&took, 0.99)),
         took.len() + missed
     );
+    Some(p50)
 }
 
 /// Opens up to `count` requests from `from` whose heads announce a 1 MB body, writes a byte
@@ -433,18 +539,24 @@ async fn slow_requests(
 
 async fn slots(victim: &Victim) {
     const PROBES: usize = 200;
-    let (honest, _dir) = stranger(victim, "127.0.0.1").await;
+    let (honest, _dir) = stranger(victim.peer, &victim.addrs, "127.0.0.1", "quic")
+        .await
+        .expect("the victim answers");
     println!("slots: an honest peer's GET /version, {PROBES} in a row:");
-    report(
+    let calm = report(
         "without an attack",
         probe(&honest, &victim.server, PROBES).await,
+        None,
     );
 
-    let (mallory, _mallory_dir) = stranger(victim, "127.0.2.1").await;
+    let (mallory, _mallory_dir) = stranger(victim.peer, &victim.addrs, "127.0.2.1", "quic")
+        .await
+        .expect("the victim answers");
     let (held, opened) = slow_requests(&mallory, &victim.server, 300).await;
     report(
         &format!("one peer holding {opened} slow requests"),
         probe(&honest, &victim.server, PROBES).await,
+        calm,
     );
     held.abort();
     mallory.shutdown().await;
@@ -452,7 +564,9 @@ async fn slots(victim: &Victim) {
     let mut sybils = Vec::new();
     let mut opened = 0;
     for _ in 0..6 {
-        let (sybil, dir) = stranger(victim, "127.0.3.1").await;
+        let (sybil, dir) = stranger(victim.peer, &victim.addrs, "127.0.3.1", "quic")
+            .await
+            .expect("the victim answers");
         let (held, n) = slow_requests(&sybil, &victim.server, 60).await;
         opened += n;
         sybils.push((sybil, dir, held));
@@ -460,6 +574,7 @@ async fn slots(victim: &Victim) {
     report(
         &format!("6 peer ids of one host holding {opened} slow requests"),
         probe(&honest, &victim.server, PROBES).await,
+        calm,
     );
     for (sybil, _, held) in sybils {
         held.abort();
