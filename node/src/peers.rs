@@ -17,8 +17,10 @@ use crate::error::NodeError;
 const REDIAL_AT_START: usize = 64;
 /// Addresses per peer handed to the transport (it keeps as many).
 const ADDRESSES_PER_PEER: usize = 16;
-/// Peer book changes are written together, at most this long after the first one.
+/// Peer book changes are written together, at most this long after the first one...
 const FLUSH_AFTER: Duration = Duration::from_secs(2);
+/// ...or as soon as this many peers wait to be written (peer ids cost nothing to make up).
+const FLUSH_AT: usize = 256;
 
 /// The task that keeps the peer book. The node finishes it before closing the store: what
 /// the transport learnt in its last moments must be written, or a node stopped soon after
@@ -39,13 +41,21 @@ impl PeerBookWriter {
 }
 
 /// Starts the transport, serves the federation router on it, then redials the peers the
-/// store remembers (after the router is in place, so no early peer is answered 503).
+/// store remembers (after the router is in place, so no early peer is answered 503). The
+/// transport caps request bodies per federation route (limits `config` sets itself come after,
+/// and so win for the same prefix) and keeps only DHT records the node can vouch for.
 pub(crate) async fn start_transport(
-    config: TransportConfig,
+    mut config: TransportConfig,
     identity: &Identity,
     store: &Store,
     federation: axum::Router,
 ) -> Result<(Transport, PeerBookWriter), NodeError> {
+    let mut body_limits = crate::federation::body_limits();
+    body_limits.append(&mut config.http.body_limits);
+    config.http.body_limits = body_limits;
+    if config.record_policy.is_none() {
+        config.record_policy = Some(crate::backup::record_policy(identity.server_name()));
+    }
     let transport = Transport::start(config, identity)
         .await
         .map_err(|e| NodeError::Transport(e.to_string()))?;
@@ -121,6 +131,10 @@ async fn keep_peer_book(
             Ok(event) => {
                 if note(&mut pending, event) {
                     flush_at.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_AFTER);
+                }
+                if pending.len() >= FLUSH_AT {
+                    flush(&store, &mut pending).await;
+                    flush_at = None;
                 }
             }
             Err(RecvError::Lagged(missed)) => {

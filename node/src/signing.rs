@@ -57,3 +57,46 @@ impl SigningKey {
         ruma::signatures::sign_json(self.server_name.as_str(), &*self.key, object)
     }
 }
+
+/// Whether `signature` is `public_key`'s over `message`, checked strictly: a weak (small-order)
+/// key or a small-order `R` fails, where ruma's and libp2p's plain checks would let through
+/// signatures anyone can make for such keys.
+pub(crate) fn verify_strict(public_key: &[u8], signature: &[u8], message: &[u8]) -> bool {
+    let (Ok(public_key), Ok(signature)) = (
+        <[u8; 32]>::try_from(public_key),
+        <[u8; 64]>::try_from(signature),
+    ) else {
+        return false;
+    };
+    let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&public_key) else {
+        return false;
+    };
+    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature))
+        .is_ok()
+}
+
+/// Whether `object` carries `server`'s valid signature under [`KEY_ID`], checked strictly with
+/// the key its name is (see [`verify_strict`]).
+pub(crate) fn signed_by_server(object: &CanonicalJsonObject, server: &str) -> bool {
+    use ruma::CanonicalJsonValue::{Object, String};
+    let Some(key) = crate::rooms::verify_key_of(server) else {
+        return false;
+    };
+    let signature = match object.get("signatures") {
+        Some(Object(signatures)) => match signatures.get(server) {
+            Some(Object(by_key)) => match by_key.get(KEY_ID) {
+                Some(String(signature)) => signature.clone(),
+                _ => return false,
+            },
+            _ => return false,
+        },
+        _ => return false,
+    };
+    let (Ok(signature), Ok(signed)) = (
+        ruma::serde::Base64::<ruma::serde::base64::Standard>::parse(&signature),
+        ruma::signatures::to_canonical_json_string_for_signing(object),
+    ) else {
+        return false;
+    };
+    verify_strict(&key, signature.as_bytes(), signed.as_bytes())
+}

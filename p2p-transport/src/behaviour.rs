@@ -1,5 +1,6 @@
-//! The swarm's composed behaviour: HTTP streams, identify, ping, Kademlia, relay (client, and
-//! server when configured), dcutr and AutoNAT.
+//! The swarm's composed behaviour: who may connect (connection limits, the per-IP gate), HTTP
+//! streams, identify, ping, Kademlia, relay (client, and server when configured), dcutr and
+//! AutoNAT.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use libp2p::{
 };
 
 use crate::config::TransportConfig;
-use crate::streams;
+use crate::{gate, streams};
 
 /// Our own DHT: never the public IPFS one (`/ipfs/kad/1.0.0`, kad's default).
 pub(crate) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/hyphae/kad/1");
@@ -21,6 +22,18 @@ const IDENTIFY_VERSION: &str = "/hyphae/1";
 const MAX_CONNECTIONS_PER_PEER: u32 = 4;
 const MAX_PENDING_INCOMING: u32 = 64;
 const MAX_ESTABLISHED_INCOMING: u32 = 256;
+/// Streams a peer may open at once on one connection (yamux's default is 512, QUIC's 256).
+/// Each can make the muxer buffer up to its window (256 KiB for yamux) before it is read; the
+/// HTTP server closes at once the streams of a peer or an address past their caps, so this is
+/// the backstop. A yamux peer that opens more has its connection closed, so it stays well
+/// above what this node opens itself (32 requests per peer, kad, identify, ping).
+pub(crate) const MAX_STREAMS_PER_CONNECTION: usize = 128;
+/// QUIC's flow control: what a peer may have sent unread on one stream (yamux's fixed window)
+/// and on one whole connection (libp2p's defaults are 10 MB and 15 MB, which a few strangers
+/// holding requests unread would turn into hundreds of MB). Still 5 MB/s at a 100 ms round
+/// trip.
+pub(crate) const QUIC_STREAM_WINDOW: u32 = 256 * 1024;
+pub(crate) const QUIC_CONNECTION_WINDOW: u32 = 512 * 1024;
 
 /// How long one DHT query (lookup, put, provide) may run, and the upper bound on a
 /// `put_record` or `start_providing` call.
@@ -57,6 +70,7 @@ const PROVIDER_PUBLICATION_INTERVAL: Duration = Duration::from_secs(60 * 60);
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
     pub limits: connection_limits::Behaviour,
+    pub gate: gate::Behaviour,
     pub streams: streams::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -82,7 +96,10 @@ impl Behaviour {
             .set_publication_interval(Some(RECORD_PUBLICATION_INTERVAL))
             .set_replication_interval(Some(RECORD_REPLICATION_INTERVAL))
             .set_provider_record_ttl(Some(PROVIDER_TTL))
-            .set_provider_publication_interval(Some(PROVIDER_PUBLICATION_INTERVAL));
+            .set_provider_publication_interval(Some(PROVIDER_PUBLICATION_INTERVAL))
+            // Every record and provider announcement from a peer comes to the swarm task,
+            // which stores it only if it may (see `records`).
+            .set_record_filtering(kad::StoreInserts::FilterBoth);
         let store = kad::store::MemoryStore::with_config(
             peer,
             kad::store::MemoryStoreConfig {
@@ -107,6 +124,7 @@ impl Behaviour {
                     .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
                     .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING)),
             ),
+            gate: gate::Behaviour::new(config.max_incoming_per_ip),
             streams: streams::Behaviour::default(),
             // Pushing new listen addresses tells connected peers (and through them the DHT)
             // at once of a relay circuit reserved after they identified us; without it they
@@ -129,12 +147,24 @@ impl Behaviour {
     }
 }
 
-/// libp2p's defaults cap a circuit at 128 KiB and 2 minutes, too little for federation between
-/// peers that can only meet through this relay (a backup server relays for its subscribers).
+/// What this node relays for others, whoever they are (libp2p's relay cannot tell a subscriber
+/// from a stranger): enough for federation between peers that only meet through it (a
+/// transaction is at most 4 MiB; a backup server relays its subscribers' replica and mail), not
+/// enough to make a phone a free tunnel. libp2p's defaults (2 minutes, 128 KiB) are too little
+/// for a transaction; the old 1 h / 256 MiB let a stranger spend a phone's data plan. A circuit
+/// that ends is simply dialled again by the next request.
+/// - 16 circuits at once (4 per peer), each at most 10 minutes and 32 MiB: at worst 512 MiB
+///   relayed per 10 minutes, when someone actually uses them;
+/// - 64 reservations (4 per peer) of an hour, and libp2p's rate limits on new reservations and
+///   circuits per peer and per IP address.
 fn relay_config() -> relay::Config {
     relay::Config {
-        max_circuit_duration: Duration::from_secs(60 * 60),
-        max_circuit_bytes: 256 * 1024 * 1024,
+        max_reservations: 64,
+        max_reservations_per_peer: 4,
+        max_circuits: 16,
+        max_circuits_per_peer: 4,
+        max_circuit_duration: Duration::from_secs(10 * 60),
+        max_circuit_bytes: 32 * 1024 * 1024,
         ..relay::Config::default()
     }
 }

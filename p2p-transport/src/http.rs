@@ -3,24 +3,26 @@
 //! on one inbound stream with the node's registered service.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::{CONTENT_LENGTH, HOST, RETRY_AFTER};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use libp2p::{PeerId, Stream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
-use crate::config::HttpConfig;
+use crate::admission::{BodyBudget, IpStreams, PacedBody, Slots};
+use crate::config::{HttpConfig, SMALL_BODY};
 use crate::error::HttpError;
 
 /// The service the node registers: its federation router, type-erased so it can be swapped.
@@ -105,6 +107,35 @@ pub(crate) fn prepare(peer: &PeerId, req: Request<Bytes>) -> Result<Request<Byte
     Ok(Request::from_parts(parts, body))
 }
 
+/// The client's side of the server's per-peer slots: requests to one peer at once, the rest
+/// wait here. A burst of requests to one peer (hundreds of lookups at once) then queues in
+/// this node instead of past the peer's streams and slots, where it would be refused.
+#[derive(Default)]
+pub(crate) struct ClientSlots {
+    peers: std::sync::Mutex<std::collections::HashMap<PeerId, Arc<Semaphore>>>,
+}
+
+/// Peers a node keeps a request queue for before it forgets the idle ones.
+const CLIENT_PEERS: usize = 1024;
+
+impl ClientSlots {
+    /// Waits for a turn to send a request to `peer`, at most `per_peer` at once.
+    pub async fn acquire(&self, peer: PeerId, per_peer: usize) -> Option<OwnedSemaphorePermit> {
+        let slots = {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            if peers.len() >= CLIENT_PEERS {
+                // Only the map holds an idle peer's semaphore.
+                peers.retain(|_, slots| Arc::strong_count(slots) > 1);
+            }
+            peers
+                .entry(peer)
+                .or_insert_with(|| Arc::new(Semaphore::new(per_peer.max(1))))
+                .clone()
+        };
+        slots.acquire_owned().await.ok()
+    }
+}
+
 /// Aborts the hyper connection task when the request ends for any reason. Over yamux a server
 /// that answered early (413) leaves our upload blocked on flow control with no reset, so the
 /// task would otherwise live until the whole connection closes.
@@ -170,19 +201,31 @@ pub(crate) async fn send(
     Ok(Response::from_parts(parts, body))
 }
 
-/// What every inbound stream shares: the registered service, the limits, and the permits
-/// that bound how many requests run at once.
+/// What every inbound stream shares: the registered service, the limits, the slots that bound
+/// how many requests run at once (per peer and overall) and the budget of body bytes.
 pub(crate) struct Server {
     pub service: RwLock<Option<HttpService>>,
     pub config: HttpConfig,
-    pub permits: Arc<Semaphore>,
+    per_ip: IpStreams,
+    slots: Arc<Slots>,
+    budget: BodyBudget,
 }
 
 impl Server {
     pub fn new(config: HttpConfig) -> Server {
         Server {
             service: RwLock::new(None),
-            permits: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+            per_ip: IpStreams::new(config.max_streams_per_ip),
+            slots: Slots::new(
+                config.max_concurrent_requests,
+                config.max_requests_per_peer,
+                config.max_waiting_per_peer,
+            ),
+            // A quarter of the slots may wait for room for a large body.
+            budget: BodyBudget::new(
+                config.max_body_bytes_in_flight,
+                config.max_concurrent_requests.div_ceil(4),
+            ),
             config,
         }
     }
@@ -200,20 +243,29 @@ impl Server {
     }
 }
 
-/// Serves one inbound stream from `peer`: one request, then the stream closes. Everything
-/// (waiting for a permit, head, body, handler, response) ends within `serve_timeout`.
-pub(crate) async fn serve(server: Arc<Server>, peer: PeerId, stream: Stream) {
+/// Serves one inbound stream from `peer` (connected from `ip`): one request, then the stream
+/// closes. The stream counts against its IP address, then waits for a slot (see [`Slots`]);
+/// one over its address's cap, or that gets no slot in time, is closed unread. From the slot
+/// on, everything (head, body, handler, response) ends within `serve_timeout`.
+pub(crate) async fn serve(server: Arc<Server>, peer: PeerId, ip: Option<IpAddr>, stream: Stream) {
     let config = &server.config;
+    let Ok(_from_ip) = server.per_ip.enter(ip) else {
+        tracing::debug!(%peer, ?ip, "inbound HTTP stream closed: too many from its address");
+        return;
+    };
+    let slot = match server.slots.acquire(peer, config.slot_wait).await {
+        Ok(slot) => slot,
+        Err(why) => {
+            tracing::debug!(%peer, ?why, "inbound HTTP stream closed without a slot");
+            return;
+        }
+    };
     let serve_timeout = config.serve_timeout;
     let work = async {
-        let Ok(_permit) = server.permits.clone().acquire_owned().await else {
-            return;
-        };
         let service = server.service();
-        let max_body = config.max_request_body;
-        let handle = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let service = service.clone();
-            async move { Ok::<_, Infallible>(handle(service, peer, max_body, req).await) }
+        let handle = hyper::service::service_fn(|req: Request<Incoming>| {
+            let (server, service) = (server.clone(), service.clone());
+            async move { Ok::<_, Infallible>(handle(&server, service, peer, req).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             // Without a timer hyper silently disables the header timeout (and panics if one
@@ -230,12 +282,13 @@ pub(crate) async fn serve(server: Arc<Server>, peer: PeerId, stream: Stream) {
     if tokio::time::timeout(serve_timeout, work).await.is_err() {
         tracing::debug!(%peer, ?serve_timeout, "inbound HTTP stream timed out");
     }
+    drop(slot);
 }
 
 async fn handle(
+    server: &Server,
     service: Option<HttpService>,
     peer: PeerId,
-    max_body: usize,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let Some(service) = service else {
@@ -244,6 +297,8 @@ async fn handle(
             "no service is registered yet",
         );
     };
+    let config = &server.config;
+    let max_body = config.body_limit(req.uri().path());
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -252,10 +307,32 @@ async fn handle(
     if declared.is_some_and(|len| len > max_body as u64) {
         return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     }
+    // What the body may bring into memory: its length, or the cap when it has none (chunked).
+    let size = req.body().size_hint().upper().map_or(max_body, |upper| {
+        usize::try_from(upper).unwrap_or(max_body).min(max_body)
+    });
+    let _room = if size > SMALL_BODY {
+        match server.budget.reserve(size, config.slot_wait).await {
+            Some(room) => Some(room),
+            None => {
+                tracing::debug!(%peer, size, "no room for a request body in time");
+                let mut busy = plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many large requests at once; try again",
+                );
+                busy.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                return busy;
+            }
+        }
+    } else {
+        None
+    };
     let (mut parts, body) = req.into_parts();
     // The peer id comes from the noise/TLS handshake of the connection: it is authenticated.
     parts.extensions.insert(ConnectInfo(peer));
     // A body without a length (chunked) is cut at the limit; axum's extractors answer 413.
+    let body = PacedBody::new(body, config.body_grace, config.min_body_rate);
     let body = Body::new(Limited::new(body, max_body));
     match service.oneshot(Request::from_parts(parts, body)).await {
         Ok(response) => response,

@@ -30,6 +30,9 @@ pub enum NameError {
     NotKeyDerived(String),
     #[error("peer {0} does not have an ed25519 key")]
     NotEd25519(PeerId),
+    /// A small-order point: anyone can make signatures that verify with it, so it names nobody.
+    #[error("{0} is a weak ed25519 key")]
+    WeakKey(String),
 }
 
 #[derive(Clone)]
@@ -189,7 +192,8 @@ fn write_new_key(path: &Path, secret: &[u8]) -> std::io::Result<()> {
 }
 
 /// The peer id of the server named `server_name`; refuses anything but 64 lowercase hex
-/// characters of a valid ed25519 key (upper case would be another, unverifiable name).
+/// characters of a valid ed25519 key (upper case would be another, unverifiable name) that is
+/// not weak.
 pub fn peer_id_for_server_name(server_name: &str) -> Result<PeerId, NameError> {
     let not_key = || NameError::NotKeyDerived(server_name.to_owned());
     if server_name.len() != 64
@@ -199,23 +203,52 @@ pub fn peer_id_for_server_name(server_name: &str) -> Result<PeerId, NameError> {
     {
         return Err(not_key());
     }
-    let bytes = hex::decode(server_name).map_err(|_| not_key())?;
+    let bytes: [u8; 32] = hex::decode(server_name)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(not_key)?;
+    if is_weak(&bytes) {
+        return Err(NameError::WeakKey(server_name.to_owned()));
+    }
     let key = ed25519::PublicKey::try_from_bytes(&bytes).map_err(|_| not_key())?;
     Ok(PeerId::from_public_key(&PublicKey::from(key)))
 }
 
 /// The server name a peer acts for, read off its (noise-authenticated) peer id.
 pub fn server_name_of_peer(peer: &PeerId) -> Result<String, NameError> {
+    let key = ed25519_key_of(peer).ok_or(NameError::NotEd25519(*peer))?;
+    let name = hex::encode(key);
+    if is_weak(&key) {
+        return Err(NameError::WeakKey(name));
+    }
+    Ok(name)
+}
+
+/// The ed25519 public key a peer id carries, if it is one.
+fn ed25519_key_of(peer: &PeerId) -> Option<[u8; 32]> {
     // An ed25519 peer id is an identity multihash over the protobuf-encoded public key.
     let multihash = peer.as_ref();
     if multihash.code() != 0 {
-        return Err(NameError::NotEd25519(*peer));
+        return None;
     }
     let key = PublicKey::try_decode_protobuf(multihash.digest())
-        .map_err(|_| NameError::NotEd25519(*peer))?
+        .ok()?
         .try_into_ed25519()
-        .map_err(|_| NameError::NotEd25519(*peer))?;
-    Ok(hex::encode(key.to_bytes()))
+        .ok()?;
+    Some(key.to_bytes())
+}
+
+/// Whether the ed25519 key `bytes` is a small-order point (or no point at all): with such a
+/// key, signatures that verify can be made without any secret.
+pub fn is_weak(bytes: &[u8; 32]) -> bool {
+    ed25519_dalek::VerifyingKey::from_bytes(bytes)
+        .ok()
+        .is_none_or(|key| key.is_weak())
+}
+
+/// Whether `peer` is an ed25519 peer with a weak key (other key types are not ours to judge).
+pub(crate) fn is_weak_peer(peer: &PeerId) -> bool {
+    ed25519_key_of(peer).is_some_and(|key| is_weak(&key))
 }
 
 #[cfg(test)]
@@ -299,6 +332,40 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// Small-order points (the identity, and points of order 2, 4 and 8): with any of these
+    /// as the key, `(R, s) = (identity, 0)` verifies for every message under a non-strict
+    /// check, so anyone could speak for such a server.
+    pub(crate) const WEAK_KEYS: [&str; 4] = [
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    ];
+
+    #[test]
+    fn weak_keys_are_refused_as_server_names_and_peers() {
+        for weak in WEAK_KEYS {
+            assert_eq!(
+                peer_id_for_server_name(weak),
+                Err(NameError::WeakKey(weak.to_owned())),
+                "{weak}"
+            );
+            let bytes: [u8; 32] = hex::decode(weak).unwrap().try_into().unwrap();
+            assert!(is_weak(&bytes));
+            // A peer id can carry such a key (libp2p takes it): it names no server.
+            let key = ed25519::PublicKey::try_from_bytes(&bytes).unwrap();
+            let peer = PeerId::from_public_key(&PublicKey::from(key));
+            assert!(is_weak_peer(&peer));
+            assert_eq!(
+                server_name_of_peer(&peer),
+                Err(NameError::WeakKey(weak.to_owned()))
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let identity = Identity::load_or_create(dir.path()).unwrap();
+        assert!(!is_weak_peer(&identity.peer_id()));
     }
 
     #[test]

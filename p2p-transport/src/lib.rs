@@ -4,26 +4,30 @@
 //! nothing of Matrix rooms.
 
 mod address_book;
+mod admission;
 mod behaviour;
 mod config;
 mod discovery;
 mod error;
 mod events;
+mod gate;
 mod http;
 mod identity;
+mod records;
 mod streams;
 mod transport;
 
 pub use behaviour::{MAX_RECORD_KEY, MAX_RECORD_VALUE};
-pub use config::{HttpConfig, MdnsConfig, TransportConfig};
+pub use config::{HttpConfig, MdnsConfig, RecordPolicyHandle, SMALL_BODY, TransportConfig};
 pub use error::{HttpError, TransportError};
 pub use events::{Discovery, Reachability, TransportEvent};
 pub use http::{Destination, RequestOptions};
 pub use identity::{
-    Identity, IdentityError, NameError, peer_id_for_server_name, server_name_of_peer,
+    Identity, IdentityError, NameError, is_weak, peer_id_for_server_name, server_name_of_peer,
 };
 pub use libp2p::{Multiaddr, Stream, multiaddr};
 pub use libp2p_identity::PeerId;
+pub use records::RecordPolicy;
 pub use transport::{Transport, WeakTransport};
 
 /// The protocol id inbound and outbound HTTP streams use.

@@ -8,6 +8,7 @@
 //! muxer's stream limit bounds how many wait.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::task::{Context, Poll};
 
 use libp2p::core::transport::PortUse;
@@ -41,6 +42,8 @@ pub(crate) type StreamReply = oneshot::Sender<Result<Stream, OpenError>>;
 #[derive(Debug)]
 pub(crate) struct InboundStream {
     pub peer: PeerId,
+    /// The IP address the connection comes from (a relay's, for a relayed one).
+    pub ip: Option<IpAddr>,
     pub stream: Stream,
 }
 
@@ -50,6 +53,8 @@ pub(crate) struct Behaviour {
     /// one, and over a relay circuit only when there is no direct connection (circuits are
     /// capped in bytes and time).
     connections: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    /// The IP address each connection comes from.
+    ips: HashMap<ConnectionId, IpAddr>,
     pending: VecDeque<ToSwarm<InboundStream, StreamReply>>,
 }
 
@@ -101,12 +106,25 @@ impl NetworkBehaviour for Behaviour {
         match event {
             FromSwarm::ConnectionEstablished(e) => {
                 let relayed = e.endpoint.is_relayed();
+                let ip = e
+                    .endpoint
+                    .get_remote_address()
+                    .iter()
+                    .find_map(|p| match p {
+                        libp2p::multiaddr::Protocol::Ip4(ip) => Some(IpAddr::from(ip)),
+                        libp2p::multiaddr::Protocol::Ip6(ip) => Some(IpAddr::from(ip)),
+                        _ => None,
+                    });
+                if let Some(ip) = ip {
+                    self.ips.insert(e.connection_id, ip);
+                }
                 self.connections
                     .entry(e.peer_id)
                     .or_default()
                     .push((e.connection_id, relayed));
             }
             FromSwarm::ConnectionClosed(e) => {
+                self.ips.remove(&e.connection_id);
                 if let Some(list) = self.connections.get_mut(&e.peer_id) {
                     list.retain(|(c, _)| *c != e.connection_id);
                     if list.is_empty() {
@@ -121,11 +139,12 @@ impl NetworkBehaviour for Behaviour {
     fn on_connection_handler_event(
         &mut self,
         peer: PeerId,
-        _: ConnectionId,
+        connection: ConnectionId,
         stream: THandlerOutEvent<Self>,
     ) {
+        let ip = self.ips.get(&connection).copied();
         self.pending
-            .push_back(ToSwarm::GenerateEvent(InboundStream { peer, stream }));
+            .push_back(ToSwarm::GenerateEvent(InboundStream { peer, ip, stream }));
     }
 
     fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<InboundStream, THandlerInEvent<Self>>> {

@@ -15,7 +15,6 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use libp2p::core::transport::ListenerId;
-use libp2p::kad::store::{MemoryStore, RecordStore};
 use libp2p::kad::{self, QueryId, QueryResult};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -29,12 +28,16 @@ use tower::{Service, ServiceExt};
 
 use crate::Identity;
 use crate::address_book::AddressBook;
-use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, MAX_RECORD_KEY, MAX_RECORD_VALUE};
-use crate::config::{HttpConfig, TransportConfig};
+use crate::behaviour::{
+    Behaviour, BehaviourEvent, KAD_PROTOCOL, MAX_RECORD_KEY, MAX_RECORD_VALUE,
+    MAX_STREAMS_PER_CONNECTION, QUIC_CONNECTION_WINDOW, QUIC_STREAM_WINDOW,
+};
+use crate::config::{HttpConfig, RecordPolicyHandle, TransportConfig};
 use crate::discovery::mdns::{Mdns, MdnsEvent};
 use crate::error::{HttpError, TransportError};
 use crate::events::{Discovery, Reachability, TransportEvent};
 use crate::http::{self, Destination, RequestOptions};
+use crate::records::{self, RecordPolicy, evict_foreign_record};
 use crate::streams::{OpenError, StreamReply};
 
 /// Events buffered per subscriber; a subscriber that lags further misses the oldest.
@@ -67,6 +70,7 @@ struct Inner {
     local_peer: PeerId,
     server_name: String,
     server: Arc<http::Server>,
+    client_slots: http::ClientSlots,
     http: HttpConfig,
     dial_timeout: Duration,
 }
@@ -78,6 +82,16 @@ enum Command {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
         reply: Reply<()>,
+    },
+    /// A dial with addresses someone else vouches for, tried but not remembered.
+    DialVia {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: Reply<()>,
+    },
+    KnownAddresses {
+        peer: PeerId,
+        reply: oneshot::Sender<Vec<Multiaddr>>,
     },
     AddAddress {
         peer: PeerId,
@@ -136,16 +150,26 @@ impl Transport {
         identity: &Identity,
     ) -> Result<Transport, TransportError> {
         let build = |e: &dyn std::fmt::Display| TransportError::Build(e.to_string());
+        let muxer = || {
+            let mut yamux = yamux::Config::default();
+            yamux.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
+            yamux
+        };
         let mut swarm = SwarmBuilder::with_existing_identity(identity.libp2p_keypair())
             .with_tokio()
             .with_tcp(
                 tcp::Config::default().nodelay(true),
                 noise::Config::new,
-                yamux::Config::default,
+                muxer,
             )
             .map_err(|e| build(&e))?
-            .with_quic()
-            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .with_quic_config(|mut quic| {
+                quic.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION as u32;
+                quic.max_stream_data = QUIC_STREAM_WINDOW;
+                quic.max_connection_data = QUIC_CONNECTION_WINDOW;
+                quic
+            })
+            .with_relay_client(noise::Config::new, muxer)
             .map_err(|e| build(&e))?
             .with_behaviour(|key, relay_client| Behaviour::new(key, relay_client, &config))
             .map_err(|e| build(&e))?
@@ -191,6 +215,7 @@ impl Transport {
             relays: HashMap::new(),
             relay_candidates: Vec::new(),
             relay_reservations: config.relay_reservations,
+            record_policy: config.record_policy.clone(),
         };
         for addr in &config.external_addrs {
             task.swarm.add_external_address(addr.clone());
@@ -256,6 +281,7 @@ impl Transport {
                 local_peer,
                 server_name: identity.server_name().to_owned(),
                 server,
+                client_slots: http::ClientSlots::default(),
                 http: config.http,
                 dial_timeout: config.dial_timeout,
             }),
@@ -320,6 +346,35 @@ impl Transport {
     /// Remembers an address of `peer` (for example from the node's peer book) without dialling.
     pub async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> Result<(), TransportError> {
         self.command(Command::AddAddress { peer, addr }).await
+    }
+
+    /// Connects to `peer` (unless connected), trying `addrs` besides the addresses known, but
+    /// without remembering them: for addresses a third party vouches for (a mailbox record),
+    /// which must not change how the peer is reached afterwards. An address that does reach
+    /// the peer is remembered, as with any dial.
+    pub async fn dial_via(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<(), TransportError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::DialVia { peer, addrs, reply })
+            .await?;
+        match tokio::time::timeout(self.inner.dial_timeout, rx).await {
+            Ok(result) => result.map_err(|_| TransportError::Stopped)?,
+            Err(_) => Err(TransportError::Dial {
+                peer,
+                reason: format!("no connection within {:?}", self.inner.dial_timeout),
+            }),
+        }
+    }
+
+    /// The addresses `peer` would be dialled at now, in order.
+    pub async fn known_addresses(&self, peer: PeerId) -> Result<Vec<Multiaddr>, TransportError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::KnownAddresses { peer, reply })
+            .await?;
+        rx.await.map_err(|_| TransportError::Stopped)
     }
 
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>, TransportError> {
@@ -450,6 +505,15 @@ impl Transport {
             return Err(HttpError::ToSelf);
         }
         let req = http::prepare(&peer, req)?;
+        let per_peer = self.inner.http.max_requests_to_peer;
+        let turn = self.inner.client_slots.acquire(peer, per_peer);
+        let _turn = tokio::time::timeout(options.request_timeout, turn)
+            .await
+            .map_err(|_| HttpError::Timeout {
+                peer,
+                after: options.request_timeout,
+            })?
+            .ok_or(HttpError::Stopped)?;
         let stream = tokio::time::timeout(options.connect_timeout, self.open_stream(peer))
             .await
             .map_err(|_| HttpError::ConnectTimeout {
@@ -653,6 +717,7 @@ struct SwarmTask {
     relay_candidates: Vec<(PeerId, Multiaddr)>,
     /// How many reservations to hold by ourselves (`TransportConfig::relay_reservations`).
     relay_reservations: usize,
+    record_policy: Option<RecordPolicyHandle>,
 }
 
 /// An address on the loopback interface.
@@ -725,6 +790,17 @@ impl SwarmTask {
                 }
                 self.waiting_dials.entry(peer).or_default().push(reply);
                 self.dial(peer, PeerCondition::Disconnected);
+            }
+            Command::DialVia { peer, addrs, reply } => {
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                self.waiting_dials.entry(peer).or_default().push(reply);
+                self.dial_with(peer, addrs, PeerCondition::Disconnected);
+            }
+            Command::KnownAddresses { peer, reply } => {
+                let _ = reply.send(self.book.get(&peer));
             }
             Command::AddAddress { peer, addr } => {
                 self.book.add(peer, [addr]);
@@ -949,8 +1025,19 @@ impl SwarmTask {
     /// Dials with every known address given explicitly: libp2p keeps no address book of its
     /// own for our streams, and a dial left to the behaviours can find none.
     fn dial(&mut self, peer: PeerId, condition: PeerCondition) {
+        self.dial_with(peer, Vec::new(), condition);
+    }
+
+    /// Dials with the known addresses and `extra` ones, which are not remembered.
+    fn dial_with(&mut self, peer: PeerId, extra: Vec<Multiaddr>, condition: PeerCondition) {
+        let mut addrs = self.book.get(&peer);
+        for addr in extra {
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
         let opts = DialOpts::peer_id(peer)
-            .addresses(self.book.get(&peer))
+            .addresses(addrs)
             .condition(condition)
             .extend_addresses_through_behaviour()
             .build();
@@ -1094,7 +1181,11 @@ impl SwarmTask {
                 self.our_dials.remove(&connection_id);
                 self.connection_addrs
                     .insert(connection_id, endpoint.get_remote_address().clone());
-                if endpoint.is_dialer() {
+                if endpoint.is_dialer() && !endpoint.is_relayed() {
+                    // Dialled and answered by the peer's own key: known to work.
+                    self.book
+                        .confirm(peer_id, endpoint.get_remote_address().clone());
+                } else if endpoint.is_dialer() {
                     self.book
                         .add(peer_id, [endpoint.get_remote_address().clone()]);
                 }
@@ -1178,6 +1269,7 @@ impl SwarmTask {
                 tokio::spawn(http::serve(
                     self.server.clone(),
                     inbound.peer,
+                    inbound.ip,
                     inbound.stream,
                 ));
             }
@@ -1262,6 +1354,9 @@ impl SwarmTask {
                     relay: relay_peer_id,
                 });
             }
+            BehaviourEvent::Kad(kad::Event::InboundRequest { request }) => {
+                self.on_inbound_record(request);
+            }
             BehaviourEvent::Dcutr(event) => {
                 tracing::debug!(peer = %event.remote_peer_id, result = ?event.result, "hole punch");
             }
@@ -1309,6 +1404,38 @@ impl SwarmTask {
         }
     }
 
+    /// A record or provider announcement a peer sent (kad's record filtering hands each one
+    /// here instead of storing it): stored only if it may be (see `records`).
+    fn on_inbound_record(&mut self, request: kad::InboundRequest) {
+        let local = *self.swarm.local_peer_id();
+        let policy = self
+            .record_policy
+            .as_ref()
+            .map(|p| &*p.0 as &dyn RecordPolicy);
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        match request {
+            kad::InboundRequest::PutRecord {
+                source,
+                record: Some(record),
+                ..
+            } => {
+                let key = record.key.clone();
+                if let Err(why) = records::put_inbound(store, &local, source, record, policy) {
+                    tracing::debug!(peer = %source, key = ?key, ?why, "DHT record from a peer not stored");
+                }
+            }
+            kad::InboundRequest::AddProvider {
+                record: Some(record),
+            } => {
+                let peer = record.provider;
+                if let Err(why) = records::add_provider_inbound(store, record, policy) {
+                    tracing::debug!(%peer, ?why, "provider announcement not stored");
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn readvertise(&mut self) {
         if let Some(mdns) = &mut self.mdns {
             let listen: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
@@ -1351,24 +1478,6 @@ impl SwarmTask {
             }
             None => {}
         }
-    }
-}
-
-/// Makes room in a full store for a record of our own by dropping one that another peer
-/// published (the one closest to expiry): peers must not be able to crowd out our own mailbox
-/// record by filling the store first. False when every stored record is ours.
-fn evict_foreign_record(store: &mut MemoryStore, local: &PeerId) -> bool {
-    let victim = store
-        .records()
-        .filter(|r| r.publisher.as_ref() != Some(local))
-        .min_by_key(|r| (r.expires.is_none(), r.expires))
-        .map(|r| r.key.clone());
-    match victim {
-        Some(key) => {
-            store.remove(&key);
-            true
-        }
-        None => false,
     }
 }
 
@@ -1565,36 +1674,6 @@ mod tests {
         // No peer took it, which is not an error.
         assert_eq!(put.await.unwrap(), 0);
         held.abort();
-    }
-
-    #[test]
-    fn a_full_store_drops_a_foreign_record_for_our_own_and_never_ours() {
-        let local = PeerId::random();
-        let other = PeerId::random();
-        let mut store = MemoryStore::with_config(
-            local,
-            kad::store::MemoryStoreConfig {
-                max_records: 3,
-                ..Default::default()
-            },
-        );
-        let record = |key: &str, publisher: PeerId, expires_in: Option<u64>| kad::Record {
-            key: kad::RecordKey::new(&key),
-            value: b"v".to_vec(),
-            publisher: Some(publisher),
-            expires: expires_in.map(|s| std::time::Instant::now() + Duration::from_secs(s)),
-        };
-        store.put(record("ours", local, None)).unwrap();
-        store.put(record("later", other, Some(3600))).unwrap();
-        store.put(record("sooner", other, Some(60))).unwrap();
-        assert!(store.put(record("new", local, None)).is_err());
-
-        assert!(evict_foreign_record(&mut store, &local));
-        assert!(store.get(&kad::RecordKey::new(&"sooner")).is_none());
-        assert!(evict_foreign_record(&mut store, &local));
-        assert!(store.get(&kad::RecordKey::new(&"later")).is_none());
-        assert!(!evict_foreign_record(&mut store, &local));
-        assert!(store.get(&kad::RecordKey::new(&"ours")).is_some());
     }
 
     #[test]

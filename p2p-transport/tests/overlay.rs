@@ -447,14 +447,18 @@ async fn garbage_and_half_open_streams_are_refused_and_serving_goes_on() {
         started.elapsed()
     );
 
-    // Many half-open streams at once do not stop others from being served.
+    // Many half-open streams of one peer at once do not stop others from being served (its
+    // own requests past its slots and its queue are refused until it lets go of them).
     let mut idle = Vec::new();
     for _ in 0..20 {
         idle.push(a.open_http_stream(b.server_name()).await.unwrap());
     }
-    expect_echo(&a, &b).await;
+    let c = node().await;
+    introduce(&c, &b).await;
+    expect_echo(&c, &b).await;
     expect_echo(&b, &a).await;
     drop(idle);
+    expect_echo(&a, &b).await;
 }
 
 #[tokio::test]

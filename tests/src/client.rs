@@ -1,5 +1,6 @@
 //! A plain HTTP Matrix client for the benchmarks: just the calls they make, failing loudly.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -118,7 +119,11 @@ pub async fn sync_latencies(
         .unwrap()
         .to_owned();
     let mut latencies = Vec::with_capacity(messages);
-    for n in 0..messages {
+    // Transaction ids unique in the process: a repeated one is the same send retried, which the
+    // server answers with the event it made the first time, and the receiver never sees more.
+    static SENT: AtomicU64 = AtomicU64::new(0);
+    for _ in 0..messages {
+        let n = SENT.fetch_add(1, Ordering::Relaxed);
         let body = format!("latency {n}");
         let waiting = {
             let (http, base, token, since) = (

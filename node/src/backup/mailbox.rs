@@ -14,18 +14,16 @@ use axum::http::{Method, StatusCode};
 use hyphae_p2p::{Multiaddr, Transport};
 use hyphae_store::{MailOutcome, MailboxRecord, OutboxEntry, Store};
 use ruma::api::error::ErrorKind;
-use ruma::serde::Base64;
-use ruma::signatures::PublicKeyMap;
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, ServerName};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::client_api::MatrixError;
 use crate::federation::Origin;
-use crate::federation::send::{MAX_EDUS, MAX_PDUS};
+use crate::federation::limits::{RawTransaction, check_items, check_json_values};
 use crate::node::AppState;
 use crate::rooms::verify_key_of;
-use crate::signing::{KEY_ID, SigningKey};
+use crate::signing::SigningKey;
 
 /// `PUT …/mailbox/{txnId}` on a backup server: mail for one of its subscribers.
 pub(crate) const MAILBOX_PATH: &str = "/_matrix/federation/unstable/io.hyphae.backup/mailbox";
@@ -52,18 +50,9 @@ pub(crate) fn dht_key(server: &str) -> Vec<u8> {
     format!("/hyphae/mailbox/{server}").into_bytes()
 }
 
-/// One server's verify key, as ruma's signature checks take it.
-fn key_map(server: &str) -> Option<PublicKeyMap> {
-    let key = verify_key_of(server)?;
-    Some(PublicKeyMap::from([(
-        server.to_owned(),
-        [(KEY_ID.to_owned(), Base64::new(key.to_vec()))].into(),
-    )]))
-}
-
 /// Whether `object` carries a valid signature of `server` (whose key is its name).
 fn signed_by(object: &CanonicalJsonObject, server: &str) -> bool {
-    key_map(server).is_some_and(|keys| ruma::signatures::verify_json(&keys, object).is_ok())
+    crate::signing::signed_by_server(object, server)
 }
 
 /// A record naming `mailbox` (dialled at `addresses`) as this server's mailbox, or saying it
@@ -372,10 +361,12 @@ pub(crate) async fn send_to_mailbox(
         Ok(signed) => signed,
         Err(e) => return MailboxSent::NotTaken(format!("cannot sign the transaction: {e}")),
     };
-    if let Ok(peer) = hyphae_p2p::peer_id_for_server_name(mailbox.as_str()) {
-        for addr in addresses {
-            let _ = transport.add_address(peer, addr).await;
-        }
+    // The record's addresses are the destination's word on where its mailbox is: tried for
+    // this dial only, never kept, so no record can change how this node reaches a server.
+    if let Ok(peer) = hyphae_p2p::peer_id_for_server_name(mailbox.as_str())
+        && let Err(e) = transport.dial_via(peer, addresses).await
+    {
+        tracing::debug!(%mailbox, error = %e, "the mailbox did not answer at once");
     }
     let request = axum::http::Request::builder()
         .method(Method::PUT)
@@ -411,10 +402,30 @@ pub(crate) async fn send_to_mailbox(
     }
 }
 
+/// Mail as it arrives, before its transaction is parsed.
 #[derive(serde::Deserialize)]
-pub(crate) struct Mail {
+struct RawMail<'a> {
     destination: String,
-    transaction: CanonicalJsonObject,
+    #[serde(borrow)]
+    transaction: &'a RawValue,
+}
+
+/// A held transaction, checked for size, item counts and sizes and how many JSON values it
+/// holds before it is parsed whole (its signature covers all of it).
+fn parse_transaction(raw: &RawValue) -> Result<CanonicalJsonObject, MatrixError> {
+    if raw.get().len() > MAX_MAIL_TXN {
+        return Err(MatrixError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::TooLarge,
+            format!("A transaction left as mail may hold at most {MAX_MAIL_TXN} bytes"),
+        ));
+    }
+    let items: RawTransaction = serde_json::from_str(raw.get())
+        .map_err(|e| MatrixError::bad_json(format!("Malformed transaction: {e}")))?;
+    check_items(&items.pdus, &items.edus)?;
+    check_json_values(raw.get())?;
+    serde_json::from_str(raw.get())
+        .map_err(|e| MatrixError::bad_json(format!("Malformed transaction: {e}")))
 }
 
 /// `PUT …/mailbox/{txnId} {"destination", "transaction"}` on a backup server: holds the
@@ -424,10 +435,15 @@ pub(crate) async fn take_mail(
     State(state): State<AppState>,
     Origin(origin): Origin,
     Path(txn_id): Path<String>,
-    Json(mail): Json<Mail>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Value>, MatrixError> {
     super::server::invites(&state)?;
-    let field = |name: &str| match mail.transaction.get(name) {
+    let mail: RawMail = serde_json::from_slice(&body)
+        .map_err(|e| MatrixError::bad_json(format!("Malformed mail: {e}")))?;
+    let destination = mail.destination;
+    let transaction = parse_transaction(mail.transaction)?;
+    drop(body);
+    let field = |name: &str| match transaction.get(name) {
         Some(CanonicalJsonValue::String(value)) => Some(value.as_str()),
         _ => None,
     };
@@ -436,37 +452,19 @@ pub(crate) async fn take_mail(
             "The transaction's origin is not the sending server",
         ));
     }
-    if field("destination") != Some(mail.destination.as_str()) {
+    if field("destination") != Some(destination.as_str()) {
         return Err(MatrixError::forbidden(
             "The transaction is not addressed to this destination",
         ));
     }
-    if !signed_by(&mail.transaction, origin.as_str()) {
+    if !signed_by(&transaction, origin.as_str()) {
         tracing::warn!(%origin, "unsigned or badly signed mail refused");
         return Err(MatrixError::forbidden(
             "Mail must be signed by its origin server",
         ));
     }
-    let count = |name: &str| match mail.transaction.get(name) {
-        Some(CanonicalJsonValue::Array(items)) => items.len(),
-        _ => 0,
-    };
-    if count("pdus") > MAX_PDUS || count("edus") > MAX_EDUS {
-        return Err(MatrixError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorKind::TooLarge,
-            format!("At most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs per transaction"),
-        ));
-    }
-    let txn = serde_json::to_string(&mail.transaction)
-        .map_err(|e| MatrixError::bad_json(e.to_string()))?;
-    if txn.len() > MAX_MAIL_TXN {
-        return Err(MatrixError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::TooLarge,
-            format!("A transaction left as mail may hold at most {MAX_MAIL_TXN} bytes"),
-        ));
-    }
+    let txn =
+        serde_json::to_string(&transaction).map_err(|e| MatrixError::bad_json(e.to_string()))?;
     if txn_id.len() > MAX_TXN_ID {
         return Err(MatrixError::invalid_param(format!(
             "Transaction ids are at most {MAX_TXN_ID} characters"
@@ -474,17 +472,12 @@ pub(crate) async fn take_mail(
     }
     let outcome = state
         .store
-        .backup_take_mail(
-            mail.destination.clone(),
-            origin.to_string(),
-            txn_id.clone(),
-            txn,
-        )
+        .backup_take_mail(destination.clone(), origin.to_string(), txn_id.clone(), txn)
         .await?;
     match outcome {
         MailOutcome::Stored | MailOutcome::Duplicate => {
-            tracing::info!(%origin, destination = %mail.destination, txn_id, "holding mail");
-            if let Ok(destination) = OwnedServerName::try_from(mail.destination) {
+            tracing::info!(%origin, destination = %destination, txn_id, "holding mail");
+            if let Ok(destination) = OwnedServerName::try_from(destination) {
                 state.federation.wake(&destination);
             }
             Ok(Json(json!({})))
@@ -543,9 +536,11 @@ pub(crate) async fn send_mail(
     }
 }
 
+/// A delivery as it arrives, its transactions raw until each is checked.
 #[derive(serde::Deserialize)]
-pub(crate) struct Delivery {
-    mail: Vec<CanonicalJsonObject>,
+struct Delivery<'a> {
+    #[serde(borrow)]
+    mail: Vec<&'a RawValue>,
 }
 
 /// `POST …/mail {"mail": [transaction]}` on a device, from its backup server only: each
@@ -554,13 +549,15 @@ pub(crate) struct Delivery {
 pub(crate) async fn deliver_mail(
     State(state): State<AppState>,
     Origin(mailbox): Origin,
-    Json(delivery): Json<Delivery>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Value>, MatrixError> {
     let subscribed = state.store.backup_subscription().await?;
     if subscribed.is_none_or(|s| s.server != mailbox.as_str()) {
         tracing::warn!(%mailbox, "mail from a server that is not this device's mailbox");
         return Err(MatrixError::forbidden("Not this device's mailbox"));
     }
+    let delivery: Delivery = serde_json::from_slice(&body)
+        .map_err(|e| MatrixError::bad_json(format!("Malformed delivery: {e}")))?;
     if delivery.mail.len() > MAIL_BATCH as usize {
         return Err(MatrixError::new(
             StatusCode::BAD_REQUEST,
@@ -569,8 +566,11 @@ pub(crate) async fn deliver_mail(
         ));
     }
     let mut delivered = 0;
-    for transaction in delivery.mail {
-        match open_mail(&state.server_name, transaction) {
+    for raw in delivery.mail {
+        let opened = parse_transaction(raw)
+            .map_err(|e| e.to_string())
+            .and_then(|transaction| open_mail(&state.server_name, transaction));
+        match opened {
             Ok((origin, pdus, edus)) => {
                 let started = std::time::Instant::now();
                 crate::federation::send::process(&state, &origin, &pdus, &edus).await;
@@ -583,7 +583,7 @@ pub(crate) async fn deliver_mail(
     Ok(Json(json!({"delivered": delivered})))
 }
 
-type Opened = (OwnedServerName, Vec<Box<RawValue>>, Vec<Value>);
+type Opened = (OwnedServerName, Vec<Box<RawValue>>, Vec<Box<RawValue>>);
 
 /// A held transaction's origin, PDUs and EDUs, once its origin's signature and its address
 /// check out.
@@ -606,18 +606,16 @@ pub(super) fn open_mail(
         Some(CanonicalJsonValue::Array(items)) => items.clone(),
         _ => Vec::new(),
     };
-    let pdus = items("pdus")
-        .iter()
-        .filter_map(|pdu| {
-            let text = serde_json::to_string(pdu).ok()?;
-            RawValue::from_string(text).ok()
-        })
-        .collect();
-    let edus = items("edus")
-        .into_iter()
-        .filter_map(|edu| serde_json::to_value(edu).ok())
-        .collect();
-    Ok((origin, pdus, edus))
+    let raw = |items: Vec<CanonicalJsonValue>| -> Vec<Box<RawValue>> {
+        items
+            .iter()
+            .filter_map(|item| {
+                let text = serde_json::to_string(item).ok()?;
+                RawValue::from_string(text).ok()
+            })
+            .collect()
+    };
+    Ok((origin, raw(items("pdus")), raw(items("edus"))))
 }
 
 /// Direct sends to a destination that fail in a row before its mailbox is used. Each failure

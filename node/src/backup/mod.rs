@@ -3,9 +3,12 @@
 //! `io.hyphae.backup` federation endpoints; `device` is the subscribing node's side; `invite`
 //! makes tokens for a server's operator; `identity` keeps the device's sealed identity there and
 //! `restore` makes a new device the same server from it; `mailbox` holds mail for a device
-//! that is away.
+//! that is away; `dht_records` says which mailbox records peers may store on this node.
 
 mod device;
+mod dht_records;
+#[cfg(test)]
+mod hostile_records_tests;
 pub(crate) mod identity;
 mod invite;
 pub(crate) mod mailbox;
@@ -21,6 +24,7 @@ mod tests;
 
 pub use device::BackupStatus;
 pub(crate) use device::{ReplicaSent, resume, send_replica, spawn_waker};
+pub(crate) use dht_records::record_policy;
 pub(crate) use invite::INVITES_DIR;
 pub use invite::{DEFAULT_QUOTA, create_invite, parse_size};
 pub use restore::{Restored, restore_from_backup};

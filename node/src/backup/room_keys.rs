@@ -73,9 +73,13 @@ pub(crate) struct Upload {
 pub(crate) async fn put_room_keys(
     State(state): State<AppState>,
     origin: Origin,
-    Json(upload): Json<Upload>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Value>, MatrixError> {
+    // Only a subscriber's upload is read at all.
     subscriber_of(&state, &origin).await?;
+    let upload: Upload = serde_json::from_slice(&body)
+        .map_err(|e| MatrixError::bad_json(format!("Malformed room keys: {e}")))?;
+    drop(body);
     if upload.keys.len() > BATCH as usize {
         return Err(MatrixError::new(
             StatusCode::BAD_REQUEST,

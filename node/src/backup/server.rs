@@ -260,6 +260,10 @@ async fn redact_replica(
 fn check(item: &ReplicaItem) -> Result<(ReplicaPdu, bool), (&'static str, String)> {
     let version = RoomVersionId::try_from(item.room_version.as_str())
         .map_err(|e| ("M_BAD_JSON", format!("room version: {e}")))?;
+    let max = crate::federation::limits::MAX_PDU_BYTES;
+    if item.pdu.get().len() > max {
+        return Err(("M_TOO_LARGE", format!("a PDU over {max} bytes")));
+    }
     let json: CanonicalJsonObject = serde_json::from_str(item.pdu.get())
         .map_err(|e| ("M_BAD_JSON", format!("not a PDU: {e}")))?;
     let pdu = verify_pdu(&version, json).map_err(|e| match e {

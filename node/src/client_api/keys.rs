@@ -13,10 +13,10 @@ use ruma::api::client::keys::{
 };
 use ruma::encryption::{CrossSigningKey, DeviceKeys, OneTimeKey};
 use ruma::serde::{Base64, Raw};
-use ruma::signatures::{to_canonical_json_string_for_signing, verify_canonical_json_bytes};
+use ruma::signatures::to_canonical_json_string_for_signing;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId,
-    OwnedServerName, OwnedUserId, SigningKeyAlgorithm, UInt, UserId,
+    OwnedServerName, OwnedUserId, UInt, UserId,
 };
 use serde_json::value::RawValue as RawJsonValue;
 
@@ -650,13 +650,7 @@ fn verify(object: &CanonicalJsonObject, public_key: &str, signature: &str) -> bo
     ) else {
         return false;
     };
-    verify_canonical_json_bytes(
-        &SigningKeyAlgorithm::Ed25519,
-        public_key.as_bytes(),
-        signature.as_bytes(),
-        json.as_bytes(),
-    )
-    .is_ok()
+    crate::signing::verify_strict(public_key.as_bytes(), signature.as_bytes(), json.as_bytes())
 }
 
 /// Merges the uploaded signatures on `target_key_id` into its key object.

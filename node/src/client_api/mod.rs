@@ -67,7 +67,7 @@ pub(crate) use keys::{claim_local, local_keys, user_keys};
 pub(crate) use profile::local_profile;
 pub(crate) use rate_limit::RateLimiter;
 pub(crate) use remote_keys::servers_sharing_rooms;
-pub(crate) use request::Req;
+pub(crate) use request::{MAX_BODY, Req};
 pub(crate) use rooms::join_room;
 pub(crate) use to_device::sort_messages;
 

@@ -37,22 +37,29 @@ pub(crate) async fn send(
     // repeat, while a failure here leaves the transaction undelivered for the client to retry.
     let message_id = message_id(&user, request.txn_id.as_str());
     for (server, messages) in remote {
-        let mut content = DirectDeviceContent::new(
-            user.user_id.clone(),
-            request.event_type.clone(),
-            message_id.clone(),
-        );
-        content.messages = messages;
-        let edu = serde_json::to_value(Edu::DirectToDevice(content))
-            .map_err(|e| MatrixError::unknown(format!("Cannot encode the EDU: {e}")))?;
-        state
-            .federation
-            .queue_edu(vec![server.clone()], edu)
-            .await
-            .map_err(|e| {
-                tracing::error!(%server, error = %e, "could not queue to-device messages");
-                MatrixError::unknown("Could not queue the messages for other servers")
-            })?;
+        // A server takes EDUs up to a size: many devices' messages go as several EDUs.
+        for (n, messages) in split_for_edus(messages).into_iter().enumerate() {
+            let message_id = match n {
+                0 => message_id.clone(),
+                n => format!("{message_id}-{n}").into(),
+            };
+            let mut content = DirectDeviceContent::new(
+                user.user_id.clone(),
+                request.event_type.clone(),
+                message_id,
+            );
+            content.messages = messages;
+            let edu = serde_json::to_value(Edu::DirectToDevice(content))
+                .map_err(|e| MatrixError::unknown(format!("Cannot encode the EDU: {e}")))?;
+            state
+                .federation
+                .queue_edu(vec![server.clone()], edu)
+                .await
+                .map_err(|e| {
+                    tracing::error!(%server, error = %e, "could not queue to-device messages");
+                    MatrixError::unknown("Could not queue the messages for other servers")
+                })?;
+        }
     }
     let delivered = state
         .store
@@ -67,6 +74,34 @@ pub(crate) async fn send(
         tracing::debug!(txn_id = %request.txn_id, "sendToDevice retried; delivered before");
     }
     Ok(Ruma(send_event_to_device::v3::Response::new()))
+}
+
+/// Splits one server's messages into groups that each fit an EDU (with room for the envelope).
+/// A message too large for an EDU on its own goes alone (and the receiving server refuses it).
+fn split_for_edus(messages: DirectDeviceMessages) -> Vec<DirectDeviceMessages> {
+    const ROOM: usize = crate::federation::limits::MAX_EDU_BYTES - 2048;
+    let mut groups = vec![DirectDeviceMessages::new()];
+    let mut size = 0;
+    for (user, devices) in messages {
+        for (device, content) in devices {
+            let item =
+                user.as_str().len() + device.to_string().len() + content.json().get().len() + 16;
+            let last = groups.last().is_some_and(|g| !g.is_empty());
+            if last && size + item > ROOM {
+                groups.push(DirectDeviceMessages::new());
+                size = 0;
+            }
+            size += item;
+            if let Some(group) = groups.last_mut() {
+                group
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(device, content);
+            }
+        }
+    }
+    groups.retain(|g| !g.is_empty());
+    groups
 }
 
 /// The `m.direct_to_device` message id of a client's transaction: the same for a retry.

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use hyphae_store::StoreError;
 use ruma::api::federation::transactions::edu::{
-    DeviceListUpdateContent, DirectDeviceContent, Edu, ReceiptContent, SigningKeyUpdateContent,
-    TypingContent,
+    DeviceListUpdateContent, DirectDeviceContent, PresenceContent, ReceiptContent,
+    SigningKeyUpdateContent, TypingContent,
 };
 use ruma::{OwnedUserId, RoomId, ServerName, UserId};
+use serde_json::value::RawValue;
 
 use crate::client_api::sort_messages;
 use crate::node::AppState;
@@ -36,55 +37,97 @@ enum EduError {
     Store(#[from] StoreError),
 }
 
+/// An EDU's type, with its content left raw until the type says what to parse it as.
+#[derive(serde::Deserialize)]
+struct RawEdu<'a> {
+    #[serde(default)]
+    edu_type: String,
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct RecordContent {
+    record: String,
+}
+
 /// Handles one EDU of a transaction from `origin` (the authenticated peer), within the pace
-/// allowed per origin: past it the EDU is dropped (an EDU has no answer to refuse it with).
-pub(super) async fn receive(state: &AppState, origin: &ServerName, edu: &serde_json::Value) {
-    let edu_type = edu
-        .get("edu_type")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or_default();
+/// allowed per origin: past it the EDU is dropped (an EDU has no answer to refuse it with). Its
+/// size was checked with the transaction's; it is parsed here, alone, as what its type says.
+pub(super) async fn receive(state: &AppState, origin: &ServerName, edu: &RawValue) {
+    let (edu_type, content) = match serde_json::from_str::<RawEdu>(edu.get()) {
+        Ok(RawEdu { edu_type, content }) => (edu_type, content),
+        Err(e) => {
+            tracing::warn!(%origin, reason = %e, "malformed EDU dropped");
+            return;
+        }
+    };
+    let edu_type = edu_type.as_str();
+    let content = content.map_or("null", RawValue::get);
     if state.limits.edu(origin).is_err() {
         tracing::debug!(%origin, edu_type, "EDU over the origin's pace; dropped");
         return;
     }
     if edu_type == crate::backup::mailbox::RECORD_EDU {
         // Signed by the server it speaks for, so it may come from anywhere.
-        match edu["content"]["record"].as_str() {
-            Some(record) => {
-                crate::backup::mailbox::learn_record(&state.store, record, origin.as_str()).await
+        match serde_json::from_str::<RecordContent>(content) {
+            Ok(RecordContent { record }) => {
+                crate::backup::mailbox::learn_record(&state.store, &record, origin.as_str()).await
             }
-            None => tracing::warn!(%origin, edu_type, "EDU dropped: no record"),
+            Err(_) => tracing::warn!(%origin, edu_type, "EDU dropped: no record"),
         }
         return;
     }
     if edu_type == super::membership::INVITE_EDU {
-        let taken = match serde_json::from_value(edu["content"].clone()) {
+        let taken = match super::membership::InviteRequest::parse(content.as_bytes()) {
             Ok(request) => super::membership::take_invite(state, origin, request, None)
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string()),
-            Err(e) => Err(format!("malformed: {e}")),
+            Err(e) => Err(e.to_string()),
         };
         if let Err(reason) = taken {
             tracing::warn!(%origin, edu_type, %reason, "invite EDU dropped");
         }
         return;
     }
-    let result = match serde_json::from_str::<Edu>(&edu.to_string()) {
-        Ok(Edu::DirectToDevice(content)) => direct_to_device(state, origin, content).await,
-        Ok(Edu::DeviceListUpdate(content)) => device_list_update(state, origin, content).await,
-        Ok(Edu::SigningKeyUpdate(content)) => signing_key_update(state, origin, content).await,
-        Ok(Edu::Typing(content)) => typing(state, origin, content).await,
-        Ok(Edu::Receipt(content)) => receipt(state, origin, content).await,
-        Ok(Edu::Presence(content)) => (state.people.presence)
-            .take_edu(origin, content.push)
-            .await
-            .map_err(EduError::Refused),
-        Ok(_) => {
+    // Straight into the type's content: a content of the wrong shape fails at its first byte,
+    // where going through ruma's `Edu` would first copy it whole into a generic tree.
+    fn parse<T: serde::de::DeserializeOwned>(content: &str) -> Result<T, EduError> {
+        serde_json::from_str(content).map_err(|e| EduError::Malformed(e.to_string()))
+    }
+    let result = match edu_type {
+        "m.direct_to_device" => match parse(content) {
+            Ok(content) => direct_to_device(state, origin, content).await,
+            Err(e) => Err(e),
+        },
+        "m.device_list_update" => match parse(content) {
+            Ok(content) => device_list_update(state, origin, content).await,
+            Err(e) => Err(e),
+        },
+        "m.signing_key_update" => match parse(content) {
+            Ok(content) => signing_key_update(state, origin, content).await,
+            Err(e) => Err(e),
+        },
+        "m.typing" => match parse(content) {
+            Ok(content) => typing(state, origin, content).await,
+            Err(e) => Err(e),
+        },
+        "m.receipt" => match parse(content) {
+            Ok(content) => receipt(state, origin, content).await,
+            Err(e) => Err(e),
+        },
+        "m.presence" => match parse::<PresenceContent>(content) {
+            Ok(content) => (state.people.presence)
+                .take_edu(origin, content.push)
+                .await
+                .map_err(EduError::Refused),
+            Err(e) => Err(e),
+        },
+        _ => {
             tracing::debug!(%origin, edu_type, "EDU type not handled; ignored");
             Ok(())
         }
-        Err(e) => Err(EduError::Malformed(e.to_string())),
     };
     if let Err(reason) = result {
         tracing::warn!(%origin, edu_type, %reason, "EDU dropped");
@@ -273,7 +316,7 @@ async fn receipt(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use axum::body::Body;
@@ -331,7 +374,8 @@ mod tests {
         }})
     }
 
-    async fn inbox(api: &Api, device: &str) -> Vec<(String, String)> {
+    /// Bob's to-device inbox on `device`: (sender, content) pairs.
+    pub(in crate::federation) async fn inbox(api: &Api, device: &str) -> Vec<(String, String)> {
         api.node
             .store()
             .to_device_messages("bob".into(), device.into(), 0, i64::MAX, 100)

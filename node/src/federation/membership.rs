@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::Origin;
+use super::limits::{MAX_PDU_BYTES, check_invite_state, too_large};
 use crate::client_api::MatrixError;
 use crate::node::AppState;
 use crate::rooms::{ROOM_VERSIONS, Received, membership_of, rules, verify_pdu};
@@ -184,12 +185,47 @@ pub(crate) async fn send_join(
 pub(crate) const INVITE_EDU: &str = "io.hyphae.invite";
 
 /// An invite as `/invite` v2 carries it, and as the `io.hyphae.invite` EDU does.
-#[derive(Deserialize)]
 pub(crate) struct InviteRequest {
     room_version: RoomVersionId,
     event: CanonicalJsonObject,
-    #[serde(default)]
-    invite_room_state: Vec<Value>,
+    invite_room_state: Vec<Box<RawValue>>,
+}
+
+/// An invite before its event and state are parsed.
+#[derive(Deserialize)]
+struct RawInvite<'a> {
+    room_version: RoomVersionId,
+    #[serde(borrow)]
+    event: &'a RawValue,
+    #[serde(default, borrow)]
+    invite_room_state: Vec<&'a RawValue>,
+}
+
+impl InviteRequest {
+    /// Reads an invite, refusing an event over a PDU's size or more room state than an invite
+    /// shows before either is parsed.
+    pub(crate) fn parse(body: &[u8]) -> Result<InviteRequest, MatrixError> {
+        let raw: RawInvite = serde_json::from_slice(body)
+            .map_err(|e| MatrixError::bad_json(format!("Malformed invite: {e}")))?;
+        if raw.event.get().len() > MAX_PDU_BYTES {
+            return Err(too_large(format!(
+                "An invite event of {} bytes; at most {MAX_PDU_BYTES}",
+                raw.event.get().len()
+            )));
+        }
+        check_invite_state(&raw.invite_room_state)?;
+        let event = serde_json::from_str(raw.event.get())
+            .map_err(|e| MatrixError::bad_json(format!("Malformed invite event: {e}")))?;
+        Ok(InviteRequest {
+            room_version: raw.room_version,
+            event,
+            invite_room_state: raw
+                .invite_room_state
+                .into_iter()
+                .map(ToOwned::to_owned)
+                .collect(),
+        })
+    }
 }
 
 /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`: an invite for a user of this node.
@@ -199,8 +235,8 @@ pub(crate) async fn invite(
     Path((room_id, event_id)): Path<(OwnedRoomId, String)>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, MatrixError> {
-    let request: InviteRequest = serde_json::from_slice(&body)
-        .map_err(|e| MatrixError::bad_json(format!("Malformed invite: {e}")))?;
+    let request = InviteRequest::parse(&body)?;
+    drop(body);
     let signed = take_invite(&state, &origin, request, Some((&room_id, &event_id))).await?;
     Ok(Json(json!({ "event": CanonicalJsonValue::Object(signed) })))
 }

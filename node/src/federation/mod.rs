@@ -7,6 +7,8 @@ mod directory;
 mod edus;
 mod events;
 #[cfg(test)]
+mod exhaustion_tests;
+#[cfg(test)]
 mod flood_tests;
 #[cfg(test)]
 pub(crate) mod history_tests;
@@ -15,6 +17,7 @@ pub(crate) mod hostile_peer;
 #[cfg(test)]
 pub(crate) mod hostile_tests;
 mod keys;
+pub(crate) mod limits;
 mod membership;
 mod origin;
 #[cfg(test)]
@@ -34,6 +37,7 @@ use crate::node::AppState;
 
 pub(crate) use client::{Federation, FederationError};
 pub(crate) use directory::RoomDirectories;
+pub(crate) use limits::body_limits;
 pub(crate) use membership::INVITE_EDU;
 pub(crate) use origin::Origin;
 pub(crate) use sender::OutboxLimits;

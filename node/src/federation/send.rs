@@ -1,40 +1,35 @@
 //! `PUT /_matrix/federation/v1/send/{txnId}`: transactions of PDUs and EDUs from other servers.
-//! Each PDU is checked on its own (whoever relays it), so one bad PDU does not cost the others.
+//! Each PDU is checked on its own (whoever relays it), so one bad PDU does not cost the others;
+//! so is each EDU. Items stay raw JSON until then: one over its size cap is never parsed.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
 use ruma::ServerName;
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::Origin;
+use super::limits::{
+    MAX_EDU_BYTES, MAX_PDU_BYTES, MAX_SEND_BODY, RawTransaction, check_counts, read_body,
+};
 use crate::client_api::MatrixError;
 use crate::node::AppState;
 use crate::rooms::{Received, RoomError};
 
-/// The spec's limits for one transaction.
-pub(crate) const MAX_PDUS: usize = 50;
-pub(crate) const MAX_EDUS: usize = 100;
-
-#[derive(Deserialize)]
-pub(crate) struct Transaction {
-    pub(crate) origin: String,
-    #[serde(default)]
-    pub(crate) pdus: Vec<Box<RawValue>>,
-    #[serde(default)]
-    pub(crate) edus: Vec<Value>,
-}
-
+/// The transaction's items stay raw JSON borrowed from the body (which the transport capped),
+/// and their number is checked before any of them is parsed.
 pub(crate) async fn send_transaction(
     State(state): State<AppState>,
     Origin(origin): Origin,
     Path(txn_id): Path<String>,
-    body: axum::body::Bytes,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
 ) -> Result<Json<Value>, MatrixError> {
-    let transaction: Transaction = serde_json::from_slice(&body).map_err(|e| {
+    let body = read_body(&headers, body, MAX_SEND_BODY).await?;
+    let transaction: RawTransaction = serde_json::from_slice(&body).map_err(|e| {
         tracing::warn!(%origin, %txn_id, error = %e, "malformed transaction");
         MatrixError::bad_json(format!("Malformed transaction: {e}"))
     })?;
@@ -44,13 +39,9 @@ pub(crate) async fn send_transaction(
             "The transaction's origin is not the sending server",
         ));
     }
-    if transaction.pdus.len() > MAX_PDUS || transaction.edus.len() > MAX_EDUS {
+    if let Err(e) = check_counts(&transaction.pdus, &transaction.edus) {
         tracing::warn!(%origin, pdus = transaction.pdus.len(), edus = transaction.edus.len(), "transaction too large");
-        return Err(MatrixError::new(
-            axum::http::StatusCode::BAD_REQUEST,
-            ruma::api::error::ErrorKind::TooLarge,
-            format!("At most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs per transaction"),
-        ));
+        return Err(e);
     }
     let results = process(&state, &origin, &transaction.pdus, &transaction.edus).await;
     Ok(Json(json!({ "pdus": results })))
@@ -58,11 +49,11 @@ pub(crate) async fn send_transaction(
 
 /// Takes a transaction's PDUs and EDUs from `origin`, each on its own, and answers per PDU
 /// (whether it came straight from `origin` or through its mailbox).
-pub(crate) async fn process(
+pub(crate) async fn process<P: Borrow<RawValue>, E: Borrow<RawValue>>(
     state: &AppState,
     origin: &ServerName,
-    pdus: &[Box<RawValue>],
-    edus: &[Value],
+    pdus: &[P],
+    edus: &[E],
 ) -> BTreeMap<String, Value> {
     let mut results = BTreeMap::new();
     // A server the node's policy lists ban is not heard, whoever's events it carries: its own
@@ -77,13 +68,14 @@ pub(crate) async fn process(
     {
         tracing::warn!(%origin, %list, %reason, pdus = pdus.len(), "refusing a transaction at the federation edge");
         for raw in pdus {
-            if let Some(event_id) = event_id_hint(raw) {
+            if let Some(event_id) = event_id_hint(raw.borrow()) {
                 results.insert(event_id, json!({"error": reason}));
             }
         }
         return results;
     }
     for raw in pdus {
+        let raw = raw.borrow();
         match state.rooms.receive_pdu(origin, raw).await {
             Ok((event_id, received)) => {
                 let result = match received {
@@ -110,13 +102,22 @@ pub(crate) async fn process(
         }
     }
     for edu in edus {
+        let edu = edu.borrow();
+        if edu.get().len() > MAX_EDU_BYTES {
+            tracing::warn!(%origin, size = edu.get().len(), "EDU over its size cap dropped unread");
+            continue;
+        }
         super::edus::receive(state, origin, edu).await;
     }
     results
 }
 
-/// The event id a refused PDU is answered under: its reference hash when it parses at all.
+/// The event id a refused PDU is answered under: its reference hash when it parses at all. One
+/// far over the size cap gets none: it is not parsed.
 fn event_id_hint(raw: &RawValue) -> Option<String> {
+    if raw.get().len() > 2 * MAX_PDU_BYTES {
+        return None;
+    }
     let json: ruma::CanonicalJsonObject = serde_json::from_str(raw.get()).ok()?;
     let version = ruma::RoomVersionId::V12.rules()?;
     ruma::signatures::reference_hash(&json, &version)

@@ -1,9 +1,10 @@
 //! One outbox sender per destination: it sends what the outbox holds for that server as
-//! `/send` transactions (at most 50 PDUs and 100 EDUs each), removes what the server
+//! `/send` transactions (at most 50 PDUs and 100 EDUs each, and 4 MiB), removes what the server
 //! acknowledged, and backs off while the server cannot be reached. When sends to it keep
 //! failing and it named a mailbox, transactions go there instead (`backup::mailbox`). On a
 //! backup server the same sender pushes held mail to a subscriber.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +20,13 @@ use hyphae_p2p::WeakTransport;
 use crate::backup::mailbox::{
     self, DIRECT_PROBE, MAILBOX_AFTER_FAILURES, MailboxSent, NO_MAILBOX_RECHECK,
 };
+use crate::federation::limits::{MAX_EDU_BYTES, MAX_PDU_BYTES, MAX_SEND_BODY};
 use crate::signing::SigningKey;
 
-const MAX_PDUS: u32 = 50;
-const MAX_EDUS: u32 = 100;
+const MAX_PDUS: u32 = super::limits::MAX_PDUS as u32;
+const MAX_EDUS: u32 = super::limits::MAX_EDUS as u32;
+/// Room kept in a transaction's body for what surrounds its items (origin, timestamp).
+const ENVELOPE: usize = 4096;
 /// Replica entries per request to a backup server.
 const MAX_REPLICA: u32 = crate::backup::server::MAX_REPLICA_PDUS as u32;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -127,7 +131,8 @@ impl Sender {
                 }
                 continue;
             }
-            match self.send(&batch, &mut away).await {
+            let mut batch = batch;
+            match self.send(&mut batch, &mut away).await {
                 Outcome::Sent => {
                     backoff = None;
                     self.acknowledge(&batch).await;
@@ -227,7 +232,9 @@ impl Sender {
             .await
     }
 
-    async fn send(&self, batch: &[OutboxEntry], away: &mut Away) -> Outcome {
+    /// Sends `batch`, or the part of it that fits one transaction: what is left out of
+    /// `batch` stays in the outbox for the next one.
+    async fn send(&self, batch: &mut Vec<OutboxEntry>, away: &mut Away) -> Outcome {
         let Some(transport) = self.transport.upgrade() else {
             // The transport is gone, so is the node; the entries wait in the store.
             std::future::pending::<()>().await;
@@ -252,10 +259,11 @@ impl Sender {
                 crate::backup::ReplicaSent::Retry(reason) => Outcome::Retry(reason),
             };
         }
-        let (pdus, edus) = match self.transaction_body(batch).await {
+        let (pdus, edus, covered) = match self.transaction_body(batch).await {
             Ok(body) => body,
             Err(e) => return Outcome::Retry(e),
         };
+        batch.retain(|entry| covered.contains(&entry.id));
         let body = serde_json::json!({
             "origin": self.signing_key.server_name(),
             "origin_server_ts": MilliSecondsSinceUnixEpoch::now(),
@@ -332,30 +340,52 @@ impl Sender {
     }
 
     /// The PDUs (read from the store, as they are now: redacted if redacted since) and EDUs of
-    /// a batch.
+    /// a batch, in outbox order as long as the body stays within what a server takes, and the
+    /// entries that covers. An item over its own size cap, which no server would take, is
+    /// covered but left out (with a warning): it must not hold up the rest.
     async fn transaction_body(
         &self,
         batch: &[OutboxEntry],
-    ) -> Result<(Vec<Box<RawValue>>, Vec<Box<RawValue>>), String> {
+    ) -> Result<(Vec<Box<RawValue>>, Vec<Box<RawValue>>, HashSet<i64>), String> {
         let event_ids: Vec<String> = batch
             .iter()
             .filter(|e| e.kind == OutboxKind::Pdu)
             .map(|e| e.payload.clone())
             .collect();
-        let stored = self
+        let stored: HashMap<String, String> = self
             .store
             .pdus(event_ids)
             .await
-            .map_err(|e| e.to_string())?;
-        let pdus = stored
-            .iter()
-            .filter_map(|p| RawValue::from_string(p.json.clone()).ok())
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|p| (p.event_id, p.json))
             .collect();
-        let edus = batch
-            .iter()
-            .filter(|e| e.kind == OutboxKind::Edu)
-            .filter_map(|e| RawValue::from_string(e.payload.clone()).ok())
-            .collect();
-        Ok((pdus, edus))
+        let (mut pdus, mut edus, mut covered) = (Vec::new(), Vec::new(), HashSet::new());
+        let mut room = MAX_SEND_BODY - ENVELOPE;
+        for entry in batch {
+            let (json, cap, items) = match entry.kind {
+                OutboxKind::Pdu => (stored.get(&entry.payload), MAX_PDU_BYTES, &mut pdus),
+                OutboxKind::Edu => (Some(&entry.payload), MAX_EDU_BYTES, &mut edus),
+                _ => continue,
+            };
+            let Some(raw) = json.and_then(|j| RawValue::from_string(j.clone()).ok()) else {
+                covered.insert(entry.id);
+                continue;
+            };
+            let size = raw.get().len() + 1;
+            if size > cap + 1 {
+                tracing::warn!(destination = %self.destination, id = entry.id, size, "an outbox item over its size cap; not sent");
+                covered.insert(entry.id);
+                continue;
+            }
+            if size > room {
+                // The rest goes in the next transaction; items stay in order.
+                break;
+            }
+            room -= size;
+            items.push(raw);
+            covered.insert(entry.id);
+        }
+        Ok((pdus, edus, covered))
     }
 }

@@ -54,6 +54,15 @@ impl Rooms {
         origin: &ServerName,
         raw: &RawValue,
     ) -> Result<(OwnedEventId, Received), RoomError> {
+        // Parsed, a PDU takes many times its size: one over the spec's cap is not parsed at all,
+        // whoever sent it (a transaction, a join, an answer to a fetch).
+        let max = crate::federation::limits::MAX_PDU_BYTES;
+        if raw.get().len() > max {
+            return Err(RoomError::BadRequest(format!(
+                "a PDU of {} bytes; at most {max}",
+                raw.get().len()
+            )));
+        }
         let json: CanonicalJsonObject = serde_json::from_str(raw.get())
             .map_err(|e| RoomError::BadRequest(format!("PDU is not canonical JSON: {e}")))?;
         let room_id = match json.get("room_id") {

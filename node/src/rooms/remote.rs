@@ -74,15 +74,7 @@ impl Rooms {
         let room_id = pdu
             .room_id()
             .ok_or_else(|| RoomError::Internal("invite without a room".into()))?;
-        let stripped: Vec<serde_json::Value> = state
-            .values()
-            .filter(|p| {
-                INVITE_STATE.contains(&p.kind.to_string().as_str())
-                    || (p.kind == TimelineEventType::RoomMember
-                        && p.state_key.as_deref() == Some(pdu.sender.as_str()))
-            })
-            .map(stripped)
-            .collect();
+        let stripped = invite_room_state(state, pdu);
         let body = serde_json::json!({
             "room_version": version,
             "event": pdu.json,
@@ -469,7 +461,7 @@ impl Rooms {
         version: &RoomVersionId,
         invite: &Pdu,
         signed: &CanonicalJsonObject,
-        stripped_state: &[serde_json::Value],
+        stripped_state: &[Box<RawValue>],
     ) -> Result<(), RoomError> {
         let mut pdu = self.accepted(invite, None, None, Vec::new())?.pdu;
         pdu.json = serde_json::to_string(signed).map_err(|e| RoomError::Internal(e.to_string()))?;
@@ -610,6 +602,40 @@ pub(super) enum Countersigned {
     Signed(Pdu),
     /// The server could not be reached (why, and the `/invite` body to send another way).
     Away(String, serde_json::Value),
+}
+
+/// What an invite shows of its room: the `INVITE_STATE` events in that order, then the
+/// inviter's membership, as many as fit the invitee's caps (a name or topic can be large).
+fn invite_room_state(state: &RoomState, invite: &Pdu) -> Vec<serde_json::Value> {
+    use crate::federation::limits::{MAX_INVITE_STATE_BYTES, MAX_INVITE_STATE_EVENTS};
+    let rank = |p: &Pdu| {
+        let kind = p.kind.to_string();
+        INVITE_STATE
+            .iter()
+            .position(|shown| *shown == kind)
+            .or_else(|| {
+                (p.kind == TimelineEventType::RoomMember
+                    && p.state_key.as_deref() == Some(invite.sender.as_str()))
+                .then_some(INVITE_STATE.len())
+            })
+    };
+    let mut shown: Vec<(usize, &Pdu)> = state
+        .values()
+        .filter_map(|p| rank(p).map(|r| (r, p)))
+        .collect();
+    shown.sort_by_key(|(rank, _)| *rank);
+    let mut bytes = 0;
+    let mut kept = Vec::new();
+    for (_, pdu) in shown.into_iter().take(MAX_INVITE_STATE_EVENTS) {
+        let event = stripped(pdu);
+        let size = event.to_string().len();
+        if bytes + size > MAX_INVITE_STATE_BYTES {
+            continue;
+        }
+        bytes += size;
+        kept.push(event);
+    }
+    kept
 }
 
 /// A state event as an invitee sees it before joining.

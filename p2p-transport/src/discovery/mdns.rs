@@ -148,6 +148,10 @@ impl Mdns {
                     .collect();
                 addrs.sort();
                 addrs.dedup();
+                if !self.found.contains_key(&service.fullname) && self.found.len() >= MAX_FOUND {
+                    tracing::debug!(fullname = %service.fullname, "too many mDNS adverts; ignored");
+                    return None;
+                }
                 // mdns-sd resolves again on every refresh: report only what is news.
                 let previous = self
                     .found
@@ -207,9 +211,11 @@ fn port_of(addr: &Multiaddr) -> Option<u16> {
     })
 }
 
-/// Keeps an advertised address only if it names no other peer; strips the `/p2p` suffix.
 /// At most this many addresses are taken from one mDNS record.
 const MAX_TXT_ADDRS: usize = 8;
+/// Adverts remembered at once: any LAN host can publish as many as it likes. What they say
+/// reaches the address book as heard-of addresses, which never evict known-good ones.
+const MAX_FOUND: usize = 256;
 
 fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
     addr.iter().find_map(|part| match part {
@@ -219,6 +225,7 @@ fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
     })
 }
 
+/// Keeps an advertised address only if it names no other peer; strips the `/p2p` suffix.
 fn for_peer(mut addr: Multiaddr, peer: &PeerId) -> Option<Multiaddr> {
     if let Some(Protocol::P2p(named)) = addr.iter().last() {
         if named != *peer {
