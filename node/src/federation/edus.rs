@@ -44,7 +44,8 @@ pub(super) async fn receive(state: &AppState, origin: &ServerName, edu: &serde_j
         // Signed by the server it speaks for, so it may come from anywhere.
         match edu["content"]["record"].as_str() {
             Some(record) => {
-                crate::backup::mailbox::learn_record(&state.store, record, origin.as_str()).await
+                let from = hyphae_store::RecordSource::Peer(origin.to_string());
+                crate::backup::mailbox::learn_record(&state.store, record, from).await
             }
             None => tracing::warn!(%origin, edu_type, "EDU dropped: no record"),
         }
