@@ -191,8 +191,8 @@ impl Store {
     /// Notes rooms restored from the backup, whose state a member's server is to confirm.
     pub async fn rooms_to_confirm_add(&self, room_ids: Vec<String>) -> Result<()> {
         self.write(move |conn| {
-            let mut insert =
-                conn.prepare_cached("INSERT OR IGNORE INTO rooms_to_confirm (room_id) VALUES (?1)")?;
+            let mut insert = conn
+                .prepare_cached("INSERT OR IGNORE INTO rooms_to_confirm (room_id) VALUES (?1)")?;
             for room_id in room_ids {
                 insert.execute([room_id])?;
             }
@@ -346,5 +346,74 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(store.backup_subscription().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn each_replica_entry_says_what_a_restore_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store
+            .subscribe_backup("srv".into(), Vec::new())
+            .await
+            .unwrap();
+        let with_prev = |id: &str, prev: &str| NewPdu {
+            prev_events: vec![prev.into()],
+            ..pdu(id)
+        };
+        let mut outlier = pdu("$outlier");
+        outlier.outlier = true;
+        store
+            .append_pdus(vec![pdu("$a"), with_prev("$b", "$a"), outlier])
+            .await
+            .unwrap();
+        // An event on a prev event this device does not have, with the state it was given.
+        let snapshot = std::sync::Arc::new(crate::StateSnapshot::new(
+            "!room:example",
+            vec![("m.room.create".into(), String::new(), "$a".into())],
+        ));
+        store
+            .append_accepted(vec![crate::AcceptedPdu {
+                pdu: with_prev("$gap", "$unknown"),
+                membership: None,
+                transaction: None,
+                destinations: Vec::new(),
+                state_before: Some(snapshot),
+                state_after: None,
+                resolved_state: None,
+                prev_may_be_missing: true,
+            }])
+            .await
+            .unwrap();
+        let ids = ["$a", "$b", "$outlier", "$gap", "$nothing"];
+        let sources = store
+            .replica_sources(ids.iter().map(|s| s.to_string()).collect())
+            .await
+            .unwrap();
+        let seen: Vec<(&str, bool, Option<Vec<String>>, bool)> = sources
+            .iter()
+            .map(|s| {
+                (
+                    s.pdu.event_id.as_str(),
+                    s.prevs_in_timeline,
+                    s.state_before.clone(),
+                    s.pdu.stream_pos.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("$a", true, None, true),
+                ("$b", true, None, true),
+                ("$outlier", true, None, false),
+                ("$gap", false, Some(vec!["$a".to_owned()]), true),
+            ]
+        );
+        // An outlier that takes its place in the timeline is queued again.
+        let before = store.outbox_replica_batch("srv".into(), 100).await.unwrap();
+        store.append_pdus(vec![pdu("$outlier")]).await.unwrap();
+        let after = store.outbox_replica_batch("srv".into(), 100).await.unwrap();
+        assert_eq!(after.len(), before.len() + 1);
+        assert_eq!(after.last().unwrap().payload, "$outlier");
     }
 }

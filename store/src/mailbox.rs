@@ -766,9 +766,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).await.expect("open");
         let now = now_ms();
-        let seen = |id: &str, ts: i64| {
-            store.mail_seen("bob".into(), id.into(), format!("hash {id}"), ts)
-        };
+        let seen =
+            |id: &str, ts: i64| store.mail_seen("bob".into(), id.into(), format!("hash {id}"), ts);
         let taken = |id: &str, ts: i64| {
             store.mail_taken("bob".into(), id.into(), format!("hash {id}"), ts, 3)
         };

@@ -689,16 +689,26 @@ pub(super) fn open_mail(
         Some(CanonicalJsonValue::String(id)) if !id.is_empty() && id.len() <= MAX_TXN_ID => {
             id.clone()
         }
-        _ => return Err(format!("from {origin}: no transaction id in what it signed")),
+        _ => {
+            return Err(format!(
+                "from {origin}: no transaction id in what it signed"
+            ));
+        }
     };
     let Some(ts) = signed_ts(&transaction) else {
         return Err(format!("from {origin}: no time in what it signed"));
     };
     if ts < now - MAIL_MAX_AGE_MS {
-        return Err(format!("from {origin}: stale (signed {} s ago)", (now - ts) / 1000));
+        return Err(format!(
+            "from {origin}: stale (signed {} s ago)",
+            (now - ts) / 1000
+        ));
     }
     if ts > now + CLOCK_AHEAD_MS {
-        return Err(format!("from {origin}: signed {} s ahead of this clock", (ts - now) / 1000));
+        return Err(format!(
+            "from {origin}: signed {} s ahead of this clock",
+            (ts - now) / 1000
+        ));
     }
     let canonical = serde_json::to_string(&transaction).map_err(|e| e.to_string())?;
     let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(canonical.as_bytes()));

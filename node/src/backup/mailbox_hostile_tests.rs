@@ -50,7 +50,11 @@ async fn deliver(server: &Api, device: &Api, mail: Vec<Value>) -> i64 {
 #[tokio::test]
 async fn mail_the_mailbox_hands_over_again_is_taken_once() {
     let Setup {
-        server, a, b, alice_name, ..
+        server,
+        a,
+        b,
+        alice_name,
+        ..
     } = dm_with_a_mailbox().await;
     let alice_user = app(&a).user_id().to_owned();
     // Bob invites Alice to a group while her device is off: the invite waits in her mailbox,
@@ -79,7 +83,12 @@ async fn mail_the_mailbox_hands_over_again_is_taken_once() {
     let a = a.start_with(owned_by("alice")).await;
     let alice = app(&a);
     eventually(WAIT, "the invite in Alice's view", || async {
-        alice.invites().await.unwrap().iter().any(|i| i.room_id == picnic)
+        alice
+            .invites()
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.room_id == picnic)
     })
     .await;
     alice.leave(&picnic).await.unwrap();
@@ -87,7 +96,10 @@ async fn mail_the_mailbox_hands_over_again_is_taken_once() {
     // The mailbox hands the same mail over again: nothing is taken, the invite stays declined.
     assert_eq!(deliver(&server, &a, kept.clone()).await, 0);
     let invites = alice.invites().await.unwrap();
-    assert!(invites.is_empty(), "a declined invite came back: {invites:?}");
+    assert!(
+        invites.is_empty(),
+        "a declined invite came back: {invites:?}"
+    );
     // And again after a restart: what was taken is remembered.
     let a = a.stop().await.start_with(owned_by("alice")).await;
     assert_eq!(deliver(&server, &a, kept).await, 0);
@@ -160,7 +172,12 @@ async fn a_stranger_cannot_fill_a_subscribers_mailbox() {
         let body = json!({"destination": alice_name, "transaction":
             mail(&m, &alice_name, &txn, now_ms(), edus.clone())});
         let (status, answer) = m
-            .federation(&server, Method::PUT, &format!("{MAILBOX_PATH}/{txn}"), Some(body))
+            .federation(
+                &server,
+                Method::PUT,
+                &format!("{MAILBOX_PATH}/{txn}"),
+                Some(body),
+            )
             .await;
         if status != 200 {
             break (status, answer);
@@ -179,7 +196,10 @@ async fn a_stranger_cannot_fill_a_subscribers_mailbox() {
     app(&b).send_text(&room, "still here").await.unwrap();
     let bob = format!("\"origin\":\"{}\"", b.node.server_name());
     eventually(WAIT, "Bob's message in Alice's mailbox", || async {
-        let held = server.node.store().backup_mail_batch(alice_name.clone(), 100, usize::MAX);
+        let held = server
+            .node
+            .store()
+            .backup_mail_batch(alice_name.clone(), 100, usize::MAX);
         let from_bob = held.await.unwrap().iter().any(|m| m.payload.contains(&bob));
         from_bob && all_in_the_mailbox(&server, &b, &alice_name).await
     })
@@ -209,7 +229,12 @@ async fn records_from_one_peer_beyond_its_cap_go_oldest_first() {
         "edus": edus,
     });
     let (status, answer) = m
-        .federation(&a, Method::PUT, "/_matrix/federation/v1/send/records", Some(body))
+        .federation(
+            &a,
+            Method::PUT,
+            "/_matrix/federation/v1/send/records",
+            Some(body),
+        )
         .await;
     assert_eq!(status, 200, "{answer}");
     let kept = a

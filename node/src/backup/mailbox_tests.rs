@@ -387,7 +387,10 @@ fn a_device_opens_only_fresh_mail_signed_by_its_origin_and_addressed_to_it() {
         }))
         .unwrap();
         for (field, value) in txn.as_object().unwrap() {
-            object.insert(field.clone(), serde_json::from_value(value.clone()).unwrap());
+            object.insert(
+                field.clone(),
+                serde_json::from_value(value.clone()).unwrap(),
+            );
         }
         key.sign_json(&mut object).unwrap();
         object
@@ -396,7 +399,11 @@ fn a_device_opens_only_fresh_mail_signed_by_its_origin_and_addressed_to_it() {
     let open = |object| super::mailbox::open_mail(&me, object, now);
     let opened = open(signed(me.as_str(), json!([{"a": 1}]), fresh.clone())).unwrap();
     assert_eq!(
-        (opened.origin.as_str(), opened.txn_id.as_str(), opened.pdus.len()),
+        (
+            opened.origin.as_str(),
+            opened.txn_id.as_str(),
+            opened.pdus.len()
+        ),
         (origin.as_str(), "t1", 1)
     );
     assert_eq!(opened.ts, now - 1000);
@@ -409,7 +416,8 @@ fn a_device_opens_only_fresh_mail_signed_by_its_origin_and_addressed_to_it() {
     assert!(open(signed(me.as_str(), json!([]), no_id)).is_err());
     let no_time = json!({"txn_id": "t2"});
     assert!(open(signed(me.as_str(), json!([]), no_time)).is_err());
-    let stale = json!({"txn_id": "t3", "origin_server_ts": now - hyphae_store::MAIL_MAX_AGE_MS - 1});
+    let stale =
+        json!({"txn_id": "t3", "origin_server_ts": now - hyphae_store::MAIL_MAX_AGE_MS - 1});
     assert!(open(signed(me.as_str(), json!([]), stale)).is_err());
     let ahead = json!({"txn_id": "t4", "origin_server_ts": now + 3_600_000});
     assert!(open(signed(me.as_str(), json!([]), ahead)).is_err());

@@ -36,7 +36,11 @@ struct BackedUp {
 async fn backed_up_dm() -> BackedUp {
     let server = backup_server().await;
     let server_addrs = server.p2p_addrs().await;
-    let (a, b, m) = (owned("alice").await, owned("bob").await, owned("mallory").await);
+    let (a, b, m) = (
+        owned("alice").await,
+        owned("bob").await,
+        owned("mallory").await,
+    );
     a.connect(&b).await;
     m.connect(&a).await;
     let token = create_invite(server.data_dir(), super::DEFAULT_QUOTA).unwrap();
@@ -210,9 +214,13 @@ async fn send_after_restore(node: &crate::Node, b: &Api, m: &Api, room: &OwnedRo
     }
     let alice = node.app().unwrap();
     alice.send_text(room, "after the restore").await.unwrap();
-    eventually(WAIT, "Bob reads the message sent after the restore", || async {
-        texts(&app(b).timeline(room, 50).await.unwrap()).contains(&"after the restore".into())
-    })
+    eventually(
+        WAIT,
+        "Bob reads the message sent after the restore",
+        || async {
+            texts(&app(b).timeline(room, 50).await.unwrap()).contains(&"after the restore".into())
+        },
+    )
     .await;
 }
 
@@ -244,20 +252,34 @@ async fn a_join_the_device_rejected_stays_out_after_a_restore() {
     // made before rejected events were kept out of it could hold). The restore judges every
     // event again.
     let key = key_of(a).replica_key().clone();
-    let tagged = plant(&setup.server, a.node.server_name(), room, version, &planted, |id| {
-        Some(serde_json::to_string(&key.tag(id, Status::Timeline, None)).unwrap())
-    })
+    let tagged = plant(
+        &setup.server,
+        a.node.server_name(),
+        room,
+        version,
+        &planted,
+        |id| Some(serde_json::to_string(&key.tag(id, Status::Timeline, None)).unwrap()),
+    )
     .await;
     assert_eq!(tagged, ids);
 
     let (server, b, m, room, recovery_key) = lose_the_device(setup).await;
     let (_dir, restored) = restore(&server, &recovery_key).await;
     assert_eq!(restored.refused, 0);
-    assert_eq!(restored.rejected, 2, "the join and the power levels, judged again");
+    assert_eq!(
+        restored.rejected, 2,
+        "the join and the power levels, judged again"
+    );
     let node = &restored.node;
     let members = joined(node, &room).await;
-    assert!(!members.contains(&mallory), "Mallory is a member: {members:?}");
-    assert!(members.contains(&app(&b).user_id().to_string()), "{members:?}");
+    assert!(
+        !members.contains(&mallory),
+        "Mallory is a member: {members:?}"
+    );
+    assert!(
+        members.contains(&app(&b).user_id().to_string()),
+        "{members:?}"
+    );
     let state = node.store().current_state(room.to_string()).await.unwrap();
     assert!(
         !state.iter().any(|(_, _, id)| ids.contains(id)),
@@ -265,8 +287,14 @@ async fn a_join_the_device_rejected_stays_out_after_a_restore() {
     );
     send_after_restore(node, &b, &m, &room).await;
     let shared = shared_with(node, &room).await;
-    assert!(!shared.contains(&mallory), "the room key went to Mallory: {shared:?}");
-    assert!(shared.contains(&app(&b).user_id().to_string()), "{shared:?}");
+    assert!(
+        !shared.contains(&mallory),
+        "the room key went to Mallory: {shared:?}"
+    );
+    assert!(
+        shared.contains(&app(&b).user_id().to_string()),
+        "{shared:?}"
+    );
     node.shutdown().await;
 }
 
@@ -289,8 +317,10 @@ async fn events_the_backup_server_adds_to_the_replica_are_refused_at_restore() {
     let first = store.backup_replica_page(alice_name.clone(), None, 0, 1);
     let stolen = first.await.unwrap()[0].tag.clone().expect("a tagged entry");
     let join = plant(server, &alice_name, room, version, &planted[..1], |_| None).await;
-    let levels =
-        plant(server, &alice_name, room, version, &planted[1..], |_| Some(stolen.clone())).await;
+    let levels = plant(server, &alice_name, room, version, &planted[1..], |_| {
+        Some(stolen.clone())
+    })
+    .await;
     let ids = [join, levels].concat();
 
     let (server, b, m, room, recovery_key) = lose_the_device(setup).await;
@@ -300,7 +330,10 @@ async fn events_the_backup_server_adds_to_the_replica_are_refused_at_restore() {
     assert_eq!((restored.refused, restored.rejected), (2, 0));
     let node = &restored.node;
     let members = joined(node, &room).await;
-    assert!(!members.contains(&evil), "the server's user is a member: {members:?}");
+    assert!(
+        !members.contains(&evil),
+        "the server's user is a member: {members:?}"
+    );
     for id in &ids {
         assert!(
             node.store().pdu(id.clone()).await.unwrap().is_none(),
@@ -314,11 +347,16 @@ async fn events_the_backup_server_adds_to_the_replica_are_refused_at_restore() {
         matches!(refused, Err(crate::app::AppError::Unconfirmed(_))),
         "{refused:?}"
     );
-    assert_eq!(node.store().rooms_to_confirm().await.unwrap(), [room.to_string()]);
+    assert_eq!(
+        node.store().rooms_to_confirm().await.unwrap(),
+        [room.to_string()]
+    );
     let timeline = texts(&node.app().unwrap().timeline(&room, 50).await.unwrap());
     assert!(!timeline.contains(&"too early".to_owned()), "{timeline:?}");
     // Bob is back: the room is brought up to date from his server, then the message goes.
-    let b = b.start_with(crate::client_api::test_support::owned_by("bob")).await;
+    let b = b
+        .start_with(crate::client_api::test_support::owned_by("bob"))
+        .await;
     send_after_restore(node, &b, &m, &room).await;
     assert!(node.store().rooms_to_confirm().await.unwrap().is_empty());
     let shared = shared_with(node, &room).await;

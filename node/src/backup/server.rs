@@ -265,8 +265,15 @@ async fn redact_replica(
 /// whose content does not match its hash is kept redacted), but not authorised: the server
 /// keeps a copy and is no member of the room. Says whether it is a redaction.
 fn check(item: &ReplicaItem) -> Result<(ReplicaPdu, bool), (&'static str, String)> {
-    if item.tag.as_ref().is_some_and(|tag| tag.get().len() > MAX_TAG_BYTES) {
-        return Err(("M_TOO_LARGE", format!("a tag holds at most {MAX_TAG_BYTES} bytes")));
+    if item
+        .tag
+        .as_ref()
+        .is_some_and(|tag| tag.get().len() > MAX_TAG_BYTES)
+    {
+        return Err((
+            "M_TOO_LARGE",
+            format!("a tag holds at most {MAX_TAG_BYTES} bytes"),
+        ));
     }
     let version = RoomVersionId::try_from(item.room_version.as_str())
         .map_err(|e| ("M_BAD_JSON", format!("room version: {e}")))?;

@@ -112,14 +112,13 @@ impl Rooms {
             origin,
             fill_gaps: true,
         };
-        let result = match tokio::time::timeout(PROCESS_BUDGET, self.process(entry, &from, pdu))
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(RoomError::Unreachable(format!(
-                "{origin} took longer than {PROCESS_BUDGET:?} to supply what the event needs"
-            ))),
-        };
+        let result =
+            match tokio::time::timeout(PROCESS_BUDGET, self.process(entry, &from, pdu)).await {
+                Ok(result) => result,
+                Err(_) => Err(RoomError::Unreachable(format!(
+                    "{origin} took longer than {PROCESS_BUDGET:?} to supply what the event needs"
+                ))),
+            };
         if result.is_err() {
             // The cache may be ahead of or behind the store now.
             guard.take();

@@ -215,8 +215,12 @@ impl Rooms {
                     tracing::info!(%room_id, %server, "a restored room brought up to date");
                     return Ok(true);
                 }
-                Ok(Err(e)) => tracing::info!(%room_id, %server, error = %e, "could not bring a restored room up to date"),
-                Err(_) => tracing::info!(%room_id, %server, "no answer in time to bring a restored room up to date"),
+                Ok(Err(e)) => {
+                    tracing::info!(%room_id, %server, error = %e, "could not bring a restored room up to date")
+                }
+                Err(_) => {
+                    tracing::info!(%room_id, %server, "no answer in time to bring a restored room up to date")
+                }
             }
         }
         Ok(false)
@@ -264,7 +268,9 @@ impl Rooms {
                 .await
                 .map_err(|e| RoomError::Unreachable(e.to_string()))?;
             let Some(raw) = answer.pdus.first() else {
-                return Err(RoomError::Unreachable(format!("{server} did not send {id}")));
+                return Err(RoomError::Unreachable(format!(
+                    "{server} did not send {id}"
+                )));
             };
             self.receive_pdu(server, raw).await?;
         }
