@@ -7,6 +7,7 @@
 mod backup_target;
 mod password_cli;
 mod policy_cli;
+mod secret;
 mod ui;
 
 use std::net::SocketAddr;
@@ -63,15 +64,21 @@ enum Command {
         /// Subscribe to this backup server at start (unless subscribed already): its multiaddr
         /// ending in /p2p/<peer id>, as `hyphae backup-server` prints it; or just its peer id
         /// or server name, if this device can find it (on the local network, or in the DHT).
+        /// The token from `hyphae backup-server invite` is read from --backup-token-file, else
+        /// HYPHAE_BACKUP_TOKEN, else asked (not shown; one line of stdin when it is no terminal).
+        #[arg(long, value_name = "ADDRESS", value_parser = str::parse::<BackupTarget>)]
+        backup: Option<BackupTarget>,
+        /// A file holding the token, for --backup.
+        #[arg(long, value_name = "FILE", requires = "backup")]
+        backup_token_file: Option<PathBuf>,
+        /// The token itself, for --backup: other users of this machine can read it while
+        /// hyphae runs, and your shell keeps it; prefer --backup-token-file or the prompt.
         #[arg(
             long,
-            value_name = "ADDRESS",
-            requires = "backup_token",
-            value_parser = str::parse::<BackupTarget>
+            value_name = "TOKEN",
+            requires = "backup",
+            conflicts_with = "backup_token_file"
         )]
-        backup: Option<BackupTarget>,
-        /// The token from `hyphae backup-server invite`, for --backup.
-        #[arg(long, value_name = "TOKEN", requires = "backup")]
         backup_token: Option<String>,
         /// Unsubscribe from the backup server at start: it deletes everything it kept for this
         /// device (the web UI's settings do the same while running).
@@ -83,20 +90,23 @@ enum Command {
         forget_backup: bool,
         /// Restore this device from its backup server first (its multiaddr ending in
         /// /p2p/<peer id>): only into a new, empty --data folder. The node becomes the backed-up
-        /// server again, with its owner, rooms, history and room keys, still subscribed.
-        #[arg(
-            long,
-            value_name = "MULTIADDR",
-            requires = "recovery_key",
-            conflicts_with = "backup"
-        )]
+        /// server again, with its owner, rooms, history and room keys, still subscribed. The
+        /// recovery key shown when key backup was turned on is read from --recovery-key-file,
+        /// else HYPHAE_RECOVERY_KEY, else asked (not shown; one line of stdin when it is no
+        /// terminal).
+        #[arg(long, value_name = "MULTIADDR", conflicts_with = "backup")]
         restore_from: Option<Multiaddr>,
-        /// The recovery key shown when key backup was turned on, for --restore-from.
+        /// A file holding the recovery key, for --restore-from.
+        #[arg(long, value_name = "FILE", requires = "restore_from")]
+        recovery_key_file: Option<PathBuf>,
+        /// The recovery key itself, for --restore-from: other users of this machine can read
+        /// it while hyphae runs, and your shell keeps it; prefer --recovery-key-file or the
+        /// prompt.
         #[arg(
             long,
             value_name = "KEY",
-            env = "HYPHAE_RECOVERY_KEY",
-            requires = "restore_from"
+            requires = "restore_from",
+            conflicts_with = "recovery_key_file"
         )]
         recovery_key: Option<String>,
         #[command(flatten)]
@@ -218,6 +228,41 @@ impl P2pArgs {
     }
 }
 
+/// The backup token (for --backup) and the recovery key (for --restore-from), each from the
+/// command line, its file, the environment or the prompt (`secret.rs`).
+type SecretSources = Option<(Option<String>, Option<PathBuf>)>;
+
+fn read_secrets(
+    token: SecretSources,
+    recovery_key: SecretSources,
+) -> Result<(Option<String>, Option<String>), String> {
+    let token = token
+        .map(|(given, file)| {
+            secret::Secret {
+                what: "the backup token",
+                flag: "--backup-token",
+                given,
+                file,
+                env: "HYPHAE_BACKUP_TOKEN",
+            }
+            .read()
+        })
+        .transpose()?;
+    let recovery_key = recovery_key
+        .map(|(given, file)| {
+            secret::Secret {
+                what: "the recovery key",
+                flag: "--recovery-key",
+                given,
+                file,
+                env: "HYPHAE_RECOVERY_KEY",
+            }
+            .read()
+        })
+        .transpose()?;
+    Ok((token, recovery_key))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -245,10 +290,12 @@ fn main() -> ExitCode {
             no_app,
             backup,
             backup_token,
+            backup_token_file,
             unsubscribe_backup,
             forget_backup,
             restore_from,
             recovery_key,
+            recovery_key_file,
             node_policy,
             p2p,
         } => {
@@ -258,6 +305,21 @@ fn main() -> ExitCode {
             };
             let p2p = match p2p.into_config() {
                 Ok(p2p) => p2p,
+                Err(e) => {
+                    eprintln!("hyphae: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let secrets = read_secrets(
+                backup
+                    .is_some()
+                    .then_some((backup_token, backup_token_file)),
+                restore_from
+                    .is_some()
+                    .then_some((recovery_key, recovery_key_file)),
+            );
+            let (backup_token, recovery_key) = match secrets {
+                Ok(secrets) => secrets,
                 Err(e) => {
                     eprintln!("hyphae: {e}");
                     return ExitCode::from(2);
@@ -307,7 +369,8 @@ fn main() -> ExitCode {
                         println!("{token}");
                         eprintln!(
                             "hyphae: a one-time token for {quota} bytes; the device subscribes with \
-                             hyphae up --backup <server address> --backup-token <token>"
+                             hyphae up --backup <server address>, which asks for it (or \
+                             --backup-token-file <file>)"
                         );
                         ExitCode::SUCCESS
                     }
@@ -412,10 +475,39 @@ async fn restore_device(
         restored.room_keys,
         started.elapsed().as_secs_f64()
     );
+    if restored.refused + restored.rejected > 0 {
+        println!(
+            "  {} entries the backup server had were not this device's, and {} events failed \
+             the room rules again: left out",
+            restored.refused, restored.rejected
+        );
+    }
+    println!(
+        "  identity sealed {} (sealing number {}); if you know of a later one, the backup \
+         server served an older copy",
+        sealed_at(restored.identity_sealed_ms),
+        restored.identity_version
+    );
     if let Some(e) = &restored.key_backup_error {
         println!("  the room keys could not be restored ({e}); old messages stay unreadable");
     }
     Ok(restored.node)
+}
+
+/// How long ago a sealed identity was sealed, for a person to compare with what they remember.
+fn sealed_at(ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if ms == 0 || ms > now {
+        return "at an unknown time".to_owned();
+    }
+    let minutes = (now - ms) / 60_000;
+    match minutes {
+        0..60 => format!("{minutes} minutes ago"),
+        60..2880 => format!("{} hours ago", minutes / 60),
+        _ => format!("{} days ago", minutes / 1440),
+    }
 }
 
 /// What `hyphae up` is asked to change about the backup at start.

@@ -4,7 +4,7 @@
 //! when that is not a terminal; never from the command line, where other users of the machine
 //! could see it.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use serde_json::json;
@@ -37,19 +37,13 @@ pub fn run(args: PasswordArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
 
 /// Twice at a prompt without echo, or one line of stdin.
 fn read_password() -> Result<String, String> {
-    if !std::io::stdin().is_terminal() {
-        let mut line = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
-        return Ok(line.trim_end_matches(['\n', '\r']).to_owned());
-    }
-    let prompt = |text: &str| {
-        rpassword::prompt_password(text).map_err(|e| format!("cannot read the password: {e}"))
-    };
-    let password = prompt("New password: ")?;
-    if prompt("The same again: ")? != password {
+    let password = crate::secret::ask("New password: ")
+        .map_err(|e| format!("cannot read the password: {e}"))?;
+    if std::io::stdin().is_terminal()
+        && crate::secret::ask("The same again: ")
+            .map_err(|e| format!("cannot read the password: {e}"))?
+            != password
+    {
         return Err("the two passwords differ; nothing changed".into());
     }
     Ok(password)

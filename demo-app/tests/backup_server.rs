@@ -1,5 +1,6 @@
 //! `hyphae backup-server` as an operator runs it: a real process, an invitation made while it
-//! runs, and `hyphae up --backup … --backup-token …` subscribing with it (loopback only); then
+//! runs, and `hyphae up --backup …` subscribing with it (the token read from a file, then from
+//! stdin: never on the command line; loopback only); then
 //! the same from the web UI's API: a wrong token, the right one, the replica growing, key
 //! backup's recovery key shown once, and unsubscribing.
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 mod common;
-use common::{Running, UiApi, field, hyphae, start};
+use common::{Running, UiApi, field, hyphae, start, start_logged};
 
 /// A running backup server: its process, name, address (ending in /p2p/<peer id>).
 struct BackupServer {
@@ -63,13 +64,7 @@ fn invite_while_running_then_a_device_subscribes_from_the_command_line() {
     } = start_backup_server(server_data.path());
 
     // The server holds the data folder's lock; the invitation is made anyway.
-    let invite = hyphae()
-        .args(["backup-server", "invite", "--quota", "10M", "--data"])
-        .arg(server_data.path())
-        .output()
-        .unwrap();
-    assert!(invite.status.success(), "{invite:?}");
-    let token = String::from_utf8(invite.stdout).unwrap().trim().to_owned();
+    let token = invite(server_data.path(), "10M");
     assert_eq!(token.len(), 64, "{token}");
     let bad = hyphae()
         .args(["backup-server", "invite", "--quota", "lots", "--data"])
@@ -78,11 +73,16 @@ fn invite_while_running_then_a_device_subscribes_from_the_command_line() {
         .unwrap();
     assert!(!bad.status.success());
 
+    // The token from a file, as the operator handed it over: not in the process's arguments.
+    let token_file = device_data.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let mut device = hyphae();
     device
         .args(["up", "--no-app", "--listen", "127.0.0.1:0", "--no-mdns"])
         .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--backup", &addr])
-        .args(["--backup-token", &token, "--data"])
+        .arg("--backup-token-file")
+        .arg(&token_file)
+        .arg("--data")
         .arg(device_data.path());
     let (device, lines) = start(device);
     let backup = field(&lines, "backup").expect("the backup line");
@@ -100,12 +100,46 @@ fn invite_while_running_then_a_device_subscribes_from_the_command_line() {
         ])
         .arg("--data")
         .arg(device_data.path());
-    let (_device, lines) = start(device);
+    let (device, lines) = start(device);
     let backup = field(&lines, "backup").expect("the backup line");
     assert_eq!(
         backup,
         format!("none (unsubscribed from {name}; it deletes its copy)")
     );
+    drop(device);
+
+    // Subscribing again with a new token typed in: stdin, when it is no terminal.
+    let token = invite(server_data.path(), "10M");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let mut device = hyphae();
+    device
+        .args(["up", "--no-app", "--listen", "127.0.0.1:0", "--no-mdns"])
+        .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--backup", &addr])
+        .arg("--data")
+        .arg(device_data.path())
+        .stdin(std::fs::File::open(&token_file).unwrap());
+    let (device, lines) = start(device);
+    let backup = field(&lines, "backup").expect("the backup line");
+    assert_eq!(backup, format!("{name} (subscribed now)"));
+    drop(device);
+
+    // The old flag still works (subscribed already, so the token is not used), with a warning.
+    let mut device = hyphae();
+    device
+        .args(["up", "--no-app", "--listen", "127.0.0.1:0", "--no-mdns"])
+        .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--backup", &addr])
+        .args(["--backup-token", &token, "--data"])
+        .arg(device_data.path());
+    let (_device, lines, log) = start_logged(device);
+    let backup = field(&lines, "backup").expect("the backup line");
+    assert!(backup.starts_with(&format!("{name} (")), "{backup}");
+    // The log is read on another thread: give it a moment to catch up with stdout.
+    let warning = "the backup token given on the command line can be read by other users";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !log.text().contains(warning) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(log.text().contains(warning), "{}", log.text());
 }
 
 #[tokio::test]

@@ -1,5 +1,7 @@
 //! The node's Matrix signing key: the same ed25519 key as its libp2p identity, under the one key
-//! id `ed25519:p2p`. Everything the node signs (events, key responses) goes through here.
+//! id `ed25519:p2p`. Everything the node signs (events, key responses) goes through here, and
+//! so does the key it tags its backup replica's entries with (`backup/tag.rs`), derived from the
+//! same secret.
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ pub(crate) const KEY_ID: &str = "ed25519:p2p";
 pub(crate) struct SigningKey {
     server_name: OwnedServerName,
     key: Arc<Ed25519KeyPair>,
+    replica: crate::backup::ReplicaKey,
 }
 
 impl SigningKey {
@@ -29,7 +32,13 @@ impl SigningKey {
         SigningKey {
             server_name,
             key: Arc::new(key),
+            replica: crate::backup::ReplicaKey::new(secret),
         }
+    }
+
+    /// The key this node tags its backup replica's entries with.
+    pub(crate) fn replica_key(&self) -> &crate::backup::ReplicaKey {
+        &self.replica
     }
 
     pub(crate) fn server_name(&self) -> &OwnedServerName {

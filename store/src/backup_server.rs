@@ -22,8 +22,11 @@ pub struct BackupSubscriber {
 pub struct ReplicaPdu {
     pub event_id: String,
     pub room_id: String,
-    /// The PDU as canonical JSON; its length is what the quota counts.
+    /// The PDU as canonical JSON; its length (with the tag's) is what the quota counts.
     pub json: String,
+    /// The device's tag on the entry, kept as it came (this server cannot check it: only the
+    /// device's restore can). A new tag for an entry held already replaces the old one.
+    pub tag: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +45,7 @@ pub struct ReplicaEntry {
     pub event_id: String,
     pub room_id: String,
     pub json: String,
+    pub tag: Option<String>,
 }
 
 fn subscriber(conn: &rusqlite::Connection, server: &str) -> Result<Option<BackupSubscriber>> {
@@ -126,8 +130,9 @@ impl Store {
         self.read(move |conn| subscriber(conn, &server)).await
     }
 
-    /// Adds PDUs to `server`'s replica in order, as far as its quota allows; `None` when it is
-    /// not subscribed.
+    /// Adds PDUs to `server`'s replica in order, as far as its quota allows, and notes their
+    /// senders' servers as its correspondents (see `backup_take_mail`); a PDU held already
+    /// takes the new tag it came with. `None` when `server` is not subscribed.
     pub async fn backup_store_replica(
         &self,
         server: String,
@@ -139,25 +144,56 @@ impl Store {
             };
             let mut used = subscriber.bytes_used;
             let now = now_ms();
-            let mut exists = conn.prepare_cached(
-                "SELECT 1 FROM backup_replica WHERE subscriber = ?1 AND event_id = ?2",
+            let mut held = conn.prepare_cached(
+                "SELECT coalesce(length(tag), 0) FROM backup_replica
+                 WHERE subscriber = ?1 AND event_id = ?2",
+            )?;
+            let mut retag = conn.prepare_cached(
+                "UPDATE backup_replica SET tag = ?3 WHERE subscriber = ?1 AND event_id = ?2",
             )?;
             let mut insert = conn.prepare_cached(
-                "INSERT INTO backup_replica (subscriber, event_id, room_id, pdu, received_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO backup_replica (subscriber, event_id, room_id, pdu, received_ms, tag)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let mut correspondent = conn.prepare_cached(
+                "INSERT OR IGNORE INTO backup_correspondents (subscriber, server)
+                 SELECT ?1, substr(sender, instr(sender, ':') + 1)
+                 FROM (SELECT CASE WHEN json_valid(?2) THEN json_extract(?2, '$.sender') END AS sender)
+                 WHERE sender LIKE '@%:%'",
             )?;
             let mut outcomes = Vec::with_capacity(pdus.len());
             for pdu in pdus {
-                let size = pdu.json.len() as i64;
-                let outcome = if exists.exists(params![server, pdu.event_id])? {
-                    ReplicaOutcome::Duplicate
-                } else if used + size > subscriber.quota_bytes {
-                    ReplicaOutcome::OverQuota
-                } else {
-                    insert.execute(params![server, pdu.event_id, pdu.room_id, pdu.json, now])?;
-                    used += size;
-                    ReplicaOutcome::Stored
+                let tag_size = pdu.tag.as_ref().map_or(0, String::len) as i64;
+                let old_tag: Option<i64> = held
+                    .query_row(params![server, pdu.event_id], |row| row.get(0))
+                    .optional()?;
+                let outcome = match old_tag {
+                    Some(old) => {
+                        if pdu.tag.is_some() && used - old + tag_size <= subscriber.quota_bytes {
+                            retag.execute(params![server, pdu.event_id, pdu.tag])?;
+                            used += tag_size - old;
+                        }
+                        ReplicaOutcome::Duplicate
+                    }
+                    None if used + pdu.json.len() as i64 + tag_size > subscriber.quota_bytes => {
+                        ReplicaOutcome::OverQuota
+                    }
+                    None => {
+                        insert.execute(params![
+                            server,
+                            pdu.event_id,
+                            pdu.room_id,
+                            pdu.json,
+                            now,
+                            pdu.tag
+                        ])?;
+                        used += pdu.json.len() as i64 + tag_size;
+                        ReplicaOutcome::Stored
+                    }
                 };
+                if outcome != ReplicaOutcome::OverQuota {
+                    correspondent.execute(params![server, pdu.json])?;
+                }
                 outcomes.push(outcome);
             }
             conn.prepare_cached("UPDATE backup_subscribers SET bytes_used = ?2 WHERE server = ?1")?
@@ -178,7 +214,7 @@ impl Store {
     ) -> Result<Vec<ReplicaEntry>> {
         self.read(move |conn| {
             let mut statement = conn.prepare_cached(
-                "SELECT id, event_id, room_id, pdu FROM backup_replica
+                "SELECT id, event_id, room_id, pdu, tag FROM backup_replica
                  WHERE subscriber = ?1 AND id > ?2 AND (?3 IS NULL OR room_id = ?3)
                  ORDER BY id LIMIT ?4",
             )?;
@@ -189,6 +225,7 @@ impl Store {
                         event_id: row.get(1)?,
                         room_id: row.get(2)?,
                         json: row.get(3)?,
+                        tag: row.get(4)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -417,6 +454,7 @@ mod tests {
             event_id: id.into(),
             room_id: "!r:x".into(),
             json: "x".repeat(size),
+            tag: None,
         }
     }
 

@@ -1,12 +1,26 @@
 //! The device's side of a backup server (ARCHITECTURE.md "Backup server and mailbox"): the one
-//! server it is subscribed to, queueing the backlog when it subscribes, and what that server
-//! acknowledged. New PDUs are queued for it by a trigger on `events` (migration 0010), in the same
-//! commit.
+//! server it is subscribed to, queueing the backlog when it subscribes, what each replica entry
+//! says of its event, and what that server acknowledged. New accepted PDUs are queued for it by a
+//! trigger on `events` (migrations 0010 and 0019), in the same commit.
 
 use rusqlite::{OptionalExtension, params};
 
 use crate::error::Result;
+use crate::events::StoredPdu;
 use crate::{Store, now_ms};
+
+/// An event of this device's replica as the device holds it now, with what a restore needs to
+/// authorise it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSource {
+    pub pdu: StoredPdu,
+    /// Whether all its prev events are in this device's timeline (at positive positions), so a
+    /// restore can work out the state before it from theirs.
+    pub prevs_in_timeline: bool,
+    /// The state before it as this device kept it (event ids), when its prev events are not
+    /// all in the timeline and the state was kept.
+    pub state_before: Option<Vec<String>>,
+}
 
 /// This device's subscription, as `Node::backup_status` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +84,7 @@ impl Store {
             )?;
             let queued = conn.execute(
                 "INSERT INTO outbox (destination, kind, payload, created_ms)
-                 SELECT ?1, 'replica', event_id, ?2 FROM events
+                 SELECT ?1, 'replica', event_id, ?2 FROM events WHERE rejection_reason IS NULL
                  ORDER BY stream_pos IS NULL, stream_pos, rowid",
                 params![server, now],
             )?;
@@ -95,6 +109,125 @@ impl Store {
                  VALUES (1, ?1, ?2, ?3)",
                 params![server, addresses, now_ms()],
             )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The events of a replica batch as they are now, each with what a restore needs (see
+    /// [`ReplicaSource`]); events that are gone or were rejected since they were queued are
+    /// left out.
+    pub async fn replica_sources(&self, event_ids: Vec<String>) -> Result<Vec<ReplicaSource>> {
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {} FROM events WHERE event_id = ?1 AND rejection_reason IS NULL",
+                StoredPdu::COLUMNS
+            );
+            let mut event = conn.prepare_cached(&sql)?;
+            let mut gaps = conn.prepare_cached(
+                "SELECT count(*) FROM event_edges g
+                 LEFT JOIN events p ON p.event_id = g.prev_event_id
+                 WHERE g.event_id = ?1
+                   AND (p.stream_pos IS NULL OR p.stream_pos <= 0 OR p.rejection_reason IS NOT NULL)",
+            )?;
+            let mut state = conn.prepare_cached(
+                "SELECT s.event_id FROM event_state e
+                 JOIN state_snapshot_entries s ON s.snapshot_id = e.snapshot_id
+                 WHERE e.event_id = ?1 ORDER BY s.event_type, s.state_key",
+            )?;
+            let mut sources = Vec::with_capacity(event_ids.len());
+            for id in event_ids {
+                let Some(pdu) = event.query_row([&id], StoredPdu::from_row).optional()? else {
+                    continue;
+                };
+                let gaps: i64 = gaps.query_row([&id], |row| row.get(0))?;
+                let state_before = if gaps > 0 {
+                    let ids = state
+                        .query_map([&id], |row| row.get(0))?
+                        .collect::<rusqlite::Result<Vec<String>>>()?;
+                    let kept: bool = conn
+                        .prepare_cached("SELECT 1 FROM event_state WHERE event_id = ?1")?
+                        .exists([&id])?;
+                    kept.then_some(ids)
+                } else {
+                    None
+                };
+                sources.push(ReplicaSource {
+                    pdu,
+                    prevs_in_timeline: gaps == 0,
+                    state_before,
+                });
+            }
+            Ok(sources)
+        })
+        .await
+    }
+
+    /// Counts one more sealing of this device's identity; returns its number.
+    pub async fn next_identity_seal(&self) -> Result<i64> {
+        self.write(|conn| {
+            Ok(conn.query_row(
+                "UPDATE counters SET value = value + 1 WHERE name = 'identity_seal'
+                 RETURNING value",
+                [],
+                |row| row.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// Counts on from `version` (a restored identity's seal): the next seal is newer.
+    pub async fn identity_sealed(&self, version: i64) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE counters SET value = max(value, ?1) WHERE name = 'identity_seal'",
+                [version],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Notes rooms restored from the backup, whose state a member's server is to confirm.
+    pub async fn rooms_to_confirm_add(&self, room_ids: Vec<String>) -> Result<()> {
+        self.write(move |conn| {
+            let mut insert = conn
+                .prepare_cached("INSERT OR IGNORE INTO rooms_to_confirm (room_id) VALUES (?1)")?;
+            for room_id in room_ids {
+                insert.execute([room_id])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The restored rooms whose state no member's server confirmed yet.
+    pub async fn rooms_to_confirm(&self) -> Result<Vec<String>> {
+        self.read(|conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT room_id FROM rooms_to_confirm ORDER BY room_id")?;
+            let rooms = statement
+                .query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(rooms)
+        })
+        .await
+    }
+
+    /// Whether `room_id` was restored and is still to be confirmed.
+    pub async fn room_to_confirm(&self, room_id: String) -> Result<bool> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT 1 FROM rooms_to_confirm WHERE room_id = ?1")?
+                .exists([room_id])?)
+        })
+        .await
+    }
+
+    pub async fn room_confirmed(&self, room_id: String) -> Result<()> {
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM rooms_to_confirm WHERE room_id = ?1")?
+                .execute([room_id])?;
             Ok(())
         })
         .await
@@ -162,14 +295,24 @@ mod tests {
     async fn backlog_then_every_new_pdu_is_queued_in_the_same_commit() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
-        store.append_pdus(vec![pdu("$a"), pdu("$b")]).await.unwrap();
+        let mut rejected = pdu("$rejected");
+        rejected.rejection_reason = Some("not a member".into());
+        store
+            .append_pdus(vec![pdu("$a"), rejected.clone(), pdu("$b")])
+            .await
+            .unwrap();
         assert_eq!(store.backup_subscription().await.unwrap(), None);
         let queued = store
             .subscribe_backup("srv".into(), vec!["/ip4/127.0.0.1/tcp/1".into()])
             .await
             .unwrap();
-        assert_eq!(queued, 2);
-        store.append_pdus(vec![pdu("$c")]).await.unwrap();
+        assert_eq!(queued, 2, "the rejected event is not queued");
+        let mut rejected_later = pdu("$rejected later");
+        rejected_later.rejection_reason = Some("not a member".into());
+        store
+            .append_pdus(vec![rejected_later, pdu("$c")])
+            .await
+            .unwrap();
         let batch = store.outbox_replica_batch("srv".into(), 10).await.unwrap();
         let ids: Vec<_> = batch.iter().map(|e| e.payload.as_str()).collect();
         assert_eq!(ids, ["$a", "$b", "$c"]);
@@ -203,5 +346,74 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(store.backup_subscription().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn each_replica_entry_says_what_a_restore_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store
+            .subscribe_backup("srv".into(), Vec::new())
+            .await
+            .unwrap();
+        let with_prev = |id: &str, prev: &str| NewPdu {
+            prev_events: vec![prev.into()],
+            ..pdu(id)
+        };
+        let mut outlier = pdu("$outlier");
+        outlier.outlier = true;
+        store
+            .append_pdus(vec![pdu("$a"), with_prev("$b", "$a"), outlier])
+            .await
+            .unwrap();
+        // An event on a prev event this device does not have, with the state it was given.
+        let snapshot = std::sync::Arc::new(crate::StateSnapshot::new(
+            "!room:example",
+            vec![("m.room.create".into(), String::new(), "$a".into())],
+        ));
+        store
+            .append_accepted(vec![crate::AcceptedPdu {
+                pdu: with_prev("$gap", "$unknown"),
+                membership: None,
+                transaction: None,
+                destinations: Vec::new(),
+                state_before: Some(snapshot),
+                state_after: None,
+                resolved_state: None,
+                prev_may_be_missing: true,
+            }])
+            .await
+            .unwrap();
+        let ids = ["$a", "$b", "$outlier", "$gap", "$nothing"];
+        let sources = store
+            .replica_sources(ids.iter().map(|s| s.to_string()).collect())
+            .await
+            .unwrap();
+        let seen: Vec<(&str, bool, Option<Vec<String>>, bool)> = sources
+            .iter()
+            .map(|s| {
+                (
+                    s.pdu.event_id.as_str(),
+                    s.prevs_in_timeline,
+                    s.state_before.clone(),
+                    s.pdu.stream_pos.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("$a", true, None, true),
+                ("$b", true, None, true),
+                ("$outlier", true, None, false),
+                ("$gap", false, Some(vec!["$a".to_owned()]), true),
+            ]
+        );
+        // An outlier that takes its place in the timeline is queued again.
+        let before = store.outbox_replica_batch("srv".into(), 100).await.unwrap();
+        store.append_pdus(vec![pdu("$outlier")]).await.unwrap();
+        let after = store.outbox_replica_batch("srv".into(), 100).await.unwrap();
+        assert_eq!(after.len(), before.len() + 1);
+        assert_eq!(after.last().unwrap().payload, "$outlier");
     }
 }

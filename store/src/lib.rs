@@ -50,7 +50,7 @@ pub use account_data::AccountDataEntry;
 pub use accounts::{Account, Device, NewDevice};
 pub use backup::{BackupKey, BackupVersion, BackupWrite};
 pub use backup_server::{BackupSubscriber, ReplicaEntry, ReplicaOutcome, ReplicaPdu};
-pub use backup_subscription::BackupSubscription;
+pub use backup_subscription::{BackupSubscription, ReplicaSource};
 pub use crypto::{
     CryptoAccountRow, CryptoWrite, InboundGroupSessionRow, KeyBackupRow, KeyRequestRow, MegolmSeen,
     OlmSessionRow, OutboundGroupSessionRow, OutboundShare, OutboundWrite, TrackedDevice,
@@ -60,7 +60,10 @@ pub use dag::HistoryChange;
 pub use error::{Result, StoreError};
 pub use events::{NewPdu, ReplacedState, StoredPdu};
 pub use keys::{ClaimedKey, CrossSigningKey, KeySignature, KeyUpload, OneTimeKey};
-pub use mailbox::{MailOutcome, MailboxRecord};
+pub use mailbox::{
+    CLOCK_AHEAD_MS, MAIL_MAX_AGE_MS, MailOutcome, MailSeen, MailboxRecord, RECORD_LIMITS,
+    RecordLimits, RecordSource,
+};
 pub use migrations::SCHEMA_VERSION;
 pub use outbox::{OutboxEntry, OutboxKind};
 pub use peers::KnownPeer;

@@ -28,6 +28,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0016_directory_search.sql"),
     include_str!("../migrations/0017_people.sql"),
     include_str!("../migrations/0018_notifications.sql"),
+    include_str!("../migrations/0019_honest_backup.sql"),
 ];
 
 /// Marks a SQLite file as Hyphae's (`PRAGMA application_id`), so another program's database is

@@ -83,6 +83,7 @@ impl From<AppError> for Failure {
                 ),
                 _ => (StatusCode::BAD_GATEWAY, "M_UNKNOWN".to_owned()),
             },
+            AppError::Unconfirmed(_) => (StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN".to_owned()),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN".to_owned()),
         };
         if status.is_server_error() {

@@ -108,6 +108,7 @@ impl AppClient {
                 version: Some(version.version),
                 keys: Vec::new(),
             });
+        let sealed_version = store.next_identity_seal().await?;
         let blob = IdentityBlob {
             server_name: self.inner.state.server_name.to_string(),
             identity_secret: hex::encode(*self.inner.identity_secret),
@@ -115,6 +116,8 @@ impl AppClient {
             device_id: self.inner.device_id.to_string(),
             account_pickle,
             key_backup,
+            sealed_version: u64::try_from(sealed_version).unwrap_or_default(),
+            sealed_ms: u64::from(ruma::MilliSecondsSinceUnixEpoch::now().0),
         };
         crate::backup::identity::upload(&self.inner.state, &blob, &recovery)
             .await

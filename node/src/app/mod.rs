@@ -52,6 +52,10 @@ pub enum AppError {
     /// Something on this device failed (no randomness, a hash that could not be made).
     #[error("{0}")]
     Internal(String),
+    /// The room came back from the backup and no server of its members could be reached yet to
+    /// bring it up to date: no room key is shared in it until one can.
+    #[error("{0}")]
+    Unconfirmed(String),
 }
 
 /// What changed, for a UI that shows it live.

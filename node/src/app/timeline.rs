@@ -101,6 +101,15 @@ impl AppClient {
         let room = crate::rooms::urlencode(room_id.as_str());
         let (event_type, content) = match self.encryption(room_id).await? {
             Some(rotation) => {
+                // A room restored from the backup: its room key goes to the members a server of
+                // theirs says it has now, not to those the backup last saw.
+                let confirmed = self.inner.state.rooms.confirm_restored(room_id).await;
+                if !confirmed.map_err(|e| AppError::Internal(e.to_string()))? {
+                    return Err(AppError::Unconfirmed(format!(
+                        "{room_id} came back from the backup and none of its members' servers \
+                         could be reached to bring it up to date; nothing was sent"
+                    )));
+                }
                 let members = self.members_to_encrypt_for(room_id).await?;
                 let encrypted = self
                     .inner

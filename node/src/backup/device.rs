@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use super::tag::{ReplicaKey, Status};
 use super::{BackupError, REPLICA_PATH, SUBSCRIBE_PATH, UNSUBSCRIBE_PATH};
 use crate::federation::Federation;
 use crate::node::Node;
@@ -225,23 +226,25 @@ pub(crate) enum ReplicaSent {
     Retry(String),
 }
 
-/// Sends a batch of replica entries (event ids) to the backup server and records its answer.
-/// Refusals (quota, signatures, no longer subscribed) are logged and kept in the status, not
-/// retried: the server would refuse them again.
+/// Sends a batch of replica entries (event ids) to the backup server, each with the device's
+/// tag (`tag.rs`), and records its answer. Refusals (quota, signatures, no longer subscribed)
+/// are logged and kept in the status, not retried: the server would refuse them again.
 pub(crate) async fn send_replica(
     store: &Store,
     transport: &Transport,
+    key: &ReplicaKey,
     destination: &ServerName,
     batch: &[OutboxEntry],
 ) -> ReplicaSent {
     let ids = batch.iter().map(|e| e.payload.clone()).collect();
-    let pdus = match store.pdus(ids).await {
-        Ok(pdus) => pdus,
+    let sources = match store.replica_sources(ids).await {
+        Ok(sources) => sources,
         Err(e) => return ReplicaSent::Retry(e.to_string()),
     };
     let mut versions: HashMap<String, Option<String>> = HashMap::new();
-    let mut items = Vec::with_capacity(pdus.len());
-    for pdu in pdus {
+    let mut items = Vec::with_capacity(sources.len());
+    for source in sources {
+        let pdu = source.pdu;
         if !versions.contains_key(&pdu.room_id) {
             let version = match store.room_version(pdu.room_id.clone()).await {
                 Ok(version) => version,
@@ -254,10 +257,20 @@ pub(crate) async fn send_replica(
             tracing::debug!(event_id = %pdu.event_id, "no room version; not replicated");
             continue;
         };
+        let (status, state_before) = match pdu.stream_pos {
+            None => (Status::Outlier, None),
+            Some(position) if position <= 0 => (Status::History, None),
+            Some(_) if source.prevs_in_timeline => (Status::Timeline, None),
+            Some(_) => match source.state_before {
+                Some(state) => (Status::Timeline, Some(state)),
+                None => (Status::History, None),
+            },
+        };
+        let tag = key.tag(&pdu.event_id, status, state_before);
         let Ok(raw) = RawValue::from_string(pdu.json) else {
             continue;
         };
-        items.push(json!({"room_version": version, "pdu": raw}));
+        items.push(json!({"room_version": version, "pdu": raw, "tag": tag}));
     }
     if items.is_empty() {
         return ReplicaSent::Done;

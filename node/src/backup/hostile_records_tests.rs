@@ -43,7 +43,12 @@ async fn a_mailbox_record_naming_another_peer_does_not_change_how_that_peer_is_d
         .map(|port| format!("/ip4/127.0.0.1/tcp/{port}"))
         .collect();
     let record = signed_record(&hostile, Some(victim.node.server_name()), &junk).unwrap();
-    learn_record(sender.node.store(), &record.record, "a room co-member").await;
+    learn_record(
+        sender.node.store(),
+        &record.record,
+        hyphae_store::RecordSource::Peer("a room co-member".into()),
+    )
+    .await;
     let body = json!({"origin": sender.node.server_name(), "pdus": [], "edus": []});
     let sent = send_to_mailbox(
         sender.node.store(),

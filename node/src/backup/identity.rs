@@ -54,6 +54,13 @@ pub(crate) struct IdentityBlob {
     /// The room-key backup as the device's own server kept it (entries encrypted to the backup
     /// key by the spec's algorithm): it lived in the lost data folder too.
     pub(crate) key_backup: Option<KeyBackupSnapshot>,
+    /// Which sealing of this device's identity this is (the device counts them), and when it
+    /// was sealed (ms since the epoch): a server can keep serving an older blob, so a restore
+    /// reports them. 0 in blobs sealed before they were counted.
+    #[serde(default)]
+    pub(crate) sealed_version: u64,
+    #[serde(default)]
+    pub(crate) sealed_ms: u64,
 }
 
 impl Drop for IdentityBlob {
@@ -268,6 +275,8 @@ mod tests {
             device_id: "DEV".into(),
             account_pickle: None,
             key_backup: None,
+            sealed_version: 3,
+            sealed_ms: 1,
         }
     }
 
@@ -276,7 +285,9 @@ mod tests {
         let (key, other) = ([7u8; 32], [8u8; 32]);
         let sealed = seal(&blob(), &key).unwrap();
         assert!(!sealed.contains("alice"), "plaintext in the blob");
-        assert_eq!(open(&sealed, &key).unwrap().device_id, "DEV");
+        let opened = open(&sealed, &key).unwrap();
+        assert_eq!(opened.device_id, "DEV");
+        assert_eq!((opened.sealed_version, opened.sealed_ms), (3, 1));
         assert!(matches!(
             open(&sealed, &other),
             Err(BackupError::WrongRecoveryKey)

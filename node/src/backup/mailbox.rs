@@ -1,10 +1,19 @@
-//! Mailboxes (ARCHITECTURE.md "Backup server and mailbox"). A subscribed device names its backup
-//! server as its mailbox in a record it signs (kept in the DHT, sent to the servers it shares rooms
-//! with, served with its owner). A server whose sends to the device keep failing signs the
-//! transaction it could not deliver and leaves it in the mailbox (`take_mail`); the mailbox pushes
-//! held mail to the device as soon as it can reach it (`send_mail`, from the outbox sender), and
-//! the device checks the sender's signature and takes the transaction as if it had come directly
-//! (`deliver_mail`). The mailbox can neither read nor forge what it holds.
+//! Mailboxes (ARCHITECTURE.md "Backup server and mailbox"). A subscribed device names its backup server as its
+//! mailbox in a record it signs (kept in the DHT, sent to the servers it shares rooms with,
+//! served with its owner). A server whose sends to the device keep failing signs the
+//! transaction it could not deliver and leaves it in the mailbox (`take_mail`); the mailbox
+//! pushes held mail to the device as soon as it can reach it (`send_mail`, from the outbox
+//! sender), and the device checks the sender's signature and takes the transaction as if it had
+//! come directly (`deliver_mail`).
+//!
+//! Mail is signed, not encrypted: the mailbox can read what is not end-to-end encrypted (room
+//! metadata and state, membership, unencrypted rooms' messages, EDUs such as typing and
+//! receipts), though it cannot forge or alter mail, nor make a device take the same mail twice:
+//! the signed part names the transaction and when it was signed, and the device remembers what
+//! it took (`mail_taken` in the store) and drops mail older than `MAIL_MAX_AGE_MS`. Servers the
+//! subscriber shares no room with (as its replica tells) share a small allowance, so fresh keys
+//! cannot fill the mailbox (store/src/mailbox.rs); the subscriber's correspondents are not
+//! published for that (a record in the DHT would tell everyone whom the device talks to).
 
 use std::time::Duration;
 
@@ -12,7 +21,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
 use hyphae_p2p::{Multiaddr, Transport};
-use hyphae_store::{MailOutcome, MailboxRecord, OutboxEntry, Store};
+use hyphae_store::{
+    CLOCK_AHEAD_MS, MAIL_MAX_AGE_MS, MailOutcome, MailSeen, MailboxRecord, OutboxEntry,
+    RecordSource, Store,
+};
 use ruma::api::error::ErrorKind;
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, ServerName};
 use serde_json::value::RawValue;
@@ -127,19 +139,20 @@ pub(crate) fn verify_record(record: &str) -> Result<MailboxRecord, String> {
     })
 }
 
-/// Keeps a record that came from elsewhere if it is valid and newer than the one held.
-pub(crate) async fn learn_record(store: &Store, record: &str, from: &str) {
+/// Keeps a record that came from elsewhere if it is valid and newer than the one held (within
+/// the store's caps on records per teller and in all).
+pub(crate) async fn learn_record(store: &Store, record: &str, from: RecordSource) {
     match verify_record(record) {
         Ok(record) => {
             let server = record.server.clone();
             let mailbox = record.mailbox.clone();
-            match store.put_mailbox_record(record).await {
-                Ok(true) => tracing::debug!(%server, ?mailbox, from, "learnt a mailbox"),
+            match store.put_mailbox_record(record, from.clone()).await {
+                Ok(true) => tracing::debug!(%server, ?mailbox, ?from, "learnt a mailbox"),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot keep a mailbox record"),
             }
         }
-        Err(reason) => tracing::warn!(from, %reason, "mailbox record refused"),
+        Err(reason) => tracing::warn!(?from, %reason, "mailbox record refused"),
     }
 }
 
@@ -159,7 +172,11 @@ pub(crate) async fn publish_record(
         }
     };
     let json = record.record.clone();
-    if let Err(e) = state.store.put_mailbox_record(record).await {
+    if let Err(e) = state
+        .store
+        .put_mailbox_record(record, RecordSource::Own)
+        .await
+    {
         tracing::warn!(error = %e, "cannot keep the mailbox record");
     }
     if let Some(transport) = transport {
@@ -309,15 +326,19 @@ pub(crate) async fn find_mailbox(
     Some((mailbox, addresses))
 }
 
-/// Takes what the DHT holds of `destination`'s mailbox record (kept if newer than ours).
+/// Takes what the DHT holds of `destination`'s mailbox record (kept if newer than ours). Anyone
+/// can put a value under that key: only a record of `destination` itself is taken.
 async fn refresh_record(store: &Store, transport: &Transport, destination: &ServerName) {
     let found = transport
         .get_records(dht_key(destination.as_str()))
         .await
         .unwrap_or_default();
     for value in found {
-        if let Ok(text) = String::from_utf8(value) {
-            learn_record(store, &text, "the DHT").await;
+        let Ok(text) = String::from_utf8(value) else {
+            continue;
+        };
+        if verify_record(&text).is_ok_and(|r| r.server == destination.as_str()) {
+            learn_record(store, &text, RecordSource::Dht).await;
         }
     }
 }
@@ -334,7 +355,8 @@ pub(crate) enum MailboxSent {
 }
 
 /// Signs the transaction `txn_id` (`body`, as it would go to `/send`) for `destination` and
-/// leaves it in the destination's mailbox.
+/// leaves it in the destination's mailbox. What is signed names the destination and the
+/// transaction, and when it was signed: the device takes it once, and not once it is stale.
 pub(crate) async fn send_to_mailbox(
     store: &Store,
     transport: &Transport,
@@ -351,6 +373,8 @@ pub(crate) async fn send_to_mailbox(
         return MailboxSent::NoMailbox;
     }
     body["destination"] = json!(destination.as_str());
+    body["txn_id"] = json!(txn_id);
+    body["origin_server_ts"] = json!(ruma::MilliSecondsSinceUnixEpoch::now());
     let signed = serde_json::from_value::<CanonicalJsonObject>(body)
         .map_err(|e| e.to_string())
         .and_then(|mut object| {
@@ -463,6 +487,21 @@ pub(crate) async fn take_mail(
             "Mail must be signed by its origin server",
         ));
     }
+    if field("txn_id") != Some(txn_id.as_str()) {
+        return Err(MatrixError::invalid_param(
+            "Mail must name its transaction id in what it signs",
+        ));
+    }
+    // Refused here rather than dropped by the device: the sender keeps it and tries again.
+    let now = i64::from(ruma::MilliSecondsSinceUnixEpoch::now().0);
+    match signed_ts(&transaction) {
+        Some(ts) if ts > now - MAIL_MAX_AGE_MS && ts <= now + CLOCK_AHEAD_MS => {}
+        _ => {
+            return Err(MatrixError::invalid_param(
+                "Mail must carry the time it was signed, not stale nor ahead of this server's clock",
+            ));
+        }
+    }
     let txn =
         serde_json::to_string(&transaction).map_err(|e| MatrixError::bad_json(e.to_string()))?;
     if txn_id.len() > MAX_TXN_ID {
@@ -543,9 +582,18 @@ struct Delivery<'a> {
     mail: Vec<&'a RawValue>,
 }
 
+/// How many transactions a device remembers taking (see `MAIL_MAX_AGE_MS`): past this, the
+/// oldest are forgotten and mail signed before them is refused as stale.
+const MAIL_REMEMBERED: i64 = 100_000;
+
+/// Deliveries are taken one at a time: a mailbox sending the same mail twice at once must not
+/// have it taken twice.
+static DELIVERIES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `POST …/mail {"mail": [transaction]}` on a device, from its backup server only: each
-/// transaction is checked against its origin's signature and taken as if that server had sent
-/// it directly. A transaction that fails the check is dropped with a logged reason.
+/// transaction is checked against its origin's signature, its address, its age and what the
+/// device took before, and taken as if that server had sent it directly. A transaction that
+/// fails a check is dropped with a logged reason.
 pub(crate) async fn deliver_mail(
     State(state): State<AppState>,
     Origin(mailbox): Origin,
@@ -565,31 +613,66 @@ pub(crate) async fn deliver_mail(
             format!("At most {MAIL_BATCH} transactions per delivery"),
         ));
     }
+    let _one_at_a_time = DELIVERIES.lock().await;
     let mut delivered = 0;
     for raw in delivery.mail {
+        let now = i64::from(ruma::MilliSecondsSinceUnixEpoch::now().0);
         let opened = parse_transaction(raw)
             .map_err(|e| e.to_string())
-            .and_then(|transaction| open_mail(&state.server_name, transaction));
-        match opened {
-            Ok((origin, pdus, edus)) => {
-                let started = std::time::Instant::now();
-                crate::federation::send::process(&state, &origin, &pdus, &edus).await;
-                tracing::info!(%origin, %mailbox, pdus = pdus.len(), edus = edus.len(), took = ?started.elapsed(), "took mail");
-                delivered += 1;
+            .and_then(|transaction| open_mail(&state.server_name, transaction, now));
+        let mail = match opened {
+            Ok(mail) => mail,
+            Err(reason) => {
+                tracing::warn!(%mailbox, %reason, "mail dropped");
+                continue;
             }
-            Err(reason) => tracing::warn!(%mailbox, %reason, "mail dropped"),
+        };
+        let (origin, txn_id) = (mail.origin.to_string(), mail.txn_id.clone());
+        let seen = state
+            .store
+            .mail_seen(origin.clone(), txn_id.clone(), mail.sha256.clone(), mail.ts)
+            .await?;
+        if seen != MailSeen::New {
+            tracing::warn!(%mailbox, %origin, txn_id, ?seen, "mail taken before or too old to tell; dropped");
+            continue;
         }
+        let started = std::time::Instant::now();
+        crate::federation::send::process(&state, &mail.origin, &mail.pdus, &mail.edus).await;
+        state
+            .store
+            .mail_taken(origin, txn_id, mail.sha256, mail.ts, MAIL_REMEMBERED)
+            .await?;
+        tracing::info!(origin = %mail.origin, %mailbox, pdus = mail.pdus.len(), edus = mail.edus.len(), took = ?started.elapsed(), "took mail");
+        delivered += 1;
     }
     Ok(Json(json!({"delivered": delivered})))
 }
 
-type Opened = (OwnedServerName, Vec<Box<RawValue>>, Vec<Box<RawValue>>);
+/// A held transaction, opened.
+pub(super) struct Opened {
+    pub(super) origin: OwnedServerName,
+    pub(super) txn_id: String,
+    /// When its origin signed it (its clock, milliseconds).
+    pub(super) ts: i64,
+    /// SHA-256 (hex) of the signed transaction: a replay is the very same bytes.
+    pub(super) sha256: String,
+    pub(super) pdus: Vec<Box<RawValue>>,
+    pub(super) edus: Vec<Box<RawValue>>,
+}
 
-/// A held transaction's origin, PDUs and EDUs, once its origin's signature and its address
-/// check out.
+fn signed_ts(transaction: &CanonicalJsonObject) -> Option<i64> {
+    match transaction.get("origin_server_ts") {
+        Some(CanonicalJsonValue::Integer(ts)) => Some(i64::from(*ts)),
+        _ => None,
+    }
+}
+
+/// A held transaction, once its origin's signature, its address, its transaction id and its
+/// age (by `now`) check out.
 pub(super) fn open_mail(
     own_name: &ServerName,
     transaction: CanonicalJsonObject,
+    now: i64,
 ) -> Result<Opened, String> {
     let Some(CanonicalJsonValue::String(origin)) = transaction.get("origin") else {
         return Err("no origin".into());
@@ -602,6 +685,33 @@ pub(super) fn open_mail(
     if !signed_by(&transaction, origin.as_str()) {
         return Err(format!("from {origin}: not signed by it"));
     }
+    let txn_id = match transaction.get("txn_id") {
+        Some(CanonicalJsonValue::String(id)) if !id.is_empty() && id.len() <= MAX_TXN_ID => {
+            id.clone()
+        }
+        _ => {
+            return Err(format!(
+                "from {origin}: no transaction id in what it signed"
+            ));
+        }
+    };
+    let Some(ts) = signed_ts(&transaction) else {
+        return Err(format!("from {origin}: no time in what it signed"));
+    };
+    if ts < now - MAIL_MAX_AGE_MS {
+        return Err(format!(
+            "from {origin}: stale (signed {} s ago)",
+            (now - ts) / 1000
+        ));
+    }
+    if ts > now + CLOCK_AHEAD_MS {
+        return Err(format!(
+            "from {origin}: signed {} s ahead of this clock",
+            (ts - now) / 1000
+        ));
+    }
+    let canonical = serde_json::to_string(&transaction).map_err(|e| e.to_string())?;
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(canonical.as_bytes()));
     let items = |name: &str| match transaction.get(name) {
         Some(CanonicalJsonValue::Array(items)) => items.clone(),
         _ => Vec::new(),
@@ -615,7 +725,14 @@ pub(super) fn open_mail(
             })
             .collect()
     };
-    Ok((origin, raw(items("pdus")), raw(items("edus"))))
+    Ok(Opened {
+        origin,
+        txn_id,
+        ts,
+        sha256,
+        pdus: raw(items("pdus")),
+        edus: raw(items("edus")),
+    })
 }
 
 /// Direct sends to a destination that fail in a row before its mailbox is used. Each failure

@@ -23,16 +23,16 @@ async fn mail_waiting(server: &Api, device: &str) -> i64 {
 /// A backup server; Alice and Bob, each with their own node, in an encrypted DM with a message
 /// each way (so Bob's room key is with Alice already); Alice subscribed to the server, and Bob
 /// knowing it is her mailbox from her signed record.
-struct Setup {
-    server: Api,
-    server_name: String,
-    a: Api,
-    b: Api,
-    alice_name: String,
-    room: ruma::OwnedRoomId,
+pub(super) struct Setup {
+    pub(super) server: Api,
+    pub(super) server_name: String,
+    pub(super) a: Api,
+    pub(super) b: Api,
+    pub(super) alice_name: String,
+    pub(super) room: ruma::OwnedRoomId,
 }
 
-async fn dm_with_a_mailbox() -> Setup {
+pub(super) async fn dm_with_a_mailbox() -> Setup {
     let server = backup_server().await;
     let server_addrs = server.p2p_addrs().await;
     let server_name = server.node.server_name().to_owned();
@@ -81,7 +81,7 @@ async fn dm_with_a_mailbox() -> Setup {
 }
 
 /// Whether Bob's messages are all with Alice's mailbox: some held, none left in his outbox.
-async fn all_in_the_mailbox(server: &Api, b: &Api, alice_name: &String) -> bool {
+pub(super) async fn all_in_the_mailbox(server: &Api, b: &Api, alice_name: &String) -> bool {
     let held = mail_waiting(server, alice_name).await;
     let destinations = b.node.store().outbox_destinations().await.unwrap();
     held > 0 && !destinations.contains(alice_name)
@@ -239,15 +239,19 @@ async fn the_mailbox_takes_only_signed_mail_from_its_origin_for_a_subscriber() {
         .unwrap();
     let alice = a.node.server_name().to_owned();
     let bob = b.node.server_name().to_owned();
-    let transaction = |origin: &str, destination: &str| {
+    let now = i64::from(ruma::MilliSecondsSinceUnixEpoch::now().0);
+    let transaction_at = |origin: &str, destination: &str, txn: &str, ts: i64| {
         json!({
             "origin": origin,
-            "origin_server_ts": 1,
+            "origin_server_ts": ts,
             "destination": destination,
+            "txn_id": txn,
             "pdus": [],
             "edus": [{"edu_type": "m.typing", "content": {}}],
         })
     };
+    let transaction =
+        |origin: &str, destination: &str, txn: &str| transaction_at(origin, destination, txn, now);
     let sign = |mut txn: serde_json::Value| {
         let mut object: ruma::CanonicalJsonObject = serde_json::from_value(txn.take()).unwrap();
         b.node
@@ -265,7 +269,7 @@ async fn the_mailbox_takes_only_signed_mail_from_its_origin_for_a_subscriber() {
             &server,
             Method::PUT,
             &path("1"),
-            Some(json!({"destination": alice, "transaction": transaction(&bob, &alice)})),
+            Some(json!({"destination": alice, "transaction": transaction(&bob, &alice, "1")})),
         )
         .await;
     assert_eq!(
@@ -278,12 +282,12 @@ async fn the_mailbox_takes_only_signed_mail_from_its_origin_for_a_subscriber() {
             &server,
             Method::PUT,
             &path("2"),
-            Some(json!({"destination": alice, "transaction": sign(transaction(&alice, &alice))})),
+            Some(json!({"destination": alice, "transaction": sign(transaction(&alice, &alice, "2"))})),
         )
         .await;
     assert_eq!(status, 403);
     // Signed and altered afterwards: refused.
-    let mut altered = sign(transaction(&bob, &alice));
+    let mut altered = sign(transaction(&bob, &alice, "3"));
     altered["edus"][0]["edu_type"] = json!("m.receipt");
     let (status, _) = b
         .federation(
@@ -300,13 +304,35 @@ async fn the_mailbox_takes_only_signed_mail_from_its_origin_for_a_subscriber() {
             &server,
             Method::PUT,
             &path("4"),
-            Some(json!({"destination": bob, "transaction": sign(transaction(&bob, &bob))})),
+            Some(json!({"destination": bob, "transaction": sign(transaction(&bob, &bob, "4"))})),
         )
         .await;
     assert_eq!(
         (status, body["errcode"].as_str()),
         (404, Some("M_NOT_FOUND"))
     );
+    // Signed, but naming another transaction than the one it is left as, or stale, or from a
+    // clock far ahead: refused (the sender keeps it).
+    let (stale, ahead) = (now - hyphae_store::MAIL_MAX_AGE_MS - 1000, now + 3_600_000);
+    for (txn, transaction) in [
+        ("6", transaction(&bob, &alice, "other")),
+        ("7", transaction_at(&bob, &alice, "7", stale)),
+        ("8", transaction_at(&bob, &alice, "8", ahead)),
+    ] {
+        let (status, body) = b
+            .federation(
+                &server,
+                Method::PUT,
+                &path(txn),
+                Some(json!({"destination": alice, "transaction": sign(transaction)})),
+            )
+            .await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (400, Some("M_INVALID_PARAM")),
+            "{txn}: {body}"
+        );
+    }
     assert_eq!(
         mail_waiting(&server, &alice).await,
         0,
@@ -319,7 +345,7 @@ async fn the_mailbox_takes_only_signed_mail_from_its_origin_for_a_subscriber() {
                 &server,
                 Method::PUT,
                 &path("5"),
-                Some(json!({"destination": alice, "transaction": sign(transaction(&bob, &alice))})),
+                Some(json!({"destination": alice, "transaction": sign(transaction(&bob, &alice, "5"))})),
             )
             .await;
         assert_eq!(status, 200);
@@ -337,7 +363,7 @@ async fn the_mailbox_takes_only_signed_mail_from_its_origin_for_a_subscriber() {
             &a,
             Method::POST,
             MAIL_PATH,
-            Some(json!({"mail": [sign(transaction(&bob, &alice))]})),
+            Some(json!({"mail": [sign(transaction(&bob, &alice, "9"))]})),
         )
         .await;
     assert_eq!(
@@ -347,28 +373,54 @@ async fn the_mailbox_takes_only_signed_mail_from_its_origin_for_a_subscriber() {
 }
 
 #[test]
-fn a_device_opens_only_mail_signed_by_its_origin_and_addressed_to_it() {
+fn a_device_opens_only_fresh_mail_signed_by_its_origin_and_addressed_to_it() {
     // The key's name is its public key, as for any Hyphae server.
     let seed = [7; 32];
     let unnamed = crate::signing::SigningKey::new("unnamed".try_into().unwrap(), &seed);
     let origin = hex::encode(unnamed.public_key());
     let key = crate::signing::SigningKey::new(origin.clone().try_into().unwrap(), &seed);
     let me = ruma::ServerName::parse(hex::encode([9u8; 32])).unwrap();
-    let signed = |destination: &str, pdus: serde_json::Value| {
+    let now = 1_800_000_000_000i64;
+    let signed = |destination: &str, pdus: serde_json::Value, txn: serde_json::Value| {
         let mut object: ruma::CanonicalJsonObject = serde_json::from_value(json!({
             "origin": origin, "destination": destination, "pdus": pdus, "edus": [],
         }))
         .unwrap();
+        for (field, value) in txn.as_object().unwrap() {
+            object.insert(
+                field.clone(),
+                serde_json::from_value(value.clone()).unwrap(),
+            );
+        }
         key.sign_json(&mut object).unwrap();
         object
     };
-    let (from, pdus, _) =
-        super::mailbox::open_mail(&me, signed(me.as_str(), json!([{"a": 1}]))).unwrap();
-    assert_eq!((from.as_str(), pdus.len()), (origin.as_str(), 1));
-    assert!(super::mailbox::open_mail(&me, signed("elsewhere", json!([]))).is_err());
-    let mut forged = signed(me.as_str(), json!([{"a": 1}]));
+    let fresh = json!({"txn_id": "t1", "origin_server_ts": now - 1000});
+    let open = |object| super::mailbox::open_mail(&me, object, now);
+    let opened = open(signed(me.as_str(), json!([{"a": 1}]), fresh.clone())).unwrap();
+    assert_eq!(
+        (
+            opened.origin.as_str(),
+            opened.txn_id.as_str(),
+            opened.pdus.len()
+        ),
+        (origin.as_str(), "t1", 1)
+    );
+    assert_eq!(opened.ts, now - 1000);
+    assert!(open(signed("elsewhere", json!([]), fresh.clone())).is_err());
+    let mut forged = signed(me.as_str(), json!([{"a": 1}]), fresh.clone());
     forged.insert("pdus".into(), ruma::CanonicalJsonValue::Array(vec![]));
-    assert!(super::mailbox::open_mail(&me, forged).is_err());
+    assert!(open(forged).is_err());
+    // What it signs must name the transaction and the time, neither stale nor far ahead.
+    let no_id = json!({"origin_server_ts": now});
+    assert!(open(signed(me.as_str(), json!([]), no_id)).is_err());
+    let no_time = json!({"txn_id": "t2"});
+    assert!(open(signed(me.as_str(), json!([]), no_time)).is_err());
+    let stale =
+        json!({"txn_id": "t3", "origin_server_ts": now - hyphae_store::MAIL_MAX_AGE_MS - 1});
+    assert!(open(signed(me.as_str(), json!([]), stale)).is_err());
+    let ahead = json!({"txn_id": "t4", "origin_server_ts": now + 3_600_000});
+    assert!(open(signed(me.as_str(), json!([]), ahead)).is_err());
 }
 
 /// How long a device that comes back takes to take what its mailbox held: Bob sends N

@@ -1,9 +1,10 @@
 //! Backup servers (ARCHITECTURE.md "Backup server and mailbox"): subscriptions with one-time
 //! tokens and quotas, and the replica of a device's PDUs. `server` answers the unstable
-//! `io.hyphae.backup` federation endpoints; `device` is the subscribing node's side; `invite`
-//! makes tokens for a server's operator; `identity` keeps the device's sealed identity there and
-//! `restore` makes a new device the same server from it; `mailbox` holds mail for a device
-//! that is away; `dht_records` says which mailbox records peers may store on this node.
+//! `io.hyphae.backup` federation endpoints; `device` is the subscribing node's side, which tags
+//! each replica entry (`tag`) so the server cannot add any; `invite` makes tokens for a server's
+//! operator; `identity` keeps the device's sealed identity there and `restore` makes a new
+//! device the same server from it; `mailbox` holds mail for a device that is away;
+//! `dht_records` says which mailbox records peers may store on this node.
 
 mod device;
 mod dht_records;
@@ -13,12 +14,17 @@ pub(crate) mod identity;
 mod invite;
 pub(crate) mod mailbox;
 #[cfg(test)]
+mod mailbox_hostile_tests;
+#[cfg(test)]
 mod mailbox_tests;
 mod restore;
+#[cfg(test)]
+mod restore_hostile_tests;
 #[cfg(test)]
 mod restore_tests;
 pub(crate) mod room_keys;
 pub(crate) mod server;
+mod tag;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +35,7 @@ pub(crate) use invite::INVITES_DIR;
 pub use invite::{DEFAULT_QUOTA, create_invite, parse_size};
 pub use restore::{Restored, restore_from_backup};
 pub(crate) use room_keys::push as push_room_keys;
+pub(crate) use tag::ReplicaKey;
 
 use hyphae_store::StoreError;
 

@@ -4,32 +4,42 @@
 //! signs the app's client in as the same owner and device, whose room keys come back from the key
 //! backup.
 //!
-//! Limits: the replica holds PDUs, not the old device's state decisions. They are imported in
-//! depth order as accepted, each room's state folded over them in that order: right for linear
-//! histories (what a small room mostly is), approximate where the old room forked (no state
-//! resolution here), and events the old device had rejected come back as accepted. Local-only
-//! data (read markers, account data other than the app's device, media, Olm sessions) is not
-//! in the backup.
+//! Nothing comes back that the old device did not accept, and nothing the backup server made:
+//! the replica holds only what the device accepted, each entry with the device's tag (`tag.rs`,
+//! keyed by a secret only the sealed identity holds), and an entry without a valid tag is
+//! refused. Every event is then authorised again as if it had just arrived
+//! (`rooms/restore.rs`: the auth rules, the state before it, state resolution where branches
+//! meet). Each restored room is then to be confirmed: a server of its members brings it up to
+//! date (in the background, and again when the app sends in it) before the app shares a room
+//! key there; while no member's server can be reached, the app sends nothing encrypted in that
+//! room (it could not deliver it either).
+//!
+//! Limits: the server can leave entries out (a restore then misses them; an event whose auth
+//! events or recorded state went missing is left out too), and it can serve an older sealed
+//! identity than the newest: the restore reports which sealing it got (`identity_version`,
+//! `identity_sealed_ms`), but a new device has nothing to compare them with. Local-only data
+//! (read markers, account data other than the app's device, media, Olm sessions) is not in the
+//! backup.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::http::Method;
 use hyphae_p2p::{Identity, Multiaddr};
-use hyphae_store::{AcceptedPdu, BackupKey, StateSnapshot, Store};
-use ruma::{CanonicalJsonObject, OwnedServerName, RoomVersionId};
+use hyphae_store::BackupKey;
+use ruma::{CanonicalJsonObject, OwnedEventId, OwnedRoomId, OwnedServerName, RoomVersionId};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::identity::{self, IdentityBlob};
+use super::tag::{ReplicaKey, Status, Tag};
 use super::{BackupError, IDENTITY_PATH, REPLICA_PATH};
 use crate::app::RecoveryKey;
 use crate::config::Config;
 use crate::federation::FederationError;
 use crate::node::Node;
-use crate::rooms::{Pdu, membership_of, verify_pdu};
+use crate::rooms::{Kept, ReplicaEvent, RoomRestored, verify_pdu};
 
 /// PDUs per replica page while restoring.
 const PAGE: u32 = 500;
@@ -38,8 +48,19 @@ const PAGE: u32 = 500;
 pub struct Restored {
     pub node: Node,
     pub rooms: usize,
-    /// PDUs imported into the store.
+    /// PDUs taken back: accepted again by the auth rules.
     pub pdus: usize,
+    /// Replica entries refused unread: without a valid tag of this device (added or altered by
+    /// the backup server, or kept from before tags), or whose signatures or hashes do not check.
+    pub refused: usize,
+    /// Events the auth rules refused on the way back, or left out because the state before
+    /// them was not all there.
+    pub rejected: usize,
+    /// Which sealing of the identity the backup server gave (this device counts them; 0 for a
+    /// blob sealed before they were counted), and when it was sealed (ms since the epoch; 0
+    /// likewise). A server can keep serving an older one: this is how a person can tell.
+    pub identity_version: u64,
+    pub identity_sealed_ms: u64,
     /// Room keys the app's client took from the key backup.
     pub room_keys: usize,
     /// Why the room keys could not be restored, if they could not (the rest is restored; the
@@ -84,6 +105,9 @@ pub async fn restore_from_backup(
             server_name = r.node.server_name(),
             rooms = r.rooms,
             pdus = r.pdus,
+            refused = r.refused,
+            rejected = r.rejected,
+            identity_version = r.identity_version,
             room_keys = r.room_keys,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "restored from the backup server"
@@ -247,13 +271,14 @@ async fn restore_into(
     })
     .await
     .map_err(|e| BackupError::Restore(e.to_string()))?;
-    let filled = fill(&filler, server, addrs, &blob).await;
+    let filled = fill(&filler, server, addrs, &blob, secret).await;
     filler.shutdown().await;
-    let (rooms, pdus) = filled?;
+    let imported = filled?;
 
     let node = Node::start(config)
         .await
         .map_err(|e| BackupError::Restore(e.to_string()))?;
+    confirm_in_background(&node);
     let (room_keys, key_backup_error) = match node.app() {
         Some(app) => match app.restore_key_backup(recovery_key).await {
             Ok(n) => (n, None),
@@ -266,24 +291,62 @@ async fn restore_into(
     };
     Ok(Restored {
         node,
-        rooms,
-        pdus,
+        rooms: imported.rooms,
+        pdus: imported.restored.accepted,
+        refused: imported.refused,
+        rejected: imported.restored.rejected + imported.restored.left_out,
+        identity_version: blob.sealed_version,
+        identity_sealed_ms: blob.sealed_ms,
         room_keys,
         key_backup_error,
     })
 }
 
-/// Takes the replica back and what the app's client needs into the restored node's store;
-/// (rooms, PDUs) imported.
+/// Brings each restored room up to date from its members' servers, once, in the background
+/// (the app asks again before it shares a room key in one still to confirm).
+fn confirm_in_background(node: &Node) {
+    let state = node.app_state().clone();
+    tokio::spawn(async move {
+        let rooms = match state.store.rooms_to_confirm().await {
+            Ok(rooms) => rooms,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the restored rooms to confirm");
+                return;
+            }
+        };
+        for room in rooms {
+            let Ok(room_id) = ruma::RoomId::parse(&room) else {
+                continue;
+            };
+            match state.rooms.confirm_restored(&room_id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(%room_id, "no member's server reached yet to bring a restored room up to date")
+                }
+                Err(e) => tracing::info!(%room_id, error = %e, "could not confirm a restored room"),
+            }
+        }
+    });
+}
+
+/// What a replica came back as.
+struct Imported {
+    rooms: usize,
+    refused: usize,
+    restored: RoomRestored,
+}
+
+/// Takes the replica back and what the app's client needs into the restored node's store.
 async fn fill(
     node: &Node,
     server: &OwnedServerName,
     addrs: &[Multiaddr],
     blob: &IdentityBlob,
-) -> Result<(usize, usize), BackupError> {
+    secret: &[u8; 32],
+) -> Result<Imported, BackupError> {
     dial(node, server, addrs).await?;
     let fetching = Instant::now();
-    let mut pdus = Vec::new();
+    let mut entries = Vec::new();
     let mut from = 0i64;
     loop {
         let path = format!("{REPLICA_PATH}?from={from}&limit={PAGE}");
@@ -292,24 +355,32 @@ async fn fill(
             .federation
             .request(server, Method::GET, &path, None)
             .await?;
+        let tags = answer["tags"].as_array();
         if let Some(page) = answer["pdus"].as_array() {
-            pdus.extend(page.iter().cloned());
+            for (i, pdu) in page.iter().enumerate() {
+                let tag = tags.and_then(|tags| tags.get(i)).cloned();
+                entries.push((pdu.clone(), tag.unwrap_or(Value::Null)));
+            }
         }
         match answer["next_from"].as_i64() {
             Some(next) if next > from => from = next,
             _ => break,
         }
     }
-    let fetched = (pdus.len(), fetching.elapsed());
+    let fetched = (entries.len(), fetching.elapsed());
     let store = node.store();
     let importing = Instant::now();
-    let imported = import(store, pdus).await?;
+    let imported = import(node, ReplicaKey::new(secret), entries).await?;
     tracing::info!(
         pdus = fetched.0,
         fetch_ms = fetched.1.as_millis() as u64,
         import_ms = importing.elapsed().as_millis() as u64,
         "replica taken back"
     );
+    // The next sealing of the identity counts on from the one restored.
+    store
+        .identity_sealed(i64::try_from(blob.sealed_version).unwrap_or(i64::MAX))
+        .await?;
     // Subscribed as before (the server kept the subscription under this name); what this
     // device stores from now on is replicated.
     store
@@ -368,126 +439,135 @@ async fn fill(
     Ok(imported)
 }
 
-/// Checks the replica's PDUs (signatures and hashes: the backup server cannot forge any) and
-/// stores them room by room, in depth order, as accepted events with the state folded over
-/// them; (rooms, PDUs).
-/// A room's checked PDUs, in the replica's order.
-type CheckedRoom = (String, RoomVersionId, Vec<Pdu>);
+/// A room's checked entries, in the replica's order.
+type CheckedRoom = (OwnedRoomId, RoomVersionId, Vec<ReplicaEvent>);
 
-async fn import(store: &Store, pdus: Vec<Value>) -> Result<(usize, usize), BackupError> {
-    // Checking signatures is most of a restore's work: off the runtime, on every core.
-    let rooms = tokio::task::spawn_blocking(move || check_all(pdus))
+/// Checks the replica's entries (the device's tags, signatures and hashes) and takes each
+/// room back through the auth rules (`Rooms::restore_room`); each room is then to confirm.
+async fn import(
+    node: &Node,
+    key: ReplicaKey,
+    entries: Vec<(Value, Value)>,
+) -> Result<Imported, BackupError> {
+    // Checking signatures is most of the check's work: off the runtime, on every core.
+    let (rooms, refused) = tokio::task::spawn_blocking(move || check_all(entries, &key))
         .await
         .map_err(|e| BackupError::Restore(e.to_string()))?;
-    let mut total = 0;
-    let room_count = rooms.len();
-    for (room_id, version, mut pdus) in rooms {
-        // Stable: the replica's order (the old device's) breaks ties.
-        pdus.sort_by_key(|p| u64::from(p.depth));
-        let mut seen = std::collections::HashSet::new();
-        let mut state: BTreeMap<(String, String), String> = BTreeMap::new();
-        let mut accepted = Vec::with_capacity(pdus.len());
-        for pdu in pdus {
-            if !seen.insert(pdu.event_id.clone()) {
-                continue;
-            }
-            let before = Arc::new(StateSnapshot::new(
-                &room_id,
-                state
-                    .iter()
-                    .map(|((kind, key), id)| (kind.clone(), key.clone(), id.clone()))
-                    .collect(),
-            ));
-            if let Some(key) = &pdu.state_key {
-                state.insert(
-                    (pdu.kind.to_string(), key.clone()),
-                    pdu.event_id.to_string(),
-                );
-            }
-            let membership = (pdu.kind == ruma::events::TimelineEventType::RoomMember)
-                .then(|| membership_of(&pdu.content))
-                .flatten();
-            accepted.push(AcceptedPdu {
-                pdu: pdu
-                    .to_new_pdu(&room_id)
-                    .map_err(|e| BackupError::Restore(e.to_string()))?,
-                membership,
-                transaction: None,
-                // Others have these already: nothing is sent again.
-                destinations: Vec::new(),
-                state_before: Some(before),
-                state_after: None,
-                resolved_state: None,
-                // A joined room's history before the join is not in the replica.
-                prev_may_be_missing: true,
-            });
-        }
-        total += accepted.len();
-        store
-            .create_room_with(room_id, version.to_string(), accepted)
-            .await?;
+    let mut imported = Imported {
+        rooms: 0,
+        refused,
+        restored: RoomRestored::default(),
+    };
+    let state = node.app_state();
+    let mut restored_rooms = Vec::with_capacity(rooms.len());
+    for (room_id, version, events) in rooms {
+        let outcome = state
+            .rooms
+            .restore_room(&room_id, &version, events)
+            .await
+            .map_err(|e| BackupError::Restore(format!("{room_id}: {e}")))?;
+        imported.rooms += 1;
+        imported.restored.accepted += outcome.accepted;
+        imported.restored.rejected += outcome.rejected;
+        imported.restored.left_out += outcome.left_out;
+        restored_rooms.push(room_id.to_string());
     }
-    Ok((room_count, total))
+    state.store.rooms_to_confirm_add(restored_rooms).await?;
+    Ok(imported)
 }
 
-/// Groups the replica's PDUs by room and checks them; those that do not check (or whose room's
-/// create event is missing) are left out, logged.
-fn check_all(pdus: Vec<Value>) -> Vec<CheckedRoom> {
-    let is_create = |p: &Value| p["type"] == "m.room.create" && p["state_key"] == "";
+/// Groups the replica's entries by room and checks them; those that do not check (no valid
+/// tag, a bad signature or hash, or a room whose create event is missing) are left out,
+/// logged, and counted.
+fn check_all(entries: Vec<(Value, Value)>, key: &ReplicaKey) -> (Vec<CheckedRoom>, usize) {
+    let is_create = |(p, _): &(Value, Value)| p["type"] == "m.room.create" && p["state_key"] == "";
     let mut rooms: Vec<CheckedRoom> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let mut skipped = 0usize;
+    let mut index: HashMap<OwnedRoomId, usize> = HashMap::new();
+    let mut refused = 0usize;
     // Create events first: they say how to check the rest of their room.
-    let (creates, rest): (Vec<Value>, Vec<Value>) = pdus.into_iter().partition(is_create);
-    for value in creates {
+    let (creates, rest): (Vec<_>, Vec<_>) = entries.into_iter().partition(is_create);
+    for (value, tag) in creates {
         let version = value["content"]["room_version"]
             .as_str()
             .unwrap_or("1")
             .to_owned();
         let Ok(version) = RoomVersionId::try_from(version.as_str()) else {
-            skipped += 1;
+            refused += 1;
             continue;
         };
-        let Some((room_id, pdu)) =
-            checked(&version, value).and_then(|pdu| Some((pdu.room_id()?.to_string(), pdu)))
-        else {
-            skipped += 1;
+        let Some(event) = checked(&version, key, value, tag) else {
+            refused += 1;
+            continue;
+        };
+        let Some(room_id) = event.pdu.room_id() else {
+            refused += 1;
             continue;
         };
         if index.contains_key(&room_id) {
             continue;
         }
         index.insert(room_id.clone(), rooms.len());
-        rooms.push((room_id, version, vec![pdu]));
+        rooms.push((room_id, version, vec![event]));
     }
     let versions: Vec<RoomVersionId> = rooms.iter().map(|(_, v, _)| v.clone()).collect();
-    let checked_rest = crate::app::crypto::parallel_map(rest, |value| {
+    let checked_rest = crate::app::crypto::parallel_map(rest, |(value, tag)| {
         // A room whose create event the replica lacks cannot be checked.
-        let i = *value["room_id"].as_str().and_then(|r| index.get(r))?;
-        Some((i, checked(&versions[i], value)?))
+        let i = *value["room_id"]
+            .as_str()
+            .and_then(|r| ruma::RoomId::parse(r).ok())
+            .and_then(|r| index.get(&r))?;
+        Some((i, checked(&versions[i], key, value, tag)?))
     });
     for item in checked_rest {
         match item {
-            Some((i, pdu)) => rooms[i].2.push(pdu),
-            None => skipped += 1,
+            Some((i, event)) => rooms[i].2.push(event),
+            None => refused += 1,
         }
     }
-    if skipped > 0 {
+    if refused > 0 {
         tracing::warn!(
-            skipped,
-            "replica PDUs that could not be checked were not restored"
+            refused,
+            "replica entries without a valid tag of this device, or that do not check, were not restored"
         );
     }
-    rooms
+    (rooms, refused)
 }
 
-fn checked(version: &RoomVersionId, value: Value) -> Option<Pdu> {
+/// An entry whose PDU checks (signatures, hashes) and whose tag is this device's for it.
+fn checked(
+    version: &RoomVersionId,
+    key: &ReplicaKey,
+    value: Value,
+    tag: Value,
+) -> Option<ReplicaEvent> {
+    let Ok(tag) = serde_json::from_value::<Tag>(tag) else {
+        tracing::warn!(event = %value["type"], "a replica entry without a tag; not restored");
+        return None;
+    };
     let json: CanonicalJsonObject = serde_json::from_value(value).ok()?;
-    match verify_pdu(version, json) {
-        Ok(pdu) => Some(pdu),
+    let pdu = match verify_pdu(version, json) {
+        Ok(pdu) => pdu,
         Err(e) => {
             tracing::warn!(error = %e, "a replica PDU does not check; not restored");
-            None
+            return None;
         }
+    };
+    if !key.verify(pdu.event_id.as_str(), &tag) {
+        tracing::warn!(event_id = %pdu.event_id, "a replica entry this device did not tag; not restored");
+        return None;
     }
+    let kept = match tag.status {
+        Status::Outlier => Kept::Outlier,
+        Status::History => Kept::History,
+        Status::Timeline => Kept::Timeline(match tag.state_before {
+            Some(ids) => Some(
+                ids.iter()
+                    .map(|id| OwnedEventId::try_from(id.as_str()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .ok()?,
+            ),
+            None => None,
+        }),
+    };
+    Some(ReplicaEvent { pdu, kept })
 }

@@ -12,7 +12,7 @@ use crate::{BackupError, Config, restore_from_backup};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn config(dir: &std::path::Path) -> Config {
+pub(super) fn config(dir: &std::path::Path) -> Config {
     Config {
         client_listen: "127.0.0.1:0".parse().unwrap(),
         p2p: Some(crate::TransportConfig::loopback()),

@@ -19,6 +19,9 @@ use crate::rooms::{RoomError, verify_pdu};
 
 /// At most this many PDUs per replica request.
 pub(crate) const MAX_REPLICA_PDUS: usize = 100;
+/// The largest tag an entry may carry (its recorded state names an event id per state entry:
+/// a room of several thousand members).
+const MAX_TAG_BYTES: usize = 512 << 10;
 const MAX_PAGE: u32 = 500;
 
 /// Where invitations wait; `None` when this node is not a backup server (then these endpoints
@@ -117,12 +120,16 @@ pub(crate) struct ReplicaItem {
     /// The PDU's room version: how to check it (this server is not in the room).
     room_version: String,
     pdu: Box<RawValue>,
+    /// The device's tag (`tag.rs`), kept as it came: only the device can check it.
+    #[serde(default)]
+    tag: Option<Box<RawValue>>,
 }
 
-/// `POST …/replica {"pdus": [{"room_version", "pdu"}]}`: stores the PDUs whose signatures
-/// (by their sender's server) and hashes check, in order, as far as the quota allows. The
-/// answer has a result per PDU in request order: `{}` when kept (or already kept), else
-/// `{"errcode", "error"}`, with `M_RESOURCE_LIMIT_EXCEEDED` once the quota is full.
+/// `POST …/replica {"pdus": [{"room_version", "pdu", "tag"}]}`: stores the PDUs whose
+/// signatures (by their sender's server) and hashes check, in order, as far as the quota
+/// allows, each with the device's tag (a PDU kept already takes its new tag). The answer has a
+/// result per PDU in request order: `{}` when kept (or already kept), else `{"errcode",
+/// "error"}`, with `M_RESOURCE_LIMIT_EXCEEDED` once the quota is full.
 pub(crate) async fn put_replica(
     State(state): State<AppState>,
     origin: Origin,
@@ -258,6 +265,16 @@ async fn redact_replica(
 /// whose content does not match its hash is kept redacted), but not authorised: the server
 /// keeps a copy and is no member of the room. Says whether it is a redaction.
 fn check(item: &ReplicaItem) -> Result<(ReplicaPdu, bool), (&'static str, String)> {
+    if item
+        .tag
+        .as_ref()
+        .is_some_and(|tag| tag.get().len() > MAX_TAG_BYTES)
+    {
+        return Err((
+            "M_TOO_LARGE",
+            format!("a tag holds at most {MAX_TAG_BYTES} bytes"),
+        ));
+    }
     let version = RoomVersionId::try_from(item.room_version.as_str())
         .map_err(|e| ("M_BAD_JSON", format!("room version: {e}")))?;
     let max = crate::federation::limits::MAX_PDU_BYTES;
@@ -281,6 +298,7 @@ fn check(item: &ReplicaItem) -> Result<(ReplicaPdu, bool), (&'static str, String
             event_id: pdu.event_id.to_string(),
             room_id,
             json,
+            tag: item.tag.as_ref().map(|tag| tag.get().to_owned()),
         },
         is_redaction,
     ))
@@ -294,8 +312,9 @@ pub(crate) struct Page {
     limit: Option<u32>,
 }
 
-/// `GET …/replica?room_id=&from=&limit=`: the peer's own replica, in the order received;
-/// `next_from` is where the next page starts (absent at the end).
+/// `GET …/replica?room_id=&from=&limit=`: the peer's own replica, in the order received, and
+/// beside it each entry's tag (`null` for one that came without); `next_from` is where the
+/// next page starts (absent at the end).
 pub(crate) async fn get_replica(
     State(state): State<AppState>,
     origin: Origin,
@@ -310,11 +329,14 @@ pub(crate) async fn get_replica(
     let next_from = (entries.len() == limit as usize)
         .then(|| entries.last().map(|e| e.id))
         .flatten();
-    let pdus: Vec<Box<RawValue>> = entries
+    let (pdus, tags): (Vec<Box<RawValue>>, Vec<Option<Box<RawValue>>>) = entries
         .into_iter()
-        .filter_map(|e| RawValue::from_string(e.json).ok())
-        .collect();
-    let mut answer = json!({"pdus": pdus});
+        .filter_map(|e| {
+            let tag = e.tag.and_then(|tag| RawValue::from_string(tag).ok());
+            Some((RawValue::from_string(e.json).ok()?, tag))
+        })
+        .unzip();
+    let mut answer = json!({"pdus": pdus, "tags": tags});
     if let Some(next) = next_from {
         answer["next_from"] = json!(next);
     }

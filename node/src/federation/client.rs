@@ -168,7 +168,8 @@ impl Federation {
             return Ok(None);
         }
         if let Some(record) = answer.get("mailbox").filter(|r| r.is_object()) {
-            crate::backup::mailbox::learn_record(&self.inner.store, &record.to_string(), server)
+            let from = hyphae_store::RecordSource::Peer(server.to_owned());
+            crate::backup::mailbox::learn_record(&self.inner.store, &record.to_string(), from)
                 .await;
         }
         Ok(Some((

@@ -72,7 +72,8 @@ pub(super) async fn receive(state: &AppState, origin: &ServerName, edu: &RawValu
         // Signed by the server it speaks for, so it may come from anywhere.
         match serde_json::from_str::<RecordContent>(content) {
             Ok(RecordContent { record }) => {
-                crate::backup::mailbox::learn_record(&state.store, &record, origin.as_str()).await
+                let from = hyphae_store::RecordSource::Peer(origin.to_string());
+                crate::backup::mailbox::learn_record(&state.store, &record, from).await
             }
             Err(_) => tracing::warn!(%origin, edu_type, "EDU dropped: no record"),
         }

@@ -250,6 +250,7 @@ impl Sender {
             return match crate::backup::send_replica(
                 &self.store,
                 &transport,
+                self.signing_key.replica_key(),
                 &self.destination,
                 batch,
             )

@@ -226,8 +226,8 @@ async fn profile_in(
         .get(crate::backup::mailbox::PROFILE_FIELD)
         .filter(|r| r.is_object())
     {
-        crate::backup::mailbox::learn_record(&state.store, &record.to_string(), server.as_str())
-            .await;
+        let from = hyphae_store::RecordSource::Peer(server.to_string());
+        crate::backup::mailbox::learn_record(&state.store, &record.to_string(), from).await;
     }
     Ok(profile)
 }

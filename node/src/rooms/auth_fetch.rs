@@ -50,6 +50,16 @@ pub(super) struct AuthSources {
 }
 
 impl AuthSources {
+    /// Nobody to ask: what is not here is missing.
+    pub(super) fn none(origin: &ServerName) -> AuthSources {
+        AuthSources {
+            origin: origin.to_owned(),
+            servers: Vec::new(),
+            failed: HashSet::new(),
+            budget: 0,
+        }
+    }
+
     /// A fresh budget for another round of fetches (the state before the PDU).
     pub(super) fn refill(&mut self) {
         self.budget = MAX_AUTH_FETCHES;

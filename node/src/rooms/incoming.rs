@@ -31,6 +31,21 @@ const PROCESS_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
 /// Servers an accepted event from elsewhere is passed on to (see `forward_targets`).
 const FORWARD_FANOUT: usize = 4;
 
+/// Where an event being applied comes from, which says whom to ask for what it needs.
+pub(super) enum Source<'a> {
+    /// Sent (or relayed) by `origin`, which is asked for what the event needs (the gap behind
+    /// it too, with `fill_gaps`); an accepted event is passed on.
+    Peer {
+        origin: &'a ServerName,
+        fill_gaps: bool,
+    },
+    /// This device's own backup replica, being restored (`restore.rs`): nobody is asked and
+    /// nothing is passed on; every auth event must be here already, and the state before an
+    /// event whose prev events are not is the one the device recorded (`None`: not known, the
+    /// event is not taken).
+    Replica { state_before: Option<&'a RoomState> },
+}
+
 /// What became of an incoming PDU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Received {
@@ -105,11 +120,12 @@ impl Rooms {
         // answers slowly must not keep the room's own users from sending for long. What is
         // applied so far stays (each step is its own commit); the rest is asked for again when
         // a later event names it.
-        let result = match tokio::time::timeout(
-            PROCESS_BUDGET,
-            self.process(entry, origin, pdu, true),
-        )
-        .await
+        let from = Source::Peer {
+            origin,
+            fill_gaps: true,
+        };
+        let result = match tokio::time::timeout(PROCESS_BUDGET, self.process(entry, &from, pdu))
+            .await
         {
             Ok(result) => result,
             Err(_) => {
@@ -129,13 +145,18 @@ impl Rooms {
 
     /// Checks and applies one PDU to a room whose lock the caller holds. With `fill_gaps`, missing
     /// prev events are first fetched from `origin` and applied, oldest first.
-    async fn process(
+    pub(super) async fn process(
         &self,
         entry: &mut RoomEntry,
-        origin: &ServerName,
+        source: &Source<'_>,
         pdu: Pdu,
-        fill_gaps: bool,
     ) -> Result<Received, RoomError> {
+        let (origin, fill_gaps) = match source {
+            Source::Peer { origin, fill_gaps } => (*origin, *fill_gaps),
+            // Never asked: a server is asked only about rooms it has members in (`may_ask`),
+            // and this one is left out of those.
+            Source::Replica { .. } => (&*self.inner.server_name, false),
+        };
         if self.settled(&pdu.event_id).await? {
             return Ok(Received::Duplicate);
         }
@@ -167,8 +188,23 @@ impl Rooms {
             missing = self.unknown(&pdu.prev_events).await?;
         }
 
-        let mut sources = self.auth_sources(entry, origin, &pdu).await;
+        // A restore asks nobody: every auth event must be here already.
+        let mut sources = match source {
+            Source::Peer { .. } => self.auth_sources(entry, origin, &pdu).await,
+            Source::Replica { .. } => AuthSources::none(origin),
+        };
         let (auth_events, missing_auth) = self.auth_events_of(entry, &mut sources, &pdu).await?;
+        if let Source::Replica { .. } = source
+            && let Some(absent) = pdu
+                .auth_events
+                .iter()
+                .find(|id| !auth_events.contains_key(*id))
+        {
+            // Its backup server left it out, or it was not accepted: judged without it, the
+            // event could pass on defaults.
+            let reason = format!("auth event {absent} is not here");
+            return self.reject(entry, origin, pdu, reason).await;
+        }
         if let Err(reason) = check_auth(&entry.version, &pdu, &auth_events, None) {
             if !missing_auth.is_empty() {
                 let reason = format!("{reason} (auth events not to be had: {missing_auth:?})");
@@ -182,9 +218,9 @@ impl Rooms {
         } else {
             None
         };
-        let state_before = match state_before {
-            Some(state) => state,
-            None => match self
+        let state_before = match (state_before, source) {
+            (Some(state), _) => state,
+            (None, Source::Peer { .. }) => match self
                 .fetch_state_before(entry, origin, &mut sources, &pdu)
                 .await?
             {
@@ -192,6 +228,15 @@ impl Rooms {
                 None => {
                     let reason = "some of the state before it could not be had".to_owned();
                     return self.set_aside_pdu(entry, &pdu, reason);
+                }
+            },
+            (None, Source::Replica { state_before }) => match state_before {
+                Some(recorded) => (*recorded).clone(),
+                None => {
+                    return Err(RoomError::NotFound(format!(
+                        "the state before {} is not known here",
+                        pdu.event_id
+                    )));
                 }
             },
         };
@@ -244,7 +289,10 @@ impl Rooms {
         }
         // A state event of a sender the node's lists ban is taken (see `policy_refusal`), but
         // this node does not spread it: the banned sender's own server does.
-        let forward_to = if self.banned_by_node(entry, &pdu) {
+        let forward_to = if let Source::Replica { .. } = source {
+            // Restored from the backup: the others have it.
+            Vec::new()
+        } else if self.banned_by_node(entry, &pdu) {
             tracing::info!(event_id = %pdu.event_id, sender = %pdu.sender, "a state event of a banned sender: taken for the room's state, not shown or passed on");
             Vec::new()
         } else {
@@ -566,7 +614,11 @@ impl Rooms {
                 .then_with(|| x.event_id.cmp(&y.event_id))
         });
         for missing in events {
-            if let Err(e) = Box::pin(self.process(entry, origin, missing, false)).await {
+            let from = Source::Peer {
+                origin,
+                fill_gaps: false,
+            };
+            if let Err(e) = Box::pin(self.process(entry, &from, missing)).await {
                 tracing::info!(%origin, error = %e, "a fetched missing event failed");
             }
         }

@@ -14,6 +14,7 @@ mod remote;
 mod resolution;
 #[cfg(test)]
 mod resolution_tests;
+mod restore;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,7 @@ pub use incoming::urlencode;
 pub(crate) use incoming::{Received, verify_key_of, verify_pdu};
 pub(crate) use pdu::Pdu;
 pub(crate) use remote::{INVITE_STATE, stripped};
+pub(crate) use restore::{Kept, ReplicaEvent, RoomRestored};
 
 /// The room versions this node creates and joins; the first is the default (12: matrix-sdk,
 /// the real client in the tests, handles it; see tests/tests/e2ee_matrix_sdk.rs).
