@@ -1,7 +1,8 @@
 //! Restores that must not let anyone in, over real loopback libp2p: a hostile server's join and
 //! power levels, which the device rejected, and events its backup server forged into the
 //! replica never come back as room state, and the restored app shares no room key with them.
-//! The figures: `restore_figures` (an ignored measurement).
+//! The figure: `a_hundred_events_planted_in_the_replica_are_all_refused` prints what a
+//! restore with 100 planted events took back (none).
 
 use std::time::Duration;
 
@@ -361,5 +362,63 @@ async fn events_the_backup_server_adds_to_the_replica_are_refused_at_restore() {
     assert!(node.store().rooms_to_confirm().await.unwrap().is_empty());
     let shared = shared_with(node, &room).await;
     assert!(!shared.contains(&evil), "{shared:?}");
+    node.shutdown().await;
+}
+
+/// The figure the issue asks for: a restore with 100 events planted in the replica by the
+/// backup server (a join of its own user, power levels for them, 98 messages; untagged or
+/// with tags stolen from the device's other entries) takes none of them back.
+#[tokio::test]
+async fn a_hundred_events_planted_in_the_replica_are_all_refused() {
+    let setup = backed_up_dm().await;
+    let (a, server, room, version) = (&setup.a, &setup.server, setup.room.as_str(), &setup.version);
+    let alice_name = a.node.server_name().to_owned();
+    let evil = format!("@evil:{}", server.node.server_name());
+    let mut planted = join_and_power(a, room, version, &key_of(server), &evil).await;
+    for n in 0..98 {
+        let content = json!({"msgtype": "m.text", "body": format!("planted {n}")});
+        let mut message = draft(a, room, &evil, "m.room.message", None, content).await;
+        sign(&key_of(server), version, &mut message);
+        planted.push(message);
+    }
+    eventually(WAIT, "the replica complete", || async {
+        a.node.backup_status().await.unwrap().unwrap().pending == 0
+    })
+    .await;
+    let store = server.node.store();
+    let tags: Vec<String> = store
+        .backup_replica_page(alice_name.clone(), None, 0, 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|entry| entry.tag)
+        .collect();
+    assert!(!tags.is_empty(), "the device tags its entries");
+    // Every other one with a tag of the device's, stolen from another entry.
+    let n = std::cell::Cell::new(0usize);
+    let ids = plant(server, &alice_name, room, version, &planted, |_| {
+        n.set(n.get() + 1);
+        (n.get() % 2 == 0).then(|| tags[n.get() % tags.len()].clone())
+    })
+    .await;
+    assert_eq!(ids.len(), 100);
+
+    let (server, _b, _m, room, recovery_key) = lose_the_device(setup).await;
+    let (_dir, restored) = restore(&server, &recovery_key).await;
+    let node = &restored.node;
+    let mut taken = 0;
+    for id in &ids {
+        if node.store().pdu(id.clone()).await.unwrap().is_some() {
+            taken += 1;
+        }
+    }
+    eprintln!(
+        "restore with 100 planted events: {taken} taken back; {} refused, {} rejected, {} PDUs restored",
+        restored.refused, restored.rejected, restored.pdus
+    );
+    assert_eq!(taken, 0, "planted events restored");
+    assert!(restored.refused >= 100, "{}", restored.refused);
+    let members = joined(node, &room).await;
+    assert!(!members.contains(&evil), "{members:?}");
     node.shutdown().await;
 }

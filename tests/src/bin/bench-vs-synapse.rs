@@ -376,6 +376,7 @@ impl Synapse {
              suppress_key_server_warning: true\nfederation_domain_whitelist: []\n\
              presence:\n  enabled: false\n\
              rc_message: {{per_second: 100000, burst_count: 100000}}\n\
+             rc_room_creation: {{per_second: 100000, burst_count: 100000}}\n\
              rc_registration: {{per_second: 100000, burst_count: 100000}}\n\
              rc_login:\n  address: {{per_second: 100000, burst_count: 100000}}\n  \
              account: {{per_second: 100000, burst_count: 100000}}\n  \
