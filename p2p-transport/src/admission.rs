@@ -312,7 +312,7 @@ pub(crate) struct PacedBody<B> {
 
 #[derive(Debug, thiserror::Error)]
 #[error("the request body arrived slower than {0} bytes per second")]
-pub(crate) struct BodyTooSlow(u64);
+pub struct BodyTooSlow(u64);
 
 impl<B> PacedBody<B> {
     pub fn new(inner: B, grace: Duration, min_rate: u64) -> PacedBody<B> {

@@ -17,6 +17,7 @@ mod records;
 mod streams;
 mod transport;
 
+pub use admission::BodyTooSlow;
 pub use behaviour::{MAX_RECORD_KEY, MAX_RECORD_VALUE};
 pub use config::{HttpConfig, MdnsConfig, RecordPolicyHandle, SMALL_BODY, TransportConfig};
 pub use error::{HttpError, TransportError};

@@ -357,6 +357,10 @@ async fn slow_requests_of_one_peer_or_of_one_hosts_peers_do_not_starve_another_p
         "a trickling request kept its slot for {took:?}"
     );
     assert!(took >= Duration::from_millis(1500), "{took:?}");
+    // What the peer is told, if the trickle stopped first.
+    let _ = tokio::time::timeout(Duration::from_secs(2), reader.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 
     // One peer opens 300 requests, sends their heads and a byte of each body, and trickles.
     let (attack, opened) = trickle(&mallory, 300).await;

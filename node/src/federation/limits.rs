@@ -76,13 +76,23 @@ pub(crate) async fn read_body(
             // The transport's own cap on the route, over a body without a length, ends the
             // body first, wrapped in the error of axum's body: it counts as over the cap too.
             let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*e);
-            let too_large = std::iter::from_fn(|| {
+            let chain: Vec<_> = std::iter::from_fn(|| {
                 let error = source?;
                 source = error.source();
                 Some(error)
             })
-            .any(|error| error.is::<LengthLimitError>());
-            if too_large {
+            .collect();
+            if chain
+                .iter()
+                .any(|error| error.is::<hyphae_p2p::BodyTooSlow>())
+            {
+                // The transport ended a body that trickled in to hold a slot.
+                MatrixError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    ErrorKind::Unknown,
+                    format!("Request body too slow: {e}"),
+                )
+            } else if chain.iter().any(|error| error.is::<LengthLimitError>()) {
                 MatrixError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     ErrorKind::TooLarge,
