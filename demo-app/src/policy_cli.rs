@@ -128,18 +128,34 @@ fn segment(list: &str) -> String {
     hyphae_node::urlencode(list.trim())
 }
 
-fn text(value: &Value) -> &str {
-    value.as_str().unwrap_or("")
+/// A string from the node, printable: lists come from other servers, and a name, entity or
+/// reason there could carry terminal escapes (rewrite the title, write the clipboard), so
+/// control characters are shown escaped.
+fn text(value: &Value) -> String {
+    printable(value.as_str().unwrap_or(""))
+}
+
+fn printable(remote: &str) -> String {
+    remote
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A list in one line: its alias or room id, and its name.
 fn describe(list: &Value) -> String {
     let id = list["alias"]
         .as_str()
-        .map(|alias| format!("{alias} ({})", text(&list["room_id"])))
-        .unwrap_or_else(|| text(&list["room_id"]).to_owned());
+        .map(|alias| format!("{} ({})", printable(alias), text(&list["room_id"])))
+        .unwrap_or_else(|| text(&list["room_id"]));
     match list["name"].as_str() {
-        Some(name) => format!("{id} \"{name}\""),
+        Some(name) => format!("{id} \"{}\"", printable(name)),
         None => id,
     }
 }
@@ -407,5 +423,20 @@ mod tests {
             .err()
             .unwrap();
         assert!(error.contains("hyphae up --data"), "{error}");
+    }
+
+    #[test]
+    fn remote_strings_reach_the_terminal_without_escapes() {
+        let list = serde_json::json!({
+            "room_id": "!a:b", "alias": "#x\u{1b}]0;owned\u{7}:b",
+            "name": "spam\u{1b}[2J\u{9b}31m",
+        });
+        let shown = describe(&list);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(
+            shown,
+            "#x\\u{1b}]0;owned\\u{7}:b (!a:b) \"spam\\u{1b}[2J\\u{9b}31m\""
+        );
+        assert_eq!(text(&serde_json::json!("tab\there")), "tab\\there");
     }
 }
