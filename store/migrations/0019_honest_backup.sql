@@ -1,4 +1,4 @@
--- Version 19: a backup that lets nobody in, and an honest mailbox (DESIGN.md "Backup server").
+-- Version 19: a backup that lets nobody in, and an honest mailbox (ARCHITECTURE.md "Backup server and mailbox").
 --
 -- Device side. Only events this device accepted go to its replica: those in its timeline, and
 -- the outliers it checked (auth events, a joined room's state). A rejected event (a stranger's
