@@ -203,6 +203,14 @@ impl Server {
 /// Serves one inbound stream from `peer`: one request, then the stream closes. Everything
 /// (waiting for a permit, head, body, handler, response) ends within `serve_timeout`.
 pub(crate) async fn serve(server: Arc<Server>, peer: PeerId, stream: Stream) {
+    serve_io(server, peer, stream.compat()).await
+}
+
+/// [`serve`] on any byte stream (the fuzz targets feed it an in-memory one).
+pub(crate) async fn serve_io<I>(server: Arc<Server>, peer: PeerId, io: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let config = &server.config;
     let serve_timeout = config.serve_timeout;
     let work = async {
@@ -222,7 +230,7 @@ pub(crate) async fn serve(server: Arc<Server>, peer: PeerId, stream: Stream) {
             .header_read_timeout(config.header_read_timeout)
             .max_header_size(config.max_header_size)
             .keep_alive(false)
-            .serve_connection(TokioIo::new(stream.compat()), handle);
+            .serve_connection(TokioIo::new(io), handle);
         if let Err(e) = conn.await {
             tracing::debug!(%peer, error = %e, "refused or broken inbound HTTP stream");
         }

@@ -9,6 +9,8 @@ mod config;
 mod discovery;
 mod error;
 mod events;
+#[doc(hidden)]
+pub mod fuzz;
 mod http;
 mod identity;
 mod streams;

@@ -186,10 +186,10 @@ pub(crate) const INVITE_EDU: &str = "io.hyphae.invite";
 /// An invite as `/invite` v2 carries it, and as the `io.hyphae.invite` EDU does.
 #[derive(Deserialize)]
 pub(crate) struct InviteRequest {
-    room_version: RoomVersionId,
-    event: CanonicalJsonObject,
+    pub(crate) room_version: RoomVersionId,
+    pub(crate) event: CanonicalJsonObject,
     #[serde(default)]
-    invite_room_state: Vec<Value>,
+    pub(crate) invite_room_state: Vec<Value>,
 }
 
 /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`: an invite for a user of this node.

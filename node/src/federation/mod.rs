@@ -15,7 +15,7 @@ pub(crate) mod hostile_peer;
 #[cfg(test)]
 pub(crate) mod hostile_tests;
 mod keys;
-mod membership;
+pub(crate) mod membership;
 mod origin;
 #[cfg(test)]
 mod partition_tests;

@@ -116,7 +116,7 @@ pub(crate) async fn process(
 }
 
 /// The event id a refused PDU is answered under: its reference hash when it parses at all.
-fn event_id_hint(raw: &RawValue) -> Option<String> {
+pub(crate) fn event_id_hint(raw: &RawValue) -> Option<String> {
     let json: ruma::CanonicalJsonObject = serde_json::from_str(raw.get()).ok()?;
     let version = ruma::RoomVersionId::V12.rules()?;
     ruma::signatures::reference_hash(&json, &version)
