@@ -91,7 +91,7 @@ pub fn edu(data: &[u8]) {
 /// The parsing `federation::edus::receive` does before it reaches the store: the mailbox
 /// record and invite EDUs, then ruma's EDU types and the checks made of their content.
 fn take_edu(edu: &Value) {
-    let origin = <&ServerName>::try_from(ORIGIN).expect("a server name");
+    let origin = ServerName::parse(ORIGIN).expect("a server name");
     let edu_type = edu
         .get("edu_type")
         .and_then(Value::as_str)
@@ -110,10 +110,10 @@ fn take_edu(edu: &Value) {
     }
     match serde_json::from_str::<Edu>(&edu.to_string()) {
         Ok(Edu::DirectToDevice(content)) => {
-            let own = <&ServerName>::try_from(OWN).expect("a server name");
-            let _ = content.sender.server_name() == origin;
+            let own = ServerName::parse(OWN).expect("a server name");
+            let _ = content.sender.server_name() == &*origin;
             let _ = crate::client_api::sort_messages(
-                own,
+                &own,
                 &content.sender,
                 &content.ev_type.to_string(),
                 content.messages,
@@ -125,9 +125,8 @@ fn take_edu(edu: &Value) {
         Ok(Edu::Receipt(content)) => {
             for (_, receipts) in content.receipts {
                 for (user, data) in receipts.read {
-                    let _ = user.server_name() == origin;
+                    let _ = user.server_name() == &*origin;
                     let _ = data.data.thread.as_str();
-                    let _ = data.event_ids.iter().rev().count();
                 }
             }
         }
@@ -399,7 +398,10 @@ mod tests {
             key.hash_and_sign_event(&mut object, &rules.redaction)
                 .unwrap();
             let pdu = crate::rooms::verify_pdu(version, object.clone()).unwrap();
-            (pdu.event_id.to_string(), serde_json::to_value(&object).unwrap())
+            (
+                pdu.event_id.to_string(),
+                serde_json::to_value(&object).unwrap(),
+            )
         };
         let v12 = RoomVersionId::V12;
         let (create_id, create) = sign(
@@ -448,12 +450,12 @@ mod tests {
             .unwrap()
             .record;
         let invite_request = json!({"room_version": "12", "event": invite,
-            "invite_room_state": [
-                {"type": "m.room.create", "state_key": "", "sender": alice,
-                    "content": {"room_version": "12"}},
-                {"type": "m.room.name", "state_key": "", "sender": alice,
-                    "content": {"name": "A room"}},
-            ]});
+        "invite_room_state": [
+            {"type": "m.room.create", "state_key": "", "sender": alice,
+                "content": {"room_version": "12"}},
+            {"type": "m.room.name", "state_key": "", "sender": alice,
+                "content": {"name": "A room"}},
+        ]});
         let edus = [
             (
                 "typing",

@@ -156,7 +156,10 @@ mod tests {
             (
                 any::<usize>(),
                 prop::collection::vec(
-                    prop_oneof![any::<u8>(), prop::sample::select(b"{}[]\":,\\0-9eE.ntfu=/ ".to_vec())],
+                    prop_oneof![
+                        any::<u8>(),
+                        prop::sample::select(b"{}[]\":,\\0-9eE.ntfu=/ ".to_vec())
+                    ],
                     1..8
                 )
             )
