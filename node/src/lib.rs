@@ -9,6 +9,8 @@ mod config;
 mod credentials;
 mod error;
 mod federation;
+#[doc(hidden)]
+pub mod fuzz;
 mod limits;
 mod node;
 mod peers;

@@ -248,6 +248,14 @@ impl Server {
 /// one over its address's cap, or that gets no slot in time, is closed unread. From the slot
 /// on, everything (head, body, handler, response) ends within `serve_timeout`.
 pub(crate) async fn serve(server: Arc<Server>, peer: PeerId, ip: Option<IpAddr>, stream: Stream) {
+    serve_io(server, peer, ip, stream.compat()).await
+}
+
+/// [`serve`] on any byte stream (the fuzz targets feed it an in-memory one).
+pub(crate) async fn serve_io<I>(server: Arc<Server>, peer: PeerId, ip: Option<IpAddr>, io: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let config = &server.config;
     let Ok(_from_ip) = server.per_ip.enter(ip) else {
         tracing::debug!(%peer, ?ip, "inbound HTTP stream closed: too many from its address");
@@ -274,7 +282,7 @@ pub(crate) async fn serve(server: Arc<Server>, peer: PeerId, ip: Option<IpAddr>,
             .header_read_timeout(config.header_read_timeout)
             .max_header_size(config.max_header_size)
             .keep_alive(false)
-            .serve_connection(TokioIo::new(stream.compat()), handle);
+            .serve_connection(TokioIo::new(io), handle);
         if let Err(e) = conn.await {
             tracing::debug!(%peer, error = %e, "refused or broken inbound HTTP stream");
         }

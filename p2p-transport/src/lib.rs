@@ -10,6 +10,8 @@ mod config;
 mod discovery;
 mod error;
 mod events;
+#[doc(hidden)]
+pub mod fuzz;
 mod gate;
 mod http;
 mod identity;

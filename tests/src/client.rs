@@ -37,6 +37,25 @@ pub async fn register(http: &reqwest::Client, base: &str, name: &str) -> User {
     }
 }
 
+/// A new device of `user` (registered with `register`): a fresh access token.
+pub async fn login(http: &reqwest::Client, base: &str, user: &User) -> User {
+    let body: Value = http
+        .post(format!("{base}/login"))
+        .json(&json!({"type": "m.login.password",
+                      "identifier": {"type": "m.id.user", "user": user.user_id},
+                      "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    User {
+        token: body["access_token"].as_str().expect("logged in").to_owned(),
+        user_id: user.user_id.clone(),
+    }
+}
+
 pub async fn post(http: &reqwest::Client, url: &str, token: &str, body: Value) -> Value {
     let response = http
         .post(url)

@@ -22,7 +22,7 @@ use crate::node::AppState;
 const REMOTE_TYPING: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
-enum EduError {
+pub(crate) enum EduError {
     #[error("malformed: {0}")]
     Malformed(String),
     #[error("{user} is not a user of the origin server")]
@@ -51,91 +51,101 @@ struct RecordContent {
     record: String,
 }
 
-/// Handles one EDU of a transaction from `origin` (the authenticated peer), within the pace
-/// allowed per origin: past it the EDU is dropped (an EDU has no answer to refuse it with). Its
-/// size was checked with the transaction's; it is parsed here, alone, as what its type says.
-pub(super) async fn receive(state: &AppState, origin: &ServerName, edu: &RawValue) {
-    let (edu_type, content) = match serde_json::from_str::<RawEdu>(edu.get()) {
-        Ok(RawEdu { edu_type, content }) => (edu_type, content),
-        Err(e) => {
-            tracing::warn!(%origin, reason = %e, "malformed EDU dropped");
-            return;
-        }
+/// An EDU read as what its type says, nothing of it stored or acted on yet.
+pub(crate) enum InboundEdu {
+    MailboxRecord(String),
+    Invite(Box<super::membership::InviteRequest>),
+    DirectToDevice(DirectDeviceContent),
+    DeviceListUpdate(DeviceListUpdateContent),
+    SigningKeyUpdate(SigningKeyUpdateContent),
+    Typing(TypingContent),
+    Receipt(ReceiptContent),
+    Presence(PresenceContent),
+    /// A type this node does not handle; ignored.
+    Other,
+}
+
+/// Parses one EDU (its size was checked with the transaction's): its type first, its content
+/// left raw until the type says what to parse it as. The type comes back for the log.
+pub(crate) fn parse(edu: &RawValue) -> (String, Result<InboundEdu, EduError>) {
+    let RawEdu { edu_type, content } = match serde_json::from_str::<RawEdu>(edu.get()) {
+        Ok(raw) => raw,
+        Err(e) => return (String::new(), Err(EduError::Malformed(e.to_string()))),
     };
-    let edu_type = edu_type.as_str();
     let content = content.map_or("null", RawValue::get);
-    if state.limits.edu(origin).is_err() {
-        tracing::debug!(%origin, edu_type, "EDU over the origin's pace; dropped");
-        return;
-    }
-    if edu_type == crate::backup::mailbox::RECORD_EDU {
-        // Signed by the server it speaks for, so it may come from anywhere.
-        match serde_json::from_str::<RecordContent>(content) {
-            Ok(RecordContent { record }) => {
-                let from = hyphae_store::RecordSource::Peer(origin.to_string());
-                crate::backup::mailbox::learn_record(&state.store, &record, from).await
-            }
-            Err(_) => tracing::warn!(%origin, edu_type, "EDU dropped: no record"),
-        }
-        return;
-    }
-    if edu_type == super::membership::INVITE_EDU {
-        let taken = match super::membership::InviteRequest::parse(content.as_bytes()) {
-            Ok(request) => super::membership::take_invite(state, origin, request, None)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(reason) = taken {
-            tracing::warn!(%origin, edu_type, %reason, "invite EDU dropped");
-        }
-        return;
-    }
     // Straight into the type's content: a content of the wrong shape fails at its first byte,
     // where going through ruma's `Edu` would first copy it whole into a generic tree.
-    fn parse<T: serde::de::DeserializeOwned>(content: &str) -> Result<T, EduError> {
+    fn typed<T: serde::de::DeserializeOwned>(content: &str) -> Result<T, EduError> {
         serde_json::from_str(content).map_err(|e| EduError::Malformed(e.to_string()))
     }
-    let result = match edu_type {
-        "m.direct_to_device" => match parse(content) {
-            Ok(content) => direct_to_device(state, origin, content).await,
-            Err(e) => Err(e),
-        },
-        "m.device_list_update" => match parse(content) {
-            Ok(content) => device_list_update(state, origin, content).await,
-            Err(e) => Err(e),
-        },
-        "m.signing_key_update" => match parse(content) {
-            Ok(content) => signing_key_update(state, origin, content).await,
-            Err(e) => Err(e),
-        },
-        "m.typing" => match parse(content) {
-            Ok(content) => typing(state, origin, content).await,
-            Err(e) => Err(e),
-        },
-        "m.receipt" => match parse(content) {
-            Ok(content) => receipt(state, origin, content).await,
-            Err(e) => Err(e),
-        },
-        "m.presence" => match parse::<PresenceContent>(content) {
-            Ok(content) => (state.people.presence)
-                .take_edu(origin, content.push)
+    let parsed = match edu_type.as_str() {
+        crate::backup::mailbox::RECORD_EDU => typed::<RecordContent>(content)
+            .map(|c| InboundEdu::MailboxRecord(c.record))
+            .map_err(|_| EduError::Malformed("no record".into())),
+        super::membership::INVITE_EDU => {
+            super::membership::InviteRequest::parse(content.as_bytes())
+                .map(|request| InboundEdu::Invite(Box::new(request)))
+                .map_err(|e| EduError::Malformed(e.to_string()))
+        }
+        "m.direct_to_device" => typed(content).map(InboundEdu::DirectToDevice),
+        "m.device_list_update" => typed(content).map(InboundEdu::DeviceListUpdate),
+        "m.signing_key_update" => typed(content).map(InboundEdu::SigningKeyUpdate),
+        "m.typing" => typed(content).map(InboundEdu::Typing),
+        "m.receipt" => typed(content).map(InboundEdu::Receipt),
+        "m.presence" => typed(content).map(InboundEdu::Presence),
+        _ => Ok(InboundEdu::Other),
+    };
+    (edu_type, parsed)
+}
+
+/// Handles one EDU of a transaction from `origin` (the authenticated peer), within the pace
+/// allowed per origin: past it the EDU is dropped unread (an EDU has no answer to refuse it
+/// with).
+pub(super) async fn receive(state: &AppState, origin: &ServerName, edu: &RawValue) {
+    if state.limits.edu(origin).is_err() {
+        tracing::debug!(%origin, "EDU over the origin's pace; dropped");
+        return;
+    }
+    let (edu_type, parsed) = parse(edu);
+    let edu_type = edu_type.as_str();
+    let result = match parsed {
+        // Signed by the server it speaks for, so it may come from anywhere.
+        Ok(InboundEdu::MailboxRecord(record)) => {
+            let from = hyphae_store::RecordSource::Peer(origin.to_string());
+            crate::backup::mailbox::learn_record(&state.store, &record, from).await;
+            Ok(())
+        }
+        Ok(InboundEdu::Invite(request)) => {
+            super::membership::take_invite(state, origin, *request, None)
                 .await
-                .map_err(EduError::Refused),
-            Err(e) => Err(e),
-        },
-        _ => {
+                .map(drop)
+                .map_err(|e| EduError::Refused(e.to_string()))
+        }
+        Ok(InboundEdu::DirectToDevice(content)) => direct_to_device(state, origin, content).await,
+        Ok(InboundEdu::DeviceListUpdate(content)) => {
+            device_list_update(state, origin, content).await
+        }
+        Ok(InboundEdu::SigningKeyUpdate(content)) => {
+            signing_key_update(state, origin, content).await
+        }
+        Ok(InboundEdu::Typing(content)) => typing(state, origin, content).await,
+        Ok(InboundEdu::Receipt(content)) => receipt(state, origin, content).await,
+        Ok(InboundEdu::Presence(content)) => (state.people.presence)
+            .take_edu(origin, content.push)
+            .await
+            .map_err(EduError::Refused),
+        Ok(InboundEdu::Other) => {
             tracing::debug!(%origin, edu_type, "EDU type not handled; ignored");
             Ok(())
         }
+        Err(e) => Err(e),
     };
     if let Err(reason) = result {
         tracing::warn!(%origin, edu_type, %reason, "EDU dropped");
     }
 }
 
-fn from_origin(user: &UserId, origin: &ServerName) -> Result<(), EduError> {
+pub(crate) fn from_origin(user: &UserId, origin: &ServerName) -> Result<(), EduError> {
     if user.server_name() == origin {
         Ok(())
     } else {

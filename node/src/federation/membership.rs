@@ -186,9 +186,9 @@ pub(crate) const INVITE_EDU: &str = "io.hyphae.invite";
 
 /// An invite as `/invite` v2 carries it, and as the `io.hyphae.invite` EDU does.
 pub(crate) struct InviteRequest {
-    room_version: RoomVersionId,
-    event: CanonicalJsonObject,
-    invite_room_state: Vec<Box<RawValue>>,
+    pub(crate) room_version: RoomVersionId,
+    pub(crate) event: CanonicalJsonObject,
+    pub(crate) invite_room_state: Vec<Box<RawValue>>,
 }
 
 /// An invite before its event and state are parsed.

@@ -4,7 +4,7 @@
 
 mod client;
 mod directory;
-mod edus;
+pub(crate) mod edus;
 mod events;
 #[cfg(test)]
 mod exhaustion_tests;
@@ -18,7 +18,7 @@ pub(crate) mod hostile_peer;
 pub(crate) mod hostile_tests;
 mod keys;
 pub(crate) mod limits;
-mod membership;
+pub(crate) mod membership;
 mod origin;
 #[cfg(test)]
 mod partition_tests;

@@ -114,7 +114,7 @@ pub(crate) async fn process<P: Borrow<RawValue>, E: Borrow<RawValue>>(
 
 /// The event id a refused PDU is answered under: its reference hash when it parses at all. One
 /// far over the size cap gets none: it is not parsed.
-fn event_id_hint(raw: &RawValue) -> Option<String> {
+pub(crate) fn event_id_hint(raw: &RawValue) -> Option<String> {
     if raw.get().len() > 2 * MAX_PDU_BYTES {
         return None;
     }

@@ -799,7 +799,7 @@ pub(crate) fn check_auth(
     }
 }
 
-pub(super) fn parse_and_verify(version: &RoomVersionId, raw: &RawValue) -> Result<Pdu, RoomError> {
+pub(crate) fn parse_and_verify(version: &RoomVersionId, raw: &RawValue) -> Result<Pdu, RoomError> {
     let json: CanonicalJsonObject = serde_json::from_str(raw.get())
         .map_err(|e| RoomError::BadRequest(format!("PDU is not canonical JSON: {e}")))?;
     verify_pdu(version, json)

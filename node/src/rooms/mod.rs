@@ -33,7 +33,7 @@ use crate::federation::Federation;
 use crate::signing::SigningKey;
 pub(crate) use create::NewRoom;
 pub use incoming::urlencode;
-pub(crate) use incoming::{Received, verify_key_of, verify_pdu};
+pub(crate) use incoming::{Received, parse_and_verify, verify_key_of, verify_pdu};
 pub(crate) use pdu::Pdu;
 pub(crate) use remote::{INVITE_STATE, stripped};
 pub(crate) use restore::{Kept, ReplicaEvent, RoomRestored};

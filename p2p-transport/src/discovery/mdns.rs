@@ -2,11 +2,12 @@
 //! `<first 16 hex of the key>._hyphae._udp.local.` with TXT `key=<full hex key>` and one
 //! `addrN=<multiaddr>` per listen address, and browses for the same service.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use mdns_sd::{IfKind, Receiver, ServiceDaemon, ServiceEvent, ServiceInfo};
+use mdns_sd::{IfKind, Receiver, ServiceDaemon, ServiceEvent, ServiceInfo, TxtProperties};
 
 use crate::config::MdnsConfig;
 
@@ -118,9 +119,13 @@ impl Mdns {
     pub fn on_event(&mut self, event: ServiceEvent) -> Option<MdnsEvent> {
         match event {
             ServiceEvent::ServiceResolved(service) => {
-                let key = service.txt_properties.get_property_val_str("key")?;
-                let peer = match crate::peer_id_for_server_name(key) {
-                    Ok(peer) => peer,
+                let resolved: HashSet<IpAddr> = service
+                    .get_addresses()
+                    .iter()
+                    .map(|ip| ip.to_ip_addr())
+                    .collect();
+                let (peer, addrs) = match peer_of_record(&service.txt_properties, &resolved) {
+                    Ok(found) => found,
                     Err(e) => {
                         tracing::debug!(fullname = %service.fullname, error = %e,
                             "ignoring an mDNS record with a bad key");
@@ -130,24 +135,6 @@ impl Mdns {
                 if peer == self.local_peer {
                     return None;
                 }
-                // Only addresses on the IPs the responder itself answered from: a LAN host must
-                // not make every node dial wherever its TXT record says.
-                let resolved: std::collections::HashSet<std::net::IpAddr> = service
-                    .get_addresses()
-                    .iter()
-                    .map(|ip| ip.to_ip_addr())
-                    .collect();
-                let mut addrs: Vec<Multiaddr> = service
-                    .txt_properties
-                    .iter()
-                    .filter(|p| p.key().starts_with("addr"))
-                    .filter_map(|p| p.val_str().parse::<Multiaddr>().ok())
-                    .filter_map(|a| for_peer(a, &peer))
-                    .filter(|a| ip_of(a).is_some_and(|ip| resolved.contains(&ip)))
-                    .take(MAX_TXT_ADDRS)
-                    .collect();
-                addrs.sort();
-                addrs.dedup();
                 if !self.found.contains_key(&service.fullname) && self.found.len() >= MAX_FOUND {
                     tracing::debug!(fullname = %service.fullname, "too many mDNS adverts; ignored");
                     return None;
@@ -180,6 +167,31 @@ impl Drop for Mdns {
         }
         let _ = self.daemon.shutdown();
     }
+}
+
+/// Reads a peer's TXT record: the peer its `key` names, and the addresses of its `addrN`
+/// entries that name no other peer and are on `resolved` (the IPs the responder itself answered
+/// from: a LAN host must not make every node dial wherever its TXT record says), at most
+/// [`MAX_TXT_ADDRS`], sorted. An error when the key is missing or not a server name.
+pub(crate) fn peer_of_record(
+    txt: &TxtProperties,
+    resolved: &HashSet<IpAddr>,
+) -> Result<(PeerId, Vec<Multiaddr>), String> {
+    let key = txt
+        .get_property_val_str("key")
+        .ok_or_else(|| "no key".to_owned())?;
+    let peer = crate::peer_id_for_server_name(key).map_err(|e| e.to_string())?;
+    let mut addrs: Vec<Multiaddr> = txt
+        .iter()
+        .filter(|p| p.key().starts_with("addr"))
+        .filter_map(|p| p.val_str().parse::<Multiaddr>().ok())
+        .filter_map(|a| for_peer(a, &peer))
+        .filter(|a| ip_of(a).is_some_and(|ip| resolved.contains(&ip)))
+        .take(MAX_TXT_ADDRS)
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    Ok((peer, addrs))
 }
 
 /// Listen addresses worth telling the LAN: loopback ones only when there is nothing else
