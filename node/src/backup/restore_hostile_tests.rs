@@ -398,7 +398,9 @@ async fn a_hundred_events_planted_in_the_replica_are_all_refused() {
     let n = std::cell::Cell::new(0usize);
     let ids = plant(server, &alice_name, room, version, &planted, |_| {
         n.set(n.get() + 1);
-        n.get().is_multiple_of(2).then(|| tags[n.get() % tags.len()].clone())
+        n.get()
+            .is_multiple_of(2)
+            .then(|| tags[n.get() % tags.len()].clone())
     })
     .await;
     assert_eq!(ids.len(), 100);
