@@ -77,9 +77,10 @@ impl Store {
     }
 
     /// Whether `user_id` is joined to (or invited to) a room where some user of `server_name`
-    /// is joined or invited too: what that server may learn of the user, or ask of them, over
-    /// federation. Invites count: a client shares its room keys with invited members, so it
-    /// needs their one-time keys before they join.
+    /// is joined or invited too, or holds an invite a user of `server_name` sent (this node
+    /// knows no members of a room on another server it was only invited to): what that server
+    /// may learn of the user, or ask of them, over federation. Invites count: a client shares
+    /// its room keys with invited members, so it needs their one-time keys before they join.
     pub async fn shares_room_with_server(
         &self,
         user_id: String,
@@ -91,7 +92,11 @@ impl Store {
                  JOIN memberships other ON other.room_id = theirs.room_id
                  WHERE theirs.user_id = ?1 AND theirs.membership IN ('join', 'invite')
                    AND other.membership IN ('join', 'invite')
-                   AND substr(other.user_id, instr(other.user_id, ':') + 1) = ?2)",
+                   AND substr(other.user_id, instr(other.user_id, ':') + 1) = ?2)
+                 OR EXISTS (SELECT 1 FROM memberships theirs
+                 JOIN events invite ON invite.event_id = theirs.event_id
+                 WHERE theirs.user_id = ?1 AND theirs.membership = 'invite'
+                   AND substr(invite.sender, instr(invite.sender, ':') + 1) = ?2)",
                 params![user_id, server_name],
                 |row| row.get(0),
             )?)
@@ -774,6 +779,33 @@ mod tests {
         assert!(!shares("@erin:left.example", "here.example").await.unwrap());
         assert!(
             !shares("@bob:here.example", "nowhere.example")
+                .await
+                .unwrap()
+        );
+        // Invited to a room on another server, whose members this node does not know: the
+        // inviter's server shares it, no other.
+        let mut invite = pdu("$invite", 1, &[], &[]);
+        invite.room_id = "!far:inviter.example".into();
+        invite.sender = "@eve:inviter.example".into();
+        store.append_pdus(vec![invite]).await.unwrap();
+        store
+            .write(|conn| {
+                conn.execute(
+                    "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_pos)
+                     VALUES ('!far:inviter.example', '@frank:here.example', 'invite', '$invite', 0)",
+                    [],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(
+            shares("@frank:here.example", "inviter.example")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !shares("@frank:here.example", "there.example")
                 .await
                 .unwrap()
         );
