@@ -190,13 +190,24 @@ impl Browser {
             json!([css]),
         )
         .await;
-        let element = self.element(css).await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{element}/click"),
-            Some(json!({})),
-        )
-        .await;
+        // The page re-renders lists as updates arrive, so the element found may be replaced
+        // before the click lands; a person would click the new one, and so does this.
+        for _ in 0..5 {
+            let element = self.element(css).await;
+            let path = format!("/element/{element}/click");
+            let url = format!("{}{path}", self.session);
+            match webdriver(&self.http, reqwest::Method::POST, &url, Some(json!({}))).await {
+                Ok(_) => return,
+                Err(e) if e.contains("stale element reference") => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    self.fail(&format!("WebDriver {path}: {e}")).await;
+                }
+            }
+        }
+        self.fail(&format!("{css} was replaced before every click"))
+            .await;
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {
