@@ -113,8 +113,11 @@ async fn echo(req: Request<Body>) -> Result<Response<Body>, Infallible> {
     Ok(response)
 }
 
-#[cfg(test)]
-mod tests {
+/// The property tests' harness, shared by every crate with fuzz entry points (the node's tests
+/// take it through the `fuzz-harness` feature): each target on arbitrary bytes and on its seeds
+/// mutated, from a fixed seed, within a bounded number of cases.
+#[cfg(any(test, feature = "fuzz-harness"))]
+pub mod harness {
     use std::path::PathBuf;
 
     use proptest::prelude::*;
@@ -123,12 +126,17 @@ mod tests {
     /// Cases per property: with a fixed seed, the set runs in seconds in a debug build.
     const CASES: u32 = 256;
 
+    /// Where the seeds of the fuzz target of this name are kept.
+    pub fn corpus_dir(target: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fuzz/corpus")
+            .join(target)
+    }
+
     /// The seed inputs the fuzz target of this name starts from (`*.seed`; the rest of the
     /// folder is what fuzz runs added).
-    fn corpus(target: &str) -> Vec<Vec<u8>> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fuzz/corpus")
-            .join(target);
+    pub fn corpus(target: &str) -> Vec<Vec<u8>> {
+        let dir = corpus_dir(target);
         let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .map(|entry| entry.unwrap().path())
@@ -158,7 +166,7 @@ mod tests {
                 prop::collection::vec(
                     prop_oneof![
                         any::<u8>(),
-                        prop::sample::select(b"{}[]\":,\\0-9eE.ntfu=/ ".to_vec())
+                        prop::sample::select(b"{}[]\":,\\0-9eE.ntfu*?=/\n ".to_vec())
                     ],
                     1..8
                 )
@@ -206,7 +214,7 @@ mod tests {
 
     /// Runs `target` on arbitrary bytes and on its seeds mutated, `CASES` of each, from a
     /// fixed seed so a failure repeats.
-    fn check(name: &str, target: fn(&[u8])) {
+    pub fn check(name: &str, target: fn(&[u8])) {
         let config = Config {
             cases: CASES,
             failure_persistence: None,
@@ -238,6 +246,13 @@ mod tests {
             target(seed);
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::harness::check;
 
     #[test]
     fn mdns_txt_never_panics() {
