@@ -980,19 +980,12 @@ async fn a_kicked_members_backdated_message_is_not_shown() {
 #[tokio::test]
 async fn an_event_on_another_rooms_history_is_refused() {
     let (a, b, alice, bob, room) = super::room_tests::two_nodes_in_a_room().await;
-    let (status, body) = a
-        .post(
-            "/v3/createRoom",
-            Some(&alice.token),
-            json!({"preset": "private_chat", "name": "Elsewhere", "invite": [bob.user_id]}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let other = body["room_id"].as_str().unwrap().to_owned();
-    let (status, body) = b
-        .post(&format!("/v3/join/{other}"), Some(&bob.token), json!({}))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let other = super::room_tests::another_room(
+        (&a, &alice),
+        (&b, &bob),
+        json!({"preset": "private_chat", "name": "Elsewhere"}),
+    )
+    .await;
     let state_before = state_ids(&b, &bob, &room).await;
     let other_state_before = state_ids(&b, &bob, &other).await;
 

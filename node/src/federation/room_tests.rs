@@ -122,6 +122,24 @@ pub(crate) async fn two_nodes_in_a_room_with(
     (a, b, alice, bob, room)
 }
 
+/// Another room of Alice's (made with `create`, a createRoom body to which Bob's invite is
+/// added) that Bob joined, on the nodes `two_nodes_in_a_room` started.
+pub(crate) async fn another_room(
+    (a, alice): (&Api, &Person),
+    (b, bob): (&Api, &Person),
+    mut create: Value,
+) -> String {
+    create["invite"] = json!([bob.user_id]);
+    let (status, body) = a.post("/v3/createRoom", Some(&alice.token), create).await;
+    assert_eq!(status, 200, "{body}");
+    let room = body["room_id"].as_str().unwrap().to_owned();
+    let (status, body) = b
+        .post(&format!("/v3/join/{room}"), Some(&bob.token), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    room
+}
+
 /// Shows the nodes' logs in a failing test's output (RUST_LOG picks the level).
 pub(crate) fn log_to_test_output() {
     let _ = tracing_subscriber::fmt()

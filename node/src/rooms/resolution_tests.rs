@@ -19,7 +19,7 @@ use crate::federation::hostile_tests::{
     Tip, draft_on, event_id, key_of, send_pdus, sign, state_ids, still_delivers, tip, to_value,
 };
 use crate::federation::room_tests::{
-    Person, send_text, two_nodes_in_a_room, two_nodes_in_a_room_with,
+    Person, another_room, send_text, two_nodes_in_a_room, two_nodes_in_a_room_with,
 };
 
 /// Events in the deep chain: past what the recursive walk state resolution used survives on a
@@ -180,19 +180,7 @@ async fn a_fork_over_a_deep_auth_chain_is_answered_and_the_node_stays_up() {
     // In the forked room every later event of Alice's is resolved against the fork again (her
     // server never saw it), which may take as long and be refused in a debug build: the node
     // staying up is shown in another room.
-    let (status, body) = a
-        .post(
-            "/v3/createRoom",
-            Some(&alice.token),
-            json!({"preset": "private_chat", "invite": [bob.user_id]}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let other = body["room_id"].as_str().unwrap().to_owned();
-    let (status, body) = b
-        .post(&format!("/v3/join/{other}"), Some(&bob.token), json!({}))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let other = another_room((&a, &alice), (&b, &bob), json!({"preset": "private_chat"})).await;
     still_up(&a, &alice, &b, &bob, &other).await;
 }
 
